@@ -1,0 +1,237 @@
+"""The execbus exception tree.
+
+Every error execbus raises derives from :class:`ExecbusError`. Errors that
+travel on the wire carry a stable machine ``code`` (see :class:`ErrorCode`);
+:func:`error_for_code` turns a reply's error back into the matching class, so
+a client catches the same exception the worker raised.
+
+::
+
+    ExecbusError
+    ├── ConfigError                 bad settings or command-line configuration
+    ├── InvalidRequest      invalid         a request that fails validation
+    ├── NotFound            not_found       unknown exec id
+    ├── Conflict            conflict        state does not allow it (second start, ...)
+    ├── Forbidden           forbidden       the caller's policy denies it
+    ├── Unsupported         unsupported     the agent kind cannot do it (qemu-ga TTY, ...)
+    ├── LimitExceeded       limit_exceeded  registry full, too many execs, too large
+    ├── ExecTimeout         timeout         waiting for a result took too long
+    ├── UnknownAgent        unknown_agent   no worker serves the agent or pool
+    ├── StartFailed         start_failed    the process could not be spawned
+    │                                       (a subclass per cause, see below)
+    ├── AgentError                          talking to a guest agent went wrong
+    │   ├── AgentUnavailable  agent_unavailable  refused, reset, timed out (retryable)
+    │   └── AgentProtocolError                   the peer broke the agent protocol
+    ├── BrokerError                         talking to RabbitMQ went wrong
+    │   ├── BrokerUnavailable                    cannot connect (names the URL)
+    │   └── PublishFailed                        no confirm in time, or a nack
+    └── InternalError       internal        a bug; the message says what
+
+Third-party exceptions (aio-pika, OS errors) are translated into this tree
+where they cross into execbus, always chained with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorCode(StrEnum):
+    """Stable machine codes carried by error replies and ``exec.failed`` events."""
+
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"
+    UNSUPPORTED = "unsupported"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    TIMEOUT = "timeout"
+    UNKNOWN_AGENT = "unknown_agent"
+    AGENT_UNAVAILABLE = "agent_unavailable"
+    AGENT_LOST = "agent_lost"
+    START_FAILED = "start_failed"
+    COMMAND_NOT_FOUND = "command_not_found"
+    COMMAND_NOT_EXECUTABLE = "command_not_executable"
+    UNKNOWN_USER = "unknown_user"
+    CONTAINER_NOT_FOUND = "container_not_found"
+    CONTAINER_NOT_RUNNING = "container_not_running"
+    INTERNAL = "internal"
+
+
+class ExecbusError(Exception):
+    """Root of every execbus error."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message or self.__class__.__doc__ or self.__class__.__name__
+
+
+class ConfigError(ExecbusError):
+    """Settings or command-line configuration is invalid."""
+
+    code = ErrorCode.INVALID
+
+
+class InvalidRequest(ExecbusError):
+    """The request failed validation."""
+
+    code = ErrorCode.INVALID
+
+
+class NotFound(ExecbusError):
+    """No exec with that id."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(ExecbusError):
+    """The exec's state does not allow the operation."""
+
+    code = ErrorCode.CONFLICT
+
+
+class Forbidden(ExecbusError):
+    """The caller is not allowed to do this."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class Unsupported(ExecbusError):
+    """The agent cannot do this operation."""
+
+    code = ErrorCode.UNSUPPORTED
+
+
+class LimitExceeded(ExecbusError):
+    """A size or count limit was reached."""
+
+    code = ErrorCode.LIMIT_EXCEEDED
+
+
+class ExecTimeout(ExecbusError):
+    """Waiting for a result took too long."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class UnknownAgent(ExecbusError):
+    """No worker serves this agent or pool."""
+
+    code = ErrorCode.UNKNOWN_AGENT
+
+
+class StartFailed(ExecbusError):
+    """The process could not be started."""
+
+    code = ErrorCode.START_FAILED
+
+
+class CommandNotFound(StartFailed):
+    """The executable was not found (exit code 127)."""
+
+    code = ErrorCode.COMMAND_NOT_FOUND
+
+
+class CommandNotExecutable(StartFailed):
+    """The file is not executable (exit code 126)."""
+
+    code = ErrorCode.COMMAND_NOT_EXECUTABLE
+
+
+class UnknownUser(StartFailed):
+    """The user or group does not exist."""
+
+    code = ErrorCode.UNKNOWN_USER
+
+
+class ContainerNotFound(StartFailed):
+    """No container with that id."""
+
+    code = ErrorCode.CONTAINER_NOT_FOUND
+
+
+class ContainerNotRunning(StartFailed):
+    """The container exists but is not running."""
+
+    code = ErrorCode.CONTAINER_NOT_RUNNING
+
+
+class AgentError(ExecbusError):
+    """Talking to a guest agent went wrong."""
+
+    code = ErrorCode.AGENT_UNAVAILABLE
+
+
+class AgentUnavailable(AgentError):
+    """The agent could not be reached (refused, reset, timed out); retryable."""
+
+    code = ErrorCode.AGENT_UNAVAILABLE
+
+
+class AgentLost(AgentError):
+    """The agent restarted or vanished; the processes it ran are gone."""
+
+    code = ErrorCode.AGENT_LOST
+
+
+class AgentProtocolError(AgentError):
+    """The agent broke the protocol (bad frame, bad handshake)."""
+
+    code = ErrorCode.INTERNAL
+
+
+class BrokerError(ExecbusError):
+    """Talking to RabbitMQ went wrong."""
+
+    code = ErrorCode.INTERNAL
+
+
+class BrokerUnavailable(BrokerError):
+    """RabbitMQ could not be reached."""
+
+
+class PublishFailed(BrokerError):
+    """A publish was not confirmed in time, or was nacked."""
+
+
+class InternalError(ExecbusError):
+    """An internal error; the message says what."""
+
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[str, type[ExecbusError]] = {
+    ErrorCode.INVALID: InvalidRequest,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.CONFLICT: Conflict,
+    ErrorCode.FORBIDDEN: Forbidden,
+    ErrorCode.UNSUPPORTED: Unsupported,
+    ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
+    ErrorCode.TIMEOUT: ExecTimeout,
+    ErrorCode.UNKNOWN_AGENT: UnknownAgent,
+    ErrorCode.AGENT_UNAVAILABLE: AgentUnavailable,
+    ErrorCode.AGENT_LOST: AgentLost,
+    ErrorCode.START_FAILED: StartFailed,
+    ErrorCode.COMMAND_NOT_FOUND: CommandNotFound,
+    ErrorCode.COMMAND_NOT_EXECUTABLE: CommandNotExecutable,
+    ErrorCode.UNKNOWN_USER: UnknownUser,
+    ErrorCode.CONTAINER_NOT_FOUND: ContainerNotFound,
+    ErrorCode.CONTAINER_NOT_RUNNING: ContainerNotRunning,
+    ErrorCode.INTERNAL: InternalError,
+}
+
+
+def error_for_code(code: str, message: str) -> ExecbusError:
+    """Build the exception matching a wire error ``code`` (unknown codes -> InternalError)."""
+    cls = _BY_CODE.get(code, InternalError)
+    err = cls(message)
+    return err
+
+
+def start_error_for_code(code: str, message: str) -> StartFailed:
+    """Like :func:`error_for_code`, but always a :class:`StartFailed`."""
+    err = error_for_code(code, message)
+    return err if isinstance(err, StartFailed) else StartFailed(message)

@@ -1,0 +1,112 @@
+"""Settings, read once at the edge (CLI) from ``EXECBUS_*`` variables and passed down.
+
+Nothing in execbus reads the environment at import time: the CLI builds a
+:class:`Settings` (environment + flags) and hands typed objects to the worker
+and the client. Every field is one ``EXECBUS_<NAME>`` variable; the README's
+configuration table is generated from this model (``execbus config --markdown``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from execbus.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Configuration of the worker, the client and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="EXECBUS_", extra="ignore", frozen=True)
+
+    amqp_url: str = Field(
+        default="amqp://guest:guest@localhost:5672/",
+        description="RabbitMQ URL (amqp:// or amqps://).",
+    )
+    namespace: str = Field(
+        default="execbus",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Prefix of every exchange and queue; isolates tenants and tests.",
+    )
+    agents: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Agents a worker serves, comma-separated NAME=ADDRESS "
+        "(unix:///path, tcp://host:port, vsock://cid:port, qga+unix:///path, local). "
+        "Empty: one in-process agent named 'local'.",
+    )
+    agent_token_file: Path | None = Field(
+        default=None, description="File holding the token for tcp:// agents."
+    )
+    prefetch: int = Field(default=64, ge=1, le=10_000, description="AMQP prefetch per queue.")
+    publish_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a publisher confirm."
+    )
+    delivery_limit: int = Field(
+        default=5, ge=1, description="Redeliveries before a request is dead-lettered."
+    )
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted."
+    )
+    registry_max_records: int = Field(default=100_000, ge=1, description="Exec records per agent.")
+    registry_retention: float = Field(
+        default=3600.0, ge=0, description="Seconds finished execs stay inspectable."
+    )
+    registry_created_ttl: float = Field(
+        default=600.0, gt=0, description="Seconds a created, never started exec is kept."
+    )
+    sweep_interval: float = Field(default=30.0, gt=0, description="Seconds between registry sweeps.")
+    agent_call_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds one agent call may take (per attempt)."
+    )
+    agent_retry_attempts: int = Field(default=6, ge=1, description="Attempts per agent call.")
+    agent_retry_max_elapsed: float = Field(
+        default=15.0, gt=0, description="Seconds before agent retries give up."
+    )
+    agent_heartbeat: float = Field(
+        default=2.0, gt=0, description="Seconds between agent pings (dead-agent detection)."
+    )
+    shutdown_grace: float = Field(
+        default=20.0, ge=0, description="Seconds to finish in-flight work on SIGTERM."
+    )
+    http_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Port of the health/metrics HTTP endpoint."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address of the HTTP endpoint.")
+    worker_id: str | None = Field(default=None, description="Stable worker id (default: random).")
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Client: seconds to wait for a non-run reply."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _split_agents(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides (``None`` ignored)."""
+    from pydantic import ValidationError
+
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        from execbus.wire.codec import describe_validation_error
+
+        raise ConfigError(f"invalid configuration: {describe_validation_error(exc)}") from None

@@ -1,0 +1,81 @@
+"""Bytes <-> wire models, with errors a caller can act on.
+
+Parsing never raises anything but :class:`execbus.errors.InvalidRequest`,
+whose message names the offending field, so the worker can answer and
+dead-letter a bad message instead of crashing.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ValidationError
+
+from execbus.errors import InvalidRequest
+from execbus.wire.events import EVENT_ADAPTER, Event
+from execbus.wire.replies import REPLY_ADAPTER, Reply
+from execbus.wire.requests import REQUEST_ADAPTER, REQUEST_TYPES, WIRE_VERSION, Request
+
+MAX_ERROR_DETAILS = 5
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A short, one-line summary of a pydantic error (never echoes input values)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:MAX_ERROR_DETAILS]:
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - MAX_ERROR_DETAILS
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def _precheck(body: bytes | str) -> None:
+    """Catch what pydantic's messages would make obscure: not JSON, wrong version/type."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("body must be a JSON object")
+    version = doc.get("v")
+    if version != WIRE_VERSION:
+        raise InvalidRequest(f"unsupported wire version {version!r}; this worker speaks v=1")
+    kind = doc.get("type")
+    if kind not in REQUEST_TYPES:
+        raise InvalidRequest(
+            f"unknown request type {str(kind)[:64]!r}; expected one of {', '.join(REQUEST_TYPES)}"
+        )
+
+
+def parse_request(body: bytes | str) -> Request:
+    """Parse and validate a request body."""
+    try:
+        return REQUEST_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        _precheck(body)
+        raise InvalidRequest(f"invalid request: {describe_validation_error(exc)}") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"invalid request: {str(exc)[:200]}") from None
+
+
+def parse_reply(body: bytes | str) -> Reply:
+    """Parse a reply (client side)."""
+    try:
+        return REPLY_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid reply: {describe_validation_error(exc)}") from None
+
+
+def parse_event(body: bytes | str) -> Event:
+    """Parse an event (client side)."""
+    try:
+        return EVENT_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid event: {describe_validation_error(exc)}") from None
+
+
+def dump(model: BaseModel) -> bytes:
+    """Serialize a wire model to compact JSON bytes (defaults omitted only when None)."""
+    return model.model_dump_json(exclude_none=True).encode()

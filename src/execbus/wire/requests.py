@@ -1,0 +1,143 @@
+"""Exec requests: the messages orchestrators publish on ``<ns>.requests``.
+
+Every request is an envelope ``{"v": 1, "type": "exec.<op>", ...}``,
+discriminated by ``type``. ``agent`` names the target agent (it may be left
+out when publishing to ``agent.<name>``; the worker fills it in), ``pool`` a
+pool of agents instead (``pool.<name>``). ``request_id`` makes redelivery
+detectable; when absent the AMQP ``message_id`` is used.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from execbus.wire.config import Dimension, ExecConfig, StrictModel
+from execbus.wire.ids import AgentName, ContainerId, ExecId, PoolName
+
+WIRE_VERSION = 1
+MAX_STDIN_CHUNK = 1024 * 1024
+
+
+class RequestBase(StrictModel):
+    """Fields shared by every request."""
+
+    v: Literal[1] = 1
+    request_id: str | None = Field(default=None, max_length=128)
+    agent: AgentName | None = None
+    pool: PoolName | None = None
+
+
+class CreateRequest(RequestBase):
+    """Register an exec without starting it (idempotent by ``exec_id``)."""
+
+    type: Literal["exec.create"] = "exec.create"
+    exec_id: ExecId | None = None
+    config: ExecConfig
+
+
+class StartRequest(RequestBase):
+    """Start a created exec. Replies when it exits, or at once when detached."""
+
+    type: Literal["exec.start"] = "exec.start"
+    exec_id: ExecId
+    detach: bool | None = Field(default=None, description="overrides config.detach")
+    console_size: Annotated[tuple[Dimension, Dimension], Field()] | None = Field(
+        default=None, description="(width, height); overrides config.console_size"
+    )
+
+
+class RunRequest(RequestBase):
+    """Create and start in one step."""
+
+    type: Literal["exec.run"] = "exec.run"
+    exec_id: ExecId | None = None
+    config: ExecConfig
+
+
+class ResizeRequest(RequestBase):
+    """Resize a running TTY exec."""
+
+    type: Literal["exec.resize"] = "exec.resize"
+    exec_id: ExecId
+    width: Dimension
+    height: Dimension
+
+
+class SignalRequest(RequestBase):
+    """Send a signal (name like ``SIGTERM``/``TERM`` or number) to the exec's process group."""
+
+    type: Literal["exec.signal"] = "exec.signal"
+    exec_id: ExecId
+    signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9+-]{2,12}$")] | Annotated[
+        int, Field(ge=1, le=64)
+    ] = "SIGKILL"
+
+
+class StdinRequest(RequestBase):
+    """Write bytes to the exec's stdin; ``close`` closes it afterwards."""
+
+    type: Literal["exec.stdin"] = "exec.stdin"
+    exec_id: ExecId
+    data: bytes = Field(default=b"", max_length=MAX_STDIN_CHUNK)
+    close: bool = False
+
+
+class InspectRequest(RequestBase):
+    """Return one exec."""
+
+    type: Literal["exec.inspect"] = "exec.inspect"
+    exec_id: ExecId
+
+
+class WaitRequest(RequestBase):
+    """Reply once the exec has finished (at once if it already has)."""
+
+    type: Literal["exec.wait"] = "exec.wait"
+    exec_id: ExecId
+
+
+class ListRequest(RequestBase):
+    """List execs, optionally of one container; finished ones only when asked."""
+
+    type: Literal["exec.list"] = "exec.list"
+    container_id: ContainerId | None = None
+    include_finished: bool = True
+
+
+class RemoveRequest(RequestBase):
+    """Forget a finished exec; ``force`` kills a running one first."""
+
+    type: Literal["exec.remove"] = "exec.remove"
+    exec_id: ExecId
+    force: bool = False
+
+
+Request = Annotated[
+    CreateRequest
+    | StartRequest
+    | RunRequest
+    | ResizeRequest
+    | SignalRequest
+    | StdinRequest
+    | InspectRequest
+    | WaitRequest
+    | ListRequest
+    | RemoveRequest,
+    Field(discriminator="type"),
+]
+
+REQUEST_ADAPTER: TypeAdapter[Request] = TypeAdapter(Request)
+REQUEST_TYPES = (
+    "exec.create",
+    "exec.start",
+    "exec.run",
+    "exec.resize",
+    "exec.signal",
+    "exec.stdin",
+    "exec.inspect",
+    "exec.wait",
+    "exec.list",
+    "exec.remove",
+)

@@ -226,9 +226,7 @@ _BY_CODE: dict[str, type[ExecbusError]] = {
 
 def error_for_code(code: str, message: str) -> ExecbusError:
     """Build the exception matching a wire error ``code`` (unknown codes -> InternalError)."""
-    cls = _BY_CODE.get(code, InternalError)
-    err = cls(message)
-    return err
+    return _BY_CODE.get(code, InternalError)(message)
 
 
 def start_error_for_code(code: str, message: str) -> StartFailed:

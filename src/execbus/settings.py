@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     registry_created_ttl: float = Field(
         default=600.0, gt=0, description="Seconds a created, never started exec is kept."
     )
-    sweep_interval: float = Field(default=30.0, gt=0, description="Seconds between registry sweeps.")
+    sweep_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between registry sweeps."
+    )
     agent_call_timeout: float = Field(
         default=10.0, gt=0, description="Seconds one agent call may take (per attempt)."
     )

@@ -16,6 +16,7 @@ collects them. The number of records is capped; a full registry raises
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -87,7 +88,9 @@ class ExecRegistry:
             raise NotFound(f"no exec {exec_id!r} on agent {self.agent!r}")
         return record
 
-    def list(self, container_id: str | None = None, include_finished: bool = True) -> list[ExecRecord]:
+    def list(
+        self, container_id: str | None = None, include_finished: bool = True
+    ) -> list[ExecRecord]:
         """Records, optionally of one container, oldest first."""
         if container_id is None:
             records = list(self._records.values())
@@ -98,7 +101,7 @@ class ExecRegistry:
             records = [r for r in records if not r.finished]
         return records
 
-    def list_for_container(self, container_id: str) -> list[ExecRecord]:
+    def list_for_container(self, container_id: str) -> builtins.list[ExecRecord]:
         """Every record of one container (O(k) in its own execs)."""
         return self.list(container_id)
 
@@ -155,7 +158,9 @@ class ExecRegistry:
             record.starting = False
             record.start_request_id = None
 
-    def mark_running(self, exec_id: str, pid: int | None, started_at: float | None = None) -> ExecRecord:
+    def mark_running(
+        self, exec_id: str, pid: int | None, started_at: float | None = None
+    ) -> ExecRecord:
         """The agent spawned the process."""
         record = self.get(exec_id)
         if record.state is not ExecState.CREATED:
@@ -221,7 +226,7 @@ class ExecRegistry:
             self._delete(old)
         self._insert(record)
 
-    def sweep(self, now: float | None = None) -> list[str]:
+    def sweep(self, now: float | None = None) -> builtins.list[str]:
         """Collect finished records past retention and never-started ones past their TTL."""
         now = self._clock() if now is None else now
         expired = [r for r in self._records.values() if self._expired(r, now)]

@@ -17,13 +17,24 @@ from execbus.wire.replies import REPLY_ADAPTER, Reply
 from execbus.wire.requests import REQUEST_ADAPTER, REQUEST_TYPES, WIRE_VERSION, Request
 
 MAX_ERROR_DETAILS = 5
+MAX_LOC_PART = 64
+
+
+def _loc_part(part: int | str) -> str:
+    """One element of an error location; unknown keys come from the input, so bound them."""
+    text = str(part)
+    if len(text) > MAX_LOC_PART:
+        text = text[:MAX_LOC_PART] + "..."
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """A short, one-line summary of a pydantic error (never echoes input values)."""
     parts = []
     for err in exc.errors(include_input=False, include_url=False)[:MAX_ERROR_DETAILS]:
-        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        loc = ".".join(_loc_part(p) for p in err["loc"]) or "body"
         parts.append(f"{loc}: {err['msg']}")
     more = exc.error_count() - MAX_ERROR_DETAILS
     if more > 0:
@@ -40,8 +51,10 @@ def _precheck(body: bytes | str) -> None:
     if not isinstance(doc, dict):
         raise InvalidRequest("body must be a JSON object")
     version = doc.get("v")
-    if version != WIRE_VERSION:
-        raise InvalidRequest(f"unsupported wire version {version!r}; this worker speaks v=1")
+    if type(version) is not int or version != WIRE_VERSION:
+        raise InvalidRequest(
+            f"unsupported wire version {repr(version)[:32]}; this worker speaks v={WIRE_VERSION}"
+        )
     kind = doc.get("type")
     if kind not in REQUEST_TYPES:
         raise InvalidRequest(
@@ -52,12 +65,16 @@ def _precheck(body: bytes | str) -> None:
 def parse_request(body: bytes | str) -> Request:
     """Parse and validate a request body."""
     try:
-        return REQUEST_ADAPTER.validate_json(body)
+        request = REQUEST_ADAPTER.validate_json(body)
     except ValidationError as exc:
         _precheck(body)
         raise InvalidRequest(f"invalid request: {describe_validation_error(exc)}") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"invalid request: {str(exc)[:200]}") from None
+    if "v" not in request.model_fields_set:
+        # The model defaults v=1 for Python callers; on the wire it is mandatory.
+        raise InvalidRequest(f"missing wire version; this worker speaks v={WIRE_VERSION}")
+    return request
 
 
 def parse_reply(body: bytes | str) -> Reply:

@@ -38,7 +38,8 @@ def new_exec_id() -> str:
 
 def is_valid_name(name: str) -> bool:
     """True when ``name`` is a valid agent or pool name."""
-    return bool(_NAME_RE.match(name))
+    # fullmatch, not match: ``$`` also matches before a trailing newline.
+    return _NAME_RE.fullmatch(name) is not None
 
 
 def encode_key_segment(value: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, field_validator
 
 from execbus.wire.config import Dimension, ExecConfig, StrictModel
 from execbus.wire.ids import AgentName, ContainerId, ExecId, PoolName
@@ -27,6 +27,14 @@ class RequestBase(StrictModel):
     request_id: str | None = Field(default=None, max_length=128)
     agent: AgentName | None = None
     pool: PoolName | None = None
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _exact_version(cls, value: object) -> object:
+        # Literal[1] alone would also take JSON ``true`` and ``1.0``.
+        if type(value) is not int:
+            raise ValueError(f"the wire version must be the integer {WIRE_VERSION}")
+        return value
 
 
 class CreateRequest(RequestBase):
@@ -70,9 +78,10 @@ class SignalRequest(RequestBase):
 
     type: Literal["exec.signal"] = "exec.signal"
     exec_id: ExecId
-    signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9+-]{2,12}$")] | Annotated[
-        int, Field(ge=1, le=64)
-    ] = "SIGKILL"
+    signal: (
+        Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9+-]{2,12}$")]
+        | Annotated[int, Field(ge=1, le=64)]
+    ) = "SIGKILL"
 
 
 class StdinRequest(RequestBase):

@@ -1,0 +1,49 @@
+# One task runner; CI calls these targets verbatim.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench chaos clean
+
+$(BIN)/execbus: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/execbus  ## create the venv and install execbus with its test and dev extras
+
+run: install  ## run a worker with the embedded local agent (needs RabbitMQ)
+	$(BIN)/execbus worker
+
+test: install  ## the whole test suite (unit, agent, integration, faults)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-faults: install
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
+
+lint: install  ## ruff lint + format check
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+fmt: install
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+typecheck: install  ## mypy --strict on src/
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+schema: install  ## regenerate docs/schema/*.json and docs/asyncapi.yaml
+	$(BIN)/python -m execbus.wire.schema docs
+
+bench: install  ## end-to-end benchmark (prints JSON)
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

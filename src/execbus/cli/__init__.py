@@ -1,0 +1,1 @@
+"""The ``execbus`` command line."""

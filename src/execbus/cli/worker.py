@@ -1,0 +1,220 @@
+"""``execbus worker`` and ``execbus config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+
+from execbus.connections.address import AgentAddress, parse_agent_spec
+from execbus.connections.factory import ConnectOptions
+from execbus.errors import ConfigError
+from execbus.logs import setup_logging
+from execbus.settings import Settings, load_settings
+
+log = logging.getLogger("execbus.worker")
+
+DESCRIPTION = """\
+Serve guest agents: consume exec requests from RabbitMQ, keep the exec
+registry, drive the agents (with retries) and publish replies, output and
+exit events. With no --agent, serves one in-process agent named 'local'
+that runs commands on this host, so `execbus worker` alone is a working
+system next to a RabbitMQ.
+"""
+
+EPILOG = """\
+agent addresses:
+  local                   in-process agent on this host (development, quick start)
+  unix:///path.sock       execbus agent on a Unix socket
+  tcp://host:port         execbus agent over TCP (needs --agent-token-file)
+  tls://host:port         the same over TLS
+  vsock://cid:port        execbus agent over AF_VSOCK
+  qga+unix:///path.sock   QEMU guest agent (qemu-ga)
+
+examples:
+  execbus worker
+  execbus worker --agent vm1=unix:///run/execbus/agent.sock --http-port 9180
+  EXECBUS_AMQP_URL=amqps://user:pw@mq:5671/ execbus worker --agent vm1=vsock://3:1024
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="execbus worker",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=None,
+        metavar="NAME=ADDRESS",
+        help="an agent to serve (repeatable; env EXECBUS_AGENTS, comma-separated)",
+    )
+    p.add_argument("--amqp-url", help="RabbitMQ URL (env EXECBUS_AMQP_URL)")
+    p.add_argument("--namespace", help="exchange/queue prefix (env EXECBUS_NAMESPACE)")
+    p.add_argument("--agent-token-file", help="token file for tcp:// agents")
+    p.add_argument("--prefetch", type=int, help="AMQP prefetch per agent queue")
+    p.add_argument("--http-port", type=int, help="serve /healthz, /readyz and /metrics here")
+    p.add_argument("--http-host", help="address of the HTTP endpoint (default 127.0.0.1)")
+    p.add_argument("--shutdown-grace", type=float, help="seconds to drain on SIGTERM")
+    p.add_argument("--worker-id", help="stable worker id (default: random)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument(
+        "--health",
+        action="store_true",
+        help="query the readiness of a worker running on --http-port and exit 0 (ready) or 1",
+    )
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        amqp_url=args.amqp_url,
+        namespace=args.namespace,
+        agents=args.agent,
+        agent_token_file=args.agent_token_file,
+        prefetch=args.prefetch,
+        http_port=args.http_port,
+        http_host=args.http_host,
+        shutdown_grace=args.shutdown_grace,
+        worker_id=args.worker_id,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def agents_from_settings(settings: Settings) -> dict[str, AgentAddress]:
+    specs = settings.agents or ["local=local"]
+    agents: dict[str, AgentAddress] = {}
+    for spec in specs:
+        name, address = parse_agent_spec(spec)
+        if name in agents:
+            raise ConfigError(f"agent {name!r} is given twice")
+        agents[name] = address
+    return agents
+
+
+def connect_options(settings: Settings) -> ConnectOptions:
+    token = None
+    if settings.agent_token_file is not None:
+        try:
+            token = settings.agent_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the agent token file: {exc}") from exc
+    return ConnectOptions(
+        call_timeout=settings.agent_call_timeout, heartbeat=settings.agent_heartbeat, token=token
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Run the worker until SIGTERM/SIGINT."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        if args.health:
+            return health_main(settings)
+        agents = agents_from_settings(settings)
+        options = connect_options(settings)
+    except ConfigError as exc:
+        print(f"execbus worker: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings, agents, options))
+    except ConfigError as exc:
+        print(f"execbus worker: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def serve(
+    settings: Settings, agents: dict[str, AgentAddress], options: ConnectOptions
+) -> None:
+    """Run a worker (and its HTTP endpoint) until a signal arrives."""
+    from execbus.worker.http import HealthServer
+    from execbus.worker.service import Worker
+
+    worker = Worker(settings, agents, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    http = None
+    if settings.http_port is not None:
+        http = HealthServer(
+            settings.http_host, settings.http_port, worker.status, worker.metrics.render
+        )
+        port = await http.start()
+        log.info("health and metrics on http://%s:%d/", settings.http_host, port)
+    log.info(
+        "worker %s serving agents: %s",
+        worker.worker_id,
+        ", ".join(f"{n}={a}" for n, a in agents.items()),
+    )
+    try:
+        await worker.run(stop)
+    finally:
+        if http is not None:
+            await http.stop()
+        log.info("worker %s stopped", worker.worker_id)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("second %s: exiting now", sig.name)
+        raise SystemExit(1)
+    log.info("%s received: shutting down gracefully", sig.name)
+    stop.set()
+
+
+def health_main(settings: Settings) -> int:
+    """``--health``: ask a running worker's /readyz."""
+    if settings.http_port is None:
+        print("execbus worker --health: give --http-port (or EXECBUS_HTTP_PORT)", file=sys.stderr)
+        return 2
+    url = f"http://{settings.http_host}:{settings.http_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            print(resp.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode())
+        return 1
+    except OSError as exc:
+        print(f"execbus worker --health: no worker answers at {url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def config_main(argv: list[str]) -> int:
+    """``execbus config``: the settings and their current values, or a markdown table."""
+    p = argparse.ArgumentParser(prog="execbus config", description="Show execbus settings.")
+    p.add_argument("--markdown", action="store_true", help="print the README configuration table")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(settings_table())
+        return 0
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"execbus config: {exc.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def settings_table() -> str:
+    """The configuration table, generated from :class:`Settings`."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default is None else json.dumps(default, default=str)
+        rows.append(f"| `EXECBUS_{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)

@@ -1,0 +1,421 @@
+"""The worker's client for the execbus agent protocol (``docs/agent-protocol.md``).
+
+One :class:`AgentClient` keeps one multiplexed connection to one agent: it
+dials, handshakes, subscribes to events (``watch``) and reconnects in the
+background with backoff; a heartbeat (``ping``) notices an agent that
+stopped answering. Calls made while the connection is down wait for it up
+to their timeout, then raise :class:`~execbus.errors.AgentUnavailable`,
+which the retry layer above may retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from execbus.agent.protocol import PROTOCOL_VERSION, FrameError, encode_frame, read_frame
+from execbus.connections.base import AgentConnection, AgentExec, AgentInfo, AgentListener
+from execbus.errors import (
+    AgentProtocolError,
+    AgentUnavailable,
+    Conflict,
+    ExecbusError,
+    Forbidden,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    Unsupported,
+    error_for_code,
+)
+from execbus.wire.config import ExecConfig
+from execbus.wire.records import ErrorInfo, ExitInfo
+
+log = logging.getLogger("execbus.agent_client")
+
+Dialer = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+CLIENT_NAME = "execbus-worker/0.1"
+MAX_FRAME = 64 * 1024 * 1024
+_AGENT_ERRORS: dict[str, type[ExecbusError]] = {
+    "invalid": InvalidRequest,
+    "not_found": NotFound,
+    "not_running": Conflict,
+    "not_tty": Conflict,
+    "stdin_closed": Conflict,
+    "not_finished": Conflict,
+    "forbidden": Forbidden,
+    "limit_exceeded": LimitExceeded,
+    "unsupported": Unsupported,
+}
+
+
+def agent_error(code: str, message: str) -> ExecbusError:
+    """Translate an agent error response into the execbus exception tree."""
+    cls = _AGENT_ERRORS.get(code)
+    return cls(message) if cls is not None else error_for_code(code, message)
+
+
+def decode_exec(state: dict[str, Any], payload: bytes = b"") -> AgentExec:
+    """Build an :class:`AgentExec` from an exec-state header and its capture payload."""
+    exit_info = None
+    if state.get("exit"):
+        exit_info = _decode_exit(state, payload)
+    error = None
+    if state.get("error"):
+        err = state["error"]
+        error = ErrorInfo(
+            code=str(err.get("code", "start_failed"))[:64],
+            message=str(err.get("message", ""))[:4096],
+            exit_code=err.get("exit_code"),
+        )
+    return AgentExec(
+        exec_id=state["exec_id"],
+        state=state["state"],
+        pid=state.get("pid"),
+        tty=bool(state.get("tty", False)),
+        container_id=state.get("container_id") or "",
+        meta=state.get("meta") or {},
+        started_at=state.get("started_at"),
+        finished_at=state.get("finished_at"),
+        exit=exit_info,
+        error=error,
+        new=bool(state.get("new", False)),
+    )
+
+
+def _decode_exit(state: dict[str, Any], payload: bytes) -> ExitInfo:
+    from execbus.registry.records import utc
+
+    ex = state["exit"]
+    out_len = int(ex.get("stdout_len", 0))
+    err_len = int(ex.get("stderr_len", 0))
+    return ExitInfo(
+        exit_code=ex["exit_code"],
+        signal=ex.get("signal"),
+        timed_out=bool(ex.get("timed_out", False)),
+        started_at=utc(state.get("started_at")),
+        finished_at=utc(state.get("finished_at")),
+        stdout=payload[:out_len],
+        stderr=payload[out_len : out_len + err_len],
+        stdout_dropped=int(ex.get("stdout_dropped", 0)),
+        stderr_dropped=int(ex.get("stderr_dropped", 0)),
+    )
+
+
+def start_args(exec_id: str, config: ExecConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``start`` request arguments for an exec config."""
+    size = config.console_size
+    return {
+        "exec_id": exec_id,
+        "cmd": config.cmd,
+        "env": config.env,
+        "working_dir": config.working_dir,
+        "user": config.user,
+        "tty": config.tty,
+        "console_size": None if size is None else {"width": size.width, "height": size.height},
+        "stdin": config.attach_stdin,
+        "stream_output": config.stream_output,
+        "output_limit": config.output_limit,
+        "timeout": config.timeout,
+        "container_id": config.container_id,
+        "privileged": config.privileged,
+        "meta": meta,
+    }
+
+
+class _Session:
+    """One live, handshaken connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self.write_lock = asyncio.Lock()
+        self.ids = itertools.count(1)
+
+    async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        async with self.write_lock:
+            self.writer.write(encode_frame(header, payload))
+            await self.writer.drain()
+
+    def fail_pending(self, reason: str) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(AgentUnavailable(reason))
+        self.pending.clear()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self.writer.wait_closed()
+
+
+class AgentClient(AgentConnection):
+    """An :class:`AgentConnection` to an execbus agent, over any byte stream."""
+
+    def __init__(
+        self,
+        name: str,
+        dialer: Dialer,
+        *,
+        token: str | None = None,
+        call_timeout: float = 10.0,
+        heartbeat: float = 2.0,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.name = name
+        self._dialer = dialer
+        self._token = token
+        self._call_timeout = call_timeout
+        self._heartbeat = heartbeat
+        self._max_backoff = max_backoff
+        self._session: _Session | None = None
+        self._ready = asyncio.Event()
+        self._info: AgentInfo | None = None
+        self._listener: AgentListener | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.last_error = "not connected yet"
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def info(self) -> AgentInfo | None:
+        return self._info
+
+    async def open(self, listener: AgentListener) -> None:
+        self._listener = listener
+        self._runner = asyncio.create_task(self._run(), name=f"agent-{self.name}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            self._session.fail_pending("connection closed")
+            await self._session.close()
+            self._session = None
+
+    # -- connection lifecycle -------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                session, boot_changed = await self._connect()
+            except (OSError, AgentUnavailable, AgentProtocolError, TimeoutError) as exc:
+                self.last_error = f"cannot connect: {exc}"
+                attempt += 1
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            attempt = 0
+            await self._serve(session, boot_changed)
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self._max_backoff, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1))
+
+    async def _connect(self) -> tuple[_Session, bool]:
+        async with asyncio.timeout(self._call_timeout):
+            reader, writer = await self._dialer()
+            session = _Session(reader, writer)
+            try:
+                info = await self._handshake(session)
+            except BaseException:
+                await session.close()
+                raise
+        boot_changed = self._info is not None and self._info.boot_id != info.boot_id
+        self._info = info
+        return session, boot_changed
+
+    async def _handshake(self, session: _Session) -> AgentInfo:
+        hello = {"id": 0, "op": "hello", "versions": [PROTOCOL_VERSION], "token": self._token}
+        hello["client"] = CLIENT_NAME
+        await session.send(hello)
+        frame = await read_frame(session.reader, MAX_FRAME)
+        if frame is None:
+            raise AgentUnavailable("agent closed the connection during the handshake")
+        header = frame.header
+        if not header.get("ok"):
+            err = header.get("error") or {}
+            raise AgentProtocolError(f"handshake refused: {err.get('code')}: {err.get('message')}")
+        result = header["result"]
+        await session.send({"id": next(session.ids), "op": "watch"})
+        return AgentInfo(
+            boot_id=str(result.get("boot_id", "")),
+            version=int(result.get("version", 1)),
+            agent_version=str(result.get("agent_version", "")),
+            capabilities=frozenset(result.get("capabilities", [])),
+            hostname=str(result.get("hostname", "")),
+        )
+
+    async def _serve(self, session: _Session, boot_changed: bool) -> None:
+        self._session = session
+        self._ready.set()
+        self.last_error = ""
+        log.info("agent %s connected (boot %s)", self.name, self._info and self._info.boot_id)
+        self._spawn(self._notify_connected(boot_changed))
+        heartbeat = asyncio.create_task(self._heartbeat_loop(session))
+        reason = "connection closed by the agent"
+        try:
+            reason = await self._read_loop(session)
+        finally:
+            heartbeat.cancel()
+            self._ready.clear()
+            self._session = None
+            session.fail_pending(f"connection to agent {self.name!r} lost: {reason}")
+            await session.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        self.last_error = reason
+        if not self._closing:
+            log.warning("agent %s disconnected: %s", self.name, reason)
+            if self._listener is not None:
+                self._spawn(self._listener.on_disconnected(self.name, reason))
+
+    async def _notify_connected(self, boot_changed: bool) -> None:
+        if self._listener is not None:
+            await self._listener.on_connected(self.name, boot_changed)
+
+    async def _read_loop(self, session: _Session) -> str:
+        while True:
+            try:
+                frame = await read_frame(session.reader, MAX_FRAME)
+            except FrameError as exc:
+                if exc.fatal:
+                    return f"protocol error: {exc.message}"
+                log.warning("agent %s sent a bad frame: %s", self.name, exc.message)
+                continue
+            except (OSError, ConnectionError) as exc:
+                return f"connection error: {exc}"
+            if frame is None:
+                return "connection closed by the agent"
+            await self._dispatch(session, frame.header, frame.payload)
+
+    async def _dispatch(self, session: _Session, header: dict[str, Any], payload: bytes) -> None:
+        if "re" in header:
+            fut = session.pending.pop(header["re"], None) if header["re"] is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result((header, payload))
+            elif header["re"] is None:
+                log.warning("agent %s reported: %s", self.name, header.get("error"))
+            return
+        event = header.get("event")
+        if self._listener is None:
+            return
+        if event == "output":
+            await self._listener.on_output(
+                self.name, header["exec_id"], header["stream"], int(header["seq"]), payload
+            )
+        elif event == "exit":
+            self._spawn(self._listener.on_exit(self.name, decode_exec(header, payload)))
+
+    async def _heartbeat_loop(self, session: _Session) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self._request_on(session, "ping", {}, b"", self._heartbeat * 2)
+            except AgentUnavailable as exc:
+                log.warning("agent %s missed a heartbeat: %s", self.name, exc)
+                session.writer.close()
+                return
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent %s listener failed", self.name, exc_info=task.exception())
+
+    # -- requests ---------------------------------------------------------
+
+    async def _request(
+        self, op: str, args: dict[str, Any], payload: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"agent {self.name!r} is not connected ({self.last_error})"
+            ) from None
+        session = self._session
+        if session is None:
+            raise AgentUnavailable(f"agent {self.name!r} is not connected ({self.last_error})")
+        return await self._request_on(session, op, args, payload, self._call_timeout)
+
+    async def _request_on(
+        self,
+        session: _Session,
+        op: str,
+        args: dict[str, Any],
+        payload: bytes,
+        timeout: float | None,
+    ) -> tuple[dict[str, Any], bytes]:
+        req_id = next(session.ids)
+        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        session.pending[req_id] = fut
+        try:
+            await session.send({"id": req_id, "op": op, **args}, payload)
+            async with asyncio.timeout(timeout):
+                header, body = await fut
+        except TimeoutError:
+            raise AgentUnavailable(f"agent {self.name!r}: {op} timed out") from None
+        except (OSError, ConnectionError) as exc:
+            raise AgentUnavailable(f"agent {self.name!r}: {op} failed: {exc}") from exc
+        finally:
+            session.pending.pop(req_id, None)
+        if not header.get("ok"):
+            err = header.get("error") or {}
+            raise agent_error(str(err.get("code", "internal")), str(err.get("message", "")))
+        return header.get("result") or {}, body
+
+    async def start(self, exec_id: str, config: ExecConfig, meta: dict[str, Any]) -> AgentExec:
+        result, payload = await self._request("start", start_args(exec_id, config, meta))
+        return decode_exec(result, payload)
+
+    async def inspect(self, exec_id: str) -> AgentExec:
+        result, payload = await self._request("inspect", {"exec_id": exec_id})
+        return decode_exec(result, payload)
+
+    async def wait(self, exec_id: str) -> AgentExec:
+        session = self._session
+        if session is None:
+            raise AgentUnavailable(f"agent {self.name!r} is not connected ({self.last_error})")
+        result, payload = await self._request_on(session, "wait", {"exec_id": exec_id}, b"", None)
+        return decode_exec(result, payload)
+
+    async def signal(self, exec_id: str, signal: str | int) -> None:
+        await self._request("signal", {"exec_id": exec_id, "signal": signal})
+
+    async def resize(self, exec_id: str, width: int, height: int) -> None:
+        await self._request("resize", {"exec_id": exec_id, "width": width, "height": height})
+
+    async def write_stdin(self, exec_id: str, data: bytes, close: bool) -> None:
+        await self._request("stdin", {"exec_id": exec_id, "close": close}, data)
+
+    async def list(self) -> list[AgentExec]:
+        result, _ = await self._request("list", {})
+        return [decode_exec(state) for state in result.get("execs", [])]
+
+    async def ack(self, exec_id: str) -> None:
+        await self._request("ack", {"exec_id": exec_id})
+
+    async def ping(self) -> None:
+        await self._request("ping", {})

@@ -1,0 +1,112 @@
+"""Build the right :class:`AgentConnection` for an address, with its dialer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from execbus.connections.address import AgentAddress
+from execbus.connections.agent_client import AgentClient, Dialer
+from execbus.connections.base import AgentConnection
+from execbus.errors import AgentUnavailable, ConfigError
+
+STREAM_LIMIT = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """How to reach agents: timeouts, the TCP token and TLS material."""
+
+    call_timeout: float = 10.0
+    heartbeat: float = 2.0
+    token: str | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+def unix_dialer(path: str) -> Dialer:
+    async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_unix_connection(path, limit=STREAM_LIMIT)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise AgentUnavailable(f"cannot connect to unix://{path}: {exc.strerror}") from exc
+
+    return dial
+
+
+def tcp_dialer(host: str, port: int, tls: ssl.SSLContext | None = None) -> Dialer:
+    async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_connection(host, port, ssl=tls, limit=STREAM_LIMIT)
+        except ConnectionRefusedError as exc:
+            raise AgentUnavailable(f"cannot connect to {host}:{port}: refused") from exc
+
+    return dial
+
+
+def vsock_dialer(cid: int, port: int) -> Dialer:
+    async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        family = getattr(socket, "AF_VSOCK", None)
+        if family is None:
+            raise ConfigError("this platform has no AF_VSOCK")
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (cid, port))
+        except OSError as exc:
+            sock.close()
+            raise AgentUnavailable(f"cannot connect to vsock://{cid}:{port}: {exc}") from exc
+        return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+
+    return dial
+
+
+def client_tls_context(options: ConnectOptions) -> ssl.SSLContext:
+    """A TLS context verifying the agent (and presenting a client cert for mTLS)."""
+    ctx = ssl.create_default_context(
+        cafile=str(options.tls_ca_file) if options.tls_ca_file else None
+    )
+    if options.tls_cert_file is not None:
+        ctx.load_cert_chain(
+            str(options.tls_cert_file),
+            str(options.tls_key_file) if options.tls_key_file else None,
+        )
+    return ctx
+
+
+def make_connection(name: str, address: AgentAddress, options: ConnectOptions) -> AgentConnection:
+    """The connection for ``address`` (not opened yet)."""
+    if address.scheme == "local":
+        from execbus.connections.local import LocalAgentClient
+
+        return LocalAgentClient(
+            name, call_timeout=options.call_timeout, heartbeat=options.heartbeat
+        )
+    if address.scheme == "unix":
+        return _client(name, unix_dialer(address.path), options, token=options.token)
+    if address.scheme in ("tcp", "tls"):
+        if options.token is None:
+            raise ConfigError(f"agent {name!r} at {address}: tcp agents need a token file")
+        tls = client_tls_context(options) if address.scheme == "tls" else None
+        return _client(name, tcp_dialer(address.host, address.port, tls), options, options.token)
+    if address.scheme == "vsock":
+        try:
+            cid = int(address.host)
+        except ValueError:
+            raise ConfigError(f"agent {name!r}: vsock CID must be a number") from None
+        return _client(name, vsock_dialer(cid, address.port), options, token=options.token)
+    if address.scheme == "qga+unix":
+        from execbus.connections.qga import QgaConnection
+
+        return QgaConnection(name, address.path, call_timeout=options.call_timeout)
+    raise ConfigError(f"unsupported agent address {address}")  # pragma: no cover
+
+
+def _client(name: str, dialer: Dialer, options: ConnectOptions, token: str | None) -> AgentClient:
+    return AgentClient(
+        name, dialer, token=token, call_timeout=options.call_timeout, heartbeat=options.heartbeat
+    )

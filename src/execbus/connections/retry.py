@@ -1,0 +1,68 @@
+"""Retries of agent calls: transient faults only, bounded by attempts and time.
+
+The predicate is narrow: only :class:`~execbus.errors.AgentUnavailable`
+(connection refused or reset, a call that timed out) is retried. Semantic
+errors (unknown user, not found) and ``CancelledError`` never are. Every
+attempt has its own timeout; the backoff is exponential with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from execbus.errors import AgentUnavailable
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try an agent call."""
+
+    attempts: int = 6
+    max_elapsed: float = 15.0
+    attempt_timeout: float = 10.0
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+
+
+async def call_with_retry(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    on_retry: Callable[[RetryCallState], None] | None = None,
+    attempt_timeout: float | None = None,
+) -> T:
+    """Run ``call`` with the policy; the last :class:`AgentUnavailable` propagates."""
+    timeout = policy.attempt_timeout if attempt_timeout is None else attempt_timeout
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(AgentUnavailable),
+        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed),
+        wait=wait_random_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff),
+        before_sleep=on_retry,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await _with_timeout(call, timeout)
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+async def _with_timeout(call: Callable[[], Awaitable[T]], timeout: float) -> T:
+    try:
+        async with asyncio.timeout(timeout):
+            return await call()
+    except TimeoutError:
+        raise AgentUnavailable(f"agent did not answer within {timeout:g} s") from None

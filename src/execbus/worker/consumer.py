@@ -1,0 +1,149 @@
+"""From an AMQP delivery to a handled request: size check, parse, lane, settle.
+
+The consume callback does only synchronous work (so lanes are claimed in
+delivery order) and hands the rest to a task. Each delivery ends in exactly
+one :func:`~execbus.worker.acks.settle` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from execbus.errors import ErrorCode, InvalidRequest, PublishFailed
+from execbus.wire.codec import parse_request
+from execbus.wire.ids import new_exec_id
+from execbus.wire.replies import Reply
+from execbus.wire.requests import CreateRequest, Request, RunRequest
+from execbus.worker.acks import Disposition, settle
+from execbus.worker.execs import AgentExecs, Outcome, ReplyTarget, RequestContext, derive_exec_id
+from execbus.worker.publisher import Publisher
+
+log = logging.getLogger("execbus.worker")
+
+Observer = Callable[[str, str, float], None]  # (request type, outcome, seconds)
+
+
+def request_context(message: AbstractIncomingMessage, request: Request | None) -> RequestContext:
+    """Reply target, request id and caller identity of a delivery."""
+    reply = ReplyTarget(message.reply_to, message.correlation_id) if message.reply_to else None
+    request_id = request.request_id if request is not None else None
+    return RequestContext(
+        reply=reply, request_id=request_id or message.message_id, user_id=message.user_id
+    )
+
+
+def with_exec_id(request: Request, ctx: RequestContext) -> Request:
+    """Give creates and runs without an exec id a deterministic one (redelivery-safe)."""
+    if isinstance(request, CreateRequest | RunRequest) and request.exec_id is None:
+        exec_id = derive_exec_id(ctx.request_id) if ctx.request_id else new_exec_id()
+        return request.model_copy(update={"exec_id": exec_id})
+    return request
+
+
+class RequestConsumer:
+    """Consumes one agent's queue into its :class:`AgentExecs`."""
+
+    def __init__(
+        self,
+        execs: AgentExecs,
+        publisher: Publisher,
+        max_message_bytes: int,
+        observe: Observer | None = None,
+        authorize: Callable[[Request, RequestContext], Awaitable[None]] | None = None,
+    ) -> None:
+        self.execs = execs
+        self.publisher = publisher
+        self.max_message_bytes = max_message_bytes
+        self.observe = observe
+        self.authorize = authorize
+        self.inflight: set[asyncio.Task[None]] = set()
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """The consume callback: claim a lane now, handle in a task."""
+        started = time.perf_counter()
+        try:
+            request = self._parse(message)
+        except InvalidRequest as exc:
+            self._track(self._reject(message, exc, started))
+            return
+        ctx = request_context(message, request)
+        request = with_exec_id(request, ctx)
+        key = getattr(request, "exec_id", None) or f"~{uuid.uuid4().hex}"
+        task = self.execs.lanes.submit(key, lambda: self._handle(message, request, ctx, started))
+        self._track(task)
+
+    def _track(self, coro_or_task: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro_or_task)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    def _parse(self, message: AbstractIncomingMessage) -> Request:
+        size = len(message.body)
+        if size > self.max_message_bytes:
+            raise InvalidRequest(
+                f"message of {size} bytes exceeds the limit of {self.max_message_bytes}"
+            )
+        request = parse_request(message.body)
+        agent = self.execs.agent
+        if request.agent is not None and request.agent != agent:
+            raise InvalidRequest(
+                f"request for agent {request.agent!r} arrived on the queue of agent {agent!r}"
+            )
+        return request
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, request: Request, ctx: RequestContext, t0: float
+    ) -> None:
+        try:
+            if self.authorize is not None:
+                await self.authorize(request, ctx)
+            outcome = await self.execs.handle(request, ctx)
+        except InvalidRequest as exc:  # authorization denials are dead-lettered too
+            outcome = Outcome(
+                Reply.failure(exc.code, exc.message, request_type=request.type),
+                Disposition.dead_letter(f"{exc.code}: {exc.message}"),
+            )
+        except Exception as exc:
+            log.exception("internal error handling %s", request.type)
+            outcome = Outcome(
+                Reply.failure(
+                    ErrorCode.INTERNAL, f"internal error: {exc}", request_type=request.type
+                ),
+                Disposition.dead_letter(f"internal: {type(exc).__name__}"),
+            )
+        await self._finish(message, ctx, outcome, request.type, t0)
+
+    async def _reject(
+        self, message: AbstractIncomingMessage, exc: InvalidRequest, t0: float
+    ) -> None:
+        log.warning("rejecting message %s: %s", message.message_id, exc.message)
+        reply = Reply.failure(exc.code, exc.message, agent=self.execs.agent)
+        ctx = request_context(message, None)
+        outcome = Outcome(reply, Disposition.dead_letter(f"{exc.code}: {exc.message}"))
+        await self._finish(message, ctx, outcome, "invalid", t0)
+
+    async def _finish(
+        self,
+        message: AbstractIncomingMessage,
+        ctx: RequestContext,
+        outcome: Outcome,
+        request_type: str,
+        t0: float,
+    ) -> None:
+        disposition = outcome.disposition
+        if outcome.reply is not None and ctx.reply is not None:
+            try:
+                await self.publisher.reply(
+                    ctx.reply.reply_to, ctx.reply.correlation_id, outcome.reply
+                )
+            except PublishFailed as exc:
+                disposition = Disposition.requeue(f"reply not confirmed: {exc}")
+        await settle(message, disposition, self.publisher)
+        if self.observe is not None:
+            self.observe(request_type, disposition.action.value, time.perf_counter() - t0)

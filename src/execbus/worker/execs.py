@@ -1,0 +1,522 @@
+"""The use cases of one agent: requests applied to the registry and the agent.
+
+:class:`AgentExecs` knows nothing of AMQP deliveries: it takes parsed
+requests with a :class:`RequestContext` and returns an :class:`Outcome` (the
+reply to send now, if any, and the disposition of the delivery). Events and
+deferred replies (a run's result at exit) go out through an :class:`Outbox`.
+It is also the agent's listener: exits, output and reconnects arrive here.
+
+What a worker needs to rebuild a record after a takeover travels to the
+agent as the exec's ``meta`` (see :func:`build_meta`), so any worker that
+later owns the agent can publish the exit and answer the original caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from execbus.connections.base import AgentConnection, AgentExec
+from execbus.connections.retry import RetryPolicy, call_with_retry
+from execbus.errors import (
+    AgentUnavailable,
+    Conflict,
+    ErrorCode,
+    ExecbusError,
+    Forbidden,
+    InvalidRequest,
+    PublishFailed,
+)
+from execbus.registry import ExecRecord, ExecRegistry, StartAction
+from execbus.wire import events as ev
+from execbus.wire.config import ExecConfig
+from execbus.wire.records import ErrorInfo, ExecList, ExecState
+from execbus.wire.replies import Reply
+from execbus.wire.requests import (
+    CreateRequest,
+    InspectRequest,
+    ListRequest,
+    RemoveRequest,
+    Request,
+    ResizeRequest,
+    RunRequest,
+    SignalRequest,
+    StartRequest,
+    StdinRequest,
+    WaitRequest,
+)
+from execbus.wire.routing import Names
+from execbus.worker.acks import Disposition
+from execbus.worker.lanes import Lanes
+
+log = logging.getLogger("execbus.worker")
+META_VERSION = 1
+
+
+class Outbox(Protocol):
+    """Where events and replies go (the confirmed publisher in production)."""
+
+    async def event(self, routing_key: str, event: BaseModel, event_id: str) -> None: ...
+
+    async def reply(self, reply_to: str, correlation_id: str | None, reply: BaseModel) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """Where the answer to one request goes."""
+
+    reply_to: str
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the delivery says about a request besides its body."""
+
+    reply: ReplyTarget | None = None
+    request_id: str | None = None
+    user_id: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The reply to send now (``None``: none, or deferred) and how to settle."""
+
+    reply: Reply | None
+    disposition: Disposition = field(default_factory=Disposition.ack)
+
+
+def derive_exec_id(request_id: str) -> str:
+    """A deterministic exec id for a run without one: redeliveries map to the same exec."""
+    return hashlib.blake2b(request_id.encode(), digest_size=16).hexdigest()
+
+
+def build_meta(record: ExecRecord, targets: list[ReplyTarget]) -> dict[str, Any]:
+    """What the agent keeps for us so another worker can rebuild the record."""
+    return {
+        "v": META_VERSION,
+        "i": record.instance,
+        "ca": record.created_at,
+        "rid": record.start_request_id,
+        "cfg": record.config.model_dump(mode="json", exclude_defaults=True),
+        "rt": [[t.reply_to, t.correlation_id] for t in targets],
+    }
+
+
+def record_from_agent(agent: str, state: AgentExec) -> ExecRecord | None:
+    """Rebuild a registry record from an agent's exec and its meta (takeover)."""
+    meta = state.meta
+    if meta.get("v") != META_VERSION:
+        return None
+    try:
+        config = ExecConfig.model_validate(meta["cfg"])
+    except (KeyError, ValidationError):
+        return None
+    return ExecRecord(
+        exec_id=state.exec_id,
+        agent=agent,
+        config=config,
+        instance=str(meta.get("i", "")),
+        created_at=float(meta.get("ca") or state.started_at or 0.0),
+        state=ExecState.RUNNING,
+        start_request_id=meta.get("rid"),
+        pid=state.pid,
+        started_at=state.started_at,
+    )
+
+
+def targets_from_meta(meta: dict[str, Any]) -> list[ReplyTarget]:
+    return [ReplyTarget(str(rt[0]), rt[1]) for rt in meta.get("rt", []) if rt and rt[0]]
+
+
+class AgentExecs:
+    """Requests, exits and takeovers of one agent."""
+
+    def __init__(
+        self,
+        agent: str,
+        registry: ExecRegistry,
+        connection: AgentConnection,
+        outbox: Outbox,
+        retry: RetryPolicy,
+        names: Names,
+    ) -> None:
+        self.agent = agent
+        self.registry = registry
+        self.connection = connection
+        self.outbox = outbox
+        self.retry = retry
+        self.names = names
+        self.lanes = Lanes()
+        self.waiters: dict[str, list[ReplyTarget]] = {}
+        self.on_retry: Callable[[], None] | None = None
+        self._sync_lock = asyncio.Lock()
+
+    # -- requests -----------------------------------------------------
+
+    async def handle(self, request: Request, ctx: RequestContext) -> Outcome:
+        """Apply one request; errors become error replies with a disposition."""
+        try:
+            return await self._dispatch(request, ctx)
+        except (InvalidRequest, Forbidden) as exc:
+            return self._error(request, exc, Disposition.dead_letter(f"{exc.code}: {exc.message}"))
+        except PublishFailed as exc:
+            log.warning("agent %s: publish failed, requeueing: %s", self.agent, exc)
+            return Outcome(None, Disposition.requeue(str(exc)))
+        except ExecbusError as exc:
+            return self._error(request, exc, Disposition.ack())
+
+    def _error(self, request: Request, exc: ExecbusError, disposition: Disposition) -> Outcome:
+        reply = Reply.failure(
+            exc.code,
+            exc.message,
+            request_type=request.type,
+            request_id=request.request_id,
+            agent=self.agent,
+            exec_id=getattr(request, "exec_id", None),
+        )
+        return Outcome(reply, disposition)
+
+    def _ok(self, request: Request, result: Any, exec_id: str | None = None) -> Outcome:
+        reply = Reply.success(
+            result,
+            request_type=request.type,
+            request_id=request.request_id,
+            agent=self.agent,
+            exec_id=exec_id or getattr(request, "exec_id", None),
+        )
+        return Outcome(reply)
+
+    async def _dispatch(self, request: Request, ctx: RequestContext) -> Outcome:
+        handler = self._handlers.get(type(request))
+        if handler is None:  # pragma: no cover - the union is closed
+            raise InvalidRequest(f"unsupported request type {request.type}")
+        return await handler(self, request, ctx)
+
+    async def _create(self, req: CreateRequest, ctx: RequestContext) -> Outcome:
+        record = await self._create_record(req.config, req.exec_id)
+        return self._ok(req, record.info(), record.exec_id)
+
+    async def _create_record(self, config: ExecConfig, exec_id: str | None) -> ExecRecord:
+        record, created = self.registry.create(config, exec_id)
+        if created:
+            await self._publish(record, "created", self._created_event(record))
+        return record
+
+    async def _run(self, req: RunRequest, ctx: RequestContext) -> Outcome:
+        exec_id = req.exec_id
+        if exec_id is None and ctx.request_id is not None:
+            exec_id = derive_exec_id(ctx.request_id)
+        record = await self._create_record(req.config, exec_id)
+        return await self._start_record(req, record, ctx, req.config.detach, None)
+
+    async def _start(self, req: StartRequest, ctx: RequestContext) -> Outcome:
+        record = self.registry.get(req.exec_id)
+        detach = record.config.detach if req.detach is None else req.detach
+        return await self._start_record(req, record, ctx, detach, req.console_size)
+
+    async def _start_record(
+        self,
+        req: Request,
+        record: ExecRecord,
+        ctx: RequestContext,
+        detach: bool,
+        console_size: tuple[int, int] | None,
+    ) -> Outcome:
+        decision = self.registry.begin_start(record.exec_id, ctx.request_id)
+        if decision.action is StartAction.REPLAY:
+            return self._replay(req, record, ctx, detach)
+        if console_size is not None:
+            size = {"width": console_size[0], "height": console_size[1]}
+            record.config = record.config.model_copy(update={"console_size": size})
+        targets = [] if detach or ctx.reply is None else [ctx.reply]
+        self.waiters.setdefault(record.exec_id, []).extend(targets)
+        try:
+            await self._spawn(record, targets)
+        except asyncio.CancelledError:
+            self.registry.abort_start(record.exec_id)
+            self.waiters.pop(record.exec_id, None)
+            raise
+        if detach:
+            return Outcome(self._reply_for(req, record))
+        return Outcome(None)  # the waiters get the result at exit (or failure)
+
+    def _reply_for(
+        self, req: Request | None, record: ExecRecord, request_type: str = "exec.exit"
+    ) -> Reply:
+        """The exec as a reply: its error when it failed, its info otherwise."""
+        common: dict[str, Any] = {
+            "request_type": req.type if req is not None else request_type,
+            "request_id": req.request_id if req is not None else None,
+            "agent": self.agent,
+            "exec_id": record.exec_id,
+        }
+        if record.state is ExecState.FAILED and record.error is not None:
+            err = record.error
+            return Reply.failure(err.code, err.message, exit_code=err.exit_code, **common)
+        return Reply.success(record.info(), **common)
+
+    def _replay(
+        self, req: Request, record: ExecRecord, ctx: RequestContext, detach: bool
+    ) -> Outcome:
+        if record.finished or detach or ctx.reply is None:
+            return Outcome(self._reply_for(req, record))
+        self.waiters.setdefault(record.exec_id, []).append(ctx.reply)
+        return Outcome(None)
+
+    async def _spawn(self, record: ExecRecord, targets: list[ReplyTarget]) -> None:
+        meta = build_meta(record, targets)
+        try:
+            state = await call_with_retry(
+                lambda: self.connection.start(record.exec_id, record.config, meta),
+                self.retry,
+                on_retry=lambda _: self.on_retry() if self.on_retry else None,
+            )
+        except AgentUnavailable as exc:
+            await self._fail(record, ErrorCode.AGENT_UNAVAILABLE, f"agent {self.agent!r}: {exc}")
+            return
+        except PublishFailed:
+            raise
+        except ExecbusError as exc:
+            await self._fail(record, exc.code, exc.message)
+            return
+        await self._apply_started(record, state)
+
+    async def _apply_started(self, record: ExecRecord, state: AgentExec) -> None:
+        if record.finished:
+            return  # the exit overtook the start reply
+        if state.state == "failed":
+            await self._finish(record, state)
+            return
+        self.registry.mark_running(record.exec_id, state.pid, state.started_at)
+        await self._publish(record, "started", self._started_event(record))
+        if state.finished:
+            await self._finish(record, state)
+
+    async def _inspect(self, req: InspectRequest, ctx: RequestContext) -> Outcome:
+        return self._ok(req, self.registry.get(req.exec_id).info())
+
+    async def _list(self, req: ListRequest, ctx: RequestContext) -> Outcome:
+        records = self.registry.list(req.container_id, req.include_finished)
+        return self._ok(req, ExecList(execs=[r.info() for r in records]))
+
+    async def _wait(self, req: WaitRequest, ctx: RequestContext) -> Outcome:
+        record = self.registry.get(req.exec_id)
+        if record.finished or ctx.reply is None:
+            return self._ok(req, record.info())
+        self.waiters.setdefault(record.exec_id, []).append(ctx.reply)
+        return Outcome(None)
+
+    async def _signal(self, req: SignalRequest, ctx: RequestContext) -> Outcome:
+        record = self.registry.check_running(req.exec_id)
+        await self._agent_call(lambda: self.connection.signal(req.exec_id, req.signal))
+        return self._ok(req, record.info())
+
+    async def _resize(self, req: ResizeRequest, ctx: RequestContext) -> Outcome:
+        record = self.registry.check_resizable(req.exec_id)
+        await self._agent_call(lambda: self.connection.resize(req.exec_id, req.width, req.height))
+        return self._ok(req, record.info())
+
+    async def _stdin(self, req: StdinRequest, ctx: RequestContext) -> Outcome:
+        record = self.registry.check_running(req.exec_id)
+        if not record.config.attach_stdin:
+            raise Conflict(f"exec {req.exec_id!r} was not created with attach_stdin")
+        await self._agent_call(
+            lambda: self.connection.write_stdin(req.exec_id, req.data, req.close)
+        )
+        return self._ok(req, record.info())
+
+    async def _remove(self, req: RemoveRequest, ctx: RequestContext) -> Outcome:
+        record = self.registry.get(req.exec_id)
+        if record.state is ExecState.RUNNING and req.force:
+            await self._agent_call(lambda: self.connection.signal(req.exec_id, "SIGKILL"))
+            state = await self._agent_call(lambda: self.connection.wait(req.exec_id))
+            await self._finish(record, state)
+        removed = self.registry.remove(req.exec_id)
+        self.waiters.pop(req.exec_id, None)
+        return self._ok(req, removed.info())
+
+    async def _agent_call(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        return await call_with_retry(call, self.retry)
+
+    _handlers: dict[type, Callable[..., Awaitable[Outcome]]] = {
+        CreateRequest: _create,
+        StartRequest: _start,
+        RunRequest: _run,
+        InspectRequest: _inspect,
+        ListRequest: _list,
+        WaitRequest: _wait,
+        SignalRequest: _signal,
+        ResizeRequest: _resize,
+        StdinRequest: _stdin,
+        RemoveRequest: _remove,
+    }
+
+    # -- exits, failures and events ------------------------------------
+
+    async def _fail(
+        self, record: ExecRecord, code: str, message: str, exit_code: int | None = None
+    ) -> None:
+        error = ErrorInfo(code=code, message=message[:4096], exit_code=exit_code)
+        if self.registry.mark_failed(record.exec_id, error):
+            await self._publish(record, "failed", self._failed_event(record, error))
+            await self._reply_waiters(record)
+
+    async def _finish(self, record: ExecRecord, state: AgentExec) -> None:
+        """Record an agent's final state, publish it, answer waiters, then ack the agent."""
+        if state.state == "failed":
+            err = state.error or ErrorInfo(code=ErrorCode.START_FAILED, message="start failed")
+            await self._fail(record, err.code, err.message, err.exit_code)
+        elif state.exit is not None:
+            if record.state is ExecState.CREATED and not record.starting:
+                record.starting = True
+            if self.registry.notify_exit(record.exec_id, state.exit):
+                if record.pid is None:
+                    record.pid = state.pid
+                await self._publish(record, "exited", self._exited_event(record))
+                await self._reply_waiters(record)
+        await self._ack_agent(record.exec_id)
+
+    async def _ack_agent(self, exec_id: str) -> None:
+        try:
+            await self.connection.ack(exec_id)
+        except ExecbusError as exc:  # the next sync acks it
+            log.info("agent %s: ack of %s deferred: %s", self.agent, exec_id, exc)
+
+    async def _reply_waiters(self, record: ExecRecord) -> None:
+        targets = self.waiters.pop(record.exec_id, [])
+        if not targets:
+            return
+        reply = self._final_reply(record)
+        await asyncio.gather(
+            *(self.outbox.reply(t.reply_to, t.correlation_id, reply) for t in targets)
+        )
+
+    def _final_reply(self, record: ExecRecord) -> Reply:
+        return self._reply_for(None, record)
+
+    async def _publish(self, record: ExecRecord, kind: str, event: ev.EventBase) -> None:
+        key = self.names.event_routing_key(self.agent, record.container_id, kind)
+        await self.outbox.event(key, event, event.event_id)
+
+    def _base(self, record: ExecRecord, kind: str, extra: str = "") -> dict[str, Any]:
+        return {
+            "event_id": ev.make_event_id(self.agent, record.exec_id, record.instance, kind, extra),
+            "agent": self.agent,
+            "exec_id": record.exec_id,
+            "container_id": record.container_id,
+            "time": datetime.now(UTC),
+            "labels": record.config.labels,
+        }
+
+    def _created_event(self, record: ExecRecord) -> ev.CreatedEvent:
+        cfg = record.config
+        return ev.CreatedEvent(
+            **self._base(record, "created"), cmd=cfg.cmd, env_keys=cfg.env_keys(), tty=cfg.tty
+        )
+
+    def _started_event(self, record: ExecRecord) -> ev.StartedEvent:
+        info = record.info()
+        return ev.StartedEvent(
+            **self._base(record, "started"), pid=record.pid, started_at=info.started_at
+        )
+
+    def _exited_event(self, record: ExecRecord) -> ev.ExitedEvent:
+        assert record.exit is not None
+        return ev.ExitedEvent(**self._base(record, "exited"), exit=record.exit)
+
+    def _failed_event(self, record: ExecRecord, error: ErrorInfo) -> ev.FailedEvent:
+        return ev.FailedEvent(**self._base(record, "failed"), error=error)
+
+    # -- agent listener -------------------------------------------------
+
+    async def on_output(self, agent: str, exec_id: str, stream: str, seq: int, data: bytes) -> None:
+        record = self.registry.find(exec_id)
+        if record is None or stream not in ("stdout", "stderr"):
+            return
+        event = ev.OutputEvent(
+            **self._base(record, "output", f"{stream}:{seq}"),
+            stream=stream,
+            seq=seq,
+            data=data,
+        )
+        try:
+            await self._publish(record, "output", event)
+        except PublishFailed as exc:
+            log.warning("exec %s: output chunk %s/%d lost: %s", exec_id, stream, seq, exc)
+
+    async def on_exit(self, agent: str, state: AgentExec) -> None:
+        await self.lanes.submit(state.exec_id, lambda: self._on_exit(state))
+
+    async def _on_exit(self, state: AgentExec) -> None:
+        record = self.registry.find(state.exec_id) or self._adopt(state)
+        if record is None:
+            await self._ack_agent(state.exec_id)
+            return
+        try:
+            await self._finish(record, state)
+        except PublishFailed as exc:  # not acked: the next sync publishes it again
+            log.warning("exec %s: exit not published yet: %s", state.exec_id, exc)
+
+    def _adopt(self, state: AgentExec) -> ExecRecord | None:
+        record = record_from_agent(self.agent, state)
+        if record is None:
+            log.warning(
+                "agent %s: exec %s has no execbus meta; ignoring", self.agent, state.exec_id
+            )
+            return None
+        self.registry.adopt(record)
+        self.waiters.setdefault(record.exec_id, []).extend(targets_from_meta(state.meta))
+        return record
+
+    async def on_connected(self, agent: str, boot_changed: bool) -> None:
+        await self.sync(boot_changed)
+
+    async def on_disconnected(self, agent: str, reason: str) -> None:
+        log.warning("agent %s: connection lost: %s", agent, reason)
+
+    async def sync(self, boot_changed: bool = False) -> None:
+        """Takeover: rebuild records from the agent, publish exits nobody published."""
+        async with self._sync_lock:
+            try:
+                states = await self.connection.list()
+            except ExecbusError as exc:
+                log.warning("agent %s: sync failed: %s", self.agent, exc)
+                return
+            known = {s.exec_id for s in states}
+            for state in states:
+                if self.registry.find(state.exec_id) is None:
+                    self._adopt(state)
+            tasks = [
+                self.lanes.submit(s.exec_id, self._sync_finished(s)) for s in states if s.finished
+            ]
+            tasks += [
+                self.lanes.submit(r.exec_id, self._lost(r, boot_changed))
+                for r in self.registry.list(include_finished=False)
+                if r.state is ExecState.RUNNING and r.exec_id not in known
+            ]
+            await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("agent %s: synced %d execs from the agent", self.agent, len(states))
+
+    def _sync_finished(self, state: AgentExec) -> Callable[[], Awaitable[None]]:
+        async def work() -> None:
+            full = await self.connection.inspect(state.exec_id)
+            await self._on_exit(full)
+
+        return work
+
+    def _lost(self, record: ExecRecord, boot_changed: bool) -> Callable[[], Awaitable[None]]:
+        why = "restarted" if boot_changed else "no longer knows it"
+        message = f"agent {self.agent!r} {why}; the process is gone"
+
+        async def work() -> None:
+            await self._fail(record, ErrorCode.AGENT_LOST, message)
+
+        return work

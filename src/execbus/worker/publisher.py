@@ -1,0 +1,86 @@
+"""Confirmed publishing: events, replies and dead letters, each with a timeout.
+
+A result is not "sent" until the broker confirmed it. Publishes are
+pipelined: callers run many at once and each awaits only its own confirm.
+aio-pika and connection errors become :class:`~execbus.errors.PublishFailed`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
+from pydantic import BaseModel
+
+from execbus.errors import PublishFailed
+from execbus.wire.codec import dump
+from execbus.wire.routing import REASON_HEADER, Names
+
+JSON = "application/json"
+
+
+class Publisher:
+    """Publishes on one confirm-mode channel."""
+
+    def __init__(self, channel: AbstractChannel, names: Names, timeout: float) -> None:
+        self._channel = channel
+        self._names = names
+        self._timeout = timeout
+        self._events: AbstractExchange | None = None
+        self._dead: AbstractExchange | None = None
+
+    async def setup(self) -> None:
+        """Look up the exchanges (declared by the topology beforehand)."""
+        self._events = await self._channel.get_exchange(self._names.events_exchange, ensure=False)
+        self._dead = await self._channel.get_exchange(self._names.dead_exchange, ensure=False)
+
+    async def event(self, routing_key: str, event: BaseModel, event_id: str) -> None:
+        """Publish an event on ``<ns>.events``."""
+        assert self._events is not None, "setup() first"
+        message = aio_pika.Message(
+            dump(event),
+            content_type=JSON,
+            message_id=event_id,
+            type=getattr(event, "type", None),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            timestamp=time.time(),
+        )
+        await self._publish(self._events, message, routing_key)
+
+    async def reply(self, reply_to: str, correlation_id: str | None, reply: BaseModel) -> None:
+        """Send an RPC reply through the default exchange."""
+        message = aio_pika.Message(
+            dump(reply), content_type=JSON, correlation_id=correlation_id, type="reply"
+        )
+        await self._publish(self._channel.default_exchange, message, reply_to)
+
+    async def dead_letter(self, original: AbstractIncomingMessage, reason: str) -> None:
+        """Copy ``original`` to ``<ns>.dead`` with the reason in a header."""
+        assert self._dead is not None, "setup() first"
+        headers = dict(original.headers or {})
+        headers[REASON_HEADER] = reason[:1024]
+        headers["x-execbus-routing-key"] = original.routing_key or ""
+        message = aio_pika.Message(
+            original.body,
+            headers=headers,
+            content_type=original.content_type,
+            correlation_id=original.correlation_id,
+            reply_to=original.reply_to,
+            message_id=original.message_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._publish(self._dead, message, original.routing_key or "")
+
+    async def _publish(
+        self, exchange: AbstractExchange, message: aio_pika.Message, key: str
+    ) -> None:
+        try:
+            await exchange.publish(message, key, mandatory=False, timeout=self._timeout)
+        except DeliveryError as exc:
+            raise PublishFailed(f"broker refused the message for {key!r}: {exc}") from exc
+        except TimeoutError as exc:
+            raise PublishFailed(f"no publisher confirm within {self._timeout:g} s") from exc
+        except CONNECTION_EXCEPTIONS as exc:
+            raise PublishFailed(f"publish failed: {exc!r}") from exc

@@ -12,7 +12,7 @@ from execbus.errors import Conflict, LimitExceeded, NotFound
 from execbus.registry import ExecRecord, ExecRegistry, RegistryLimits, StartAction
 from execbus.wire import ErrorInfo, ExecConfig, ExecState, ExitInfo
 
-IDS = ["a", "b", "c", "d", "e", "f"]
+IDS = ["a", "b", "c", "d", "e"]
 CONTAINERS = ["", "c1", "c2"]
 CMDS = ["true", "false"]
 REQUESTS = [None, "r1", "r2"]
@@ -275,6 +275,7 @@ class RegistryMachine(RuleBasedStateMachine):
             m = self.model[record.exec_id]
             assert record.state is m.state
             assert record.starting is m.starting
+            assert record.start_request_id == m.request_id
             assert record.config == m.config
 
     @invariant()
@@ -315,6 +316,6 @@ class RegistryMachine(RuleBasedStateMachine):
 
 
 RegistryMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None, database=None
+    max_examples=100, stateful_step_count=50, deadline=None, database=None
 )
 TestRegistryMachine = RegistryMachine.TestCase

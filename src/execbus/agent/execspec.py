@@ -49,7 +49,7 @@ def parse_start(req: dict[str, Any], max_frame: int) -> ExecSpec:
         exec_id=exec_id_of(req),
         cmd=_cmd(req.get("cmd")),
         env=_env(req.get("env")),
-        working_dir=_str(req, "working_dir"),
+        working_dir=_working_dir(req),
         user=_str(req, "user"),
         tty=_bool(req, "tty"),
         console_size=_console_size(req.get("console_size")),
@@ -83,6 +83,13 @@ def _str(req: dict[str, Any], key: str) -> str:
         return ""
     if not isinstance(value, str) or "\0" in value:
         raise _bad(f"{key} must be a string")
+    return value
+
+
+def _working_dir(req: dict[str, Any]) -> str:
+    value = _str(req, "working_dir")
+    if value and not value.startswith("/"):
+        raise _bad("working_dir must be an absolute path")
     return value
 
 

@@ -1,0 +1,217 @@
+"""The worker against the real broker and real agent processes, over the raw wire contract."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.bus import Bus, b64, unb64
+
+pytestmark = pytest.mark.integration
+
+
+def run_body(cmd: list[str], **config: Any) -> dict[str, Any]:
+    return {"type": "exec.run", "exec_id": uuid.uuid4().hex, "config": {"cmd": cmd, **config}}
+
+
+@pytest.fixture
+def agent_worker(start_agent: Any, start_worker: Any) -> tuple[Any, Any]:
+    agent = start_agent("a1")
+    worker = start_worker("--agent", f"a1={agent.address}")
+    worker.wait_owner("a1")
+    return agent, worker
+
+
+async def test_run_replies_and_publishes_exit(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+    async with Bus(amqp_url, namespace) as bus:
+        body = run_body(["sh", "-c", "echo out; echo err >&2; exit 3"])
+        reply = await bus.call("a1", body)
+        assert reply["ok"], reply
+        exit_info = reply["result"]["exit"]
+        assert exit_info["exit_code"] == 3
+        assert unb64(exit_info["stdout"]) == b"out\n"
+        assert unb64(exit_info["stderr"]) == b"err\n"
+        event = await bus.wait_event(body["exec_id"], "exited")
+        assert event["exit"]["exit_code"] == 3
+        kinds = [e["type"] for e in bus.events_of(body["exec_id"])]
+        assert kinds == ["exec.created", "exec.started", "exec.exited"]
+        assert bus.event_keys[-1] == "exec.a1.~.exited"
+        assert len({e["event_id"] for e in bus.events_of(body["exec_id"])}) == 3
+
+
+async def test_lifecycle_through_the_bus(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+    async with Bus(amqp_url, namespace) as bus:
+        exec_id = uuid.uuid4().hex
+        config = {"cmd": ["sh", "-c", "read line; echo got:$line; stty size"], "tty": True,
+                  "attach_stdin": True, "console_size": {"width": 80, "height": 24}}
+        created = await bus.call("a1", {"type": "exec.create", "exec_id": exec_id, "config": config})
+        assert created["ok"] and created["result"]["state"] == "created"
+        again = await bus.call("a1", {"type": "exec.create", "exec_id": exec_id, "config": config})
+        assert again["ok"], "an identical create is idempotent"
+        started = await bus.call("a1", {"type": "exec.start", "exec_id": exec_id, "detach": True})
+        assert started["ok"] and started["result"]["state"] == "running"
+        second = await bus.call("a1", {"type": "exec.start", "exec_id": exec_id, "detach": True})
+        assert second["error"]["code"] == "conflict"
+        resized = await bus.call("a1", {"type": "exec.resize", "exec_id": exec_id, "width": 100, "height": 40})
+        assert resized["ok"], resized
+        listed = await bus.call("a1", {"type": "exec.list"})
+        assert exec_id in [e["exec_id"] for e in listed["result"]["execs"]]
+        sent = await bus.call("a1", {"type": "exec.stdin", "exec_id": exec_id, "data": b64(b"hello\n")})
+        assert sent["ok"], sent
+        waited = await bus.call("a1", {"type": "exec.wait", "exec_id": exec_id})
+        out = unb64(waited["result"]["exit"]["stdout"])
+        assert b"got:hello" in out and b"40 100" in out
+        inspected = await bus.call("a1", {"type": "exec.inspect", "exec_id": exec_id})
+        assert inspected["result"]["state"] == "exited"
+        removed = await bus.call("a1", {"type": "exec.remove", "exec_id": exec_id})
+        assert removed["ok"]
+        gone = await bus.call("a1", {"type": "exec.inspect", "exec_id": exec_id})
+        assert gone["error"]["code"] == "not_found"
+
+
+async def test_signal_and_conflicts(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+    async with Bus(amqp_url, namespace) as bus:
+        body = run_body(["sleep", "100"], detach=True)
+        started = await bus.call("a1", body)
+        assert started["result"]["state"] == "running"
+        exec_id = body["exec_id"]
+        resize = await bus.call("a1", {"type": "exec.resize", "exec_id": exec_id, "width": 10, "height": 10})
+        assert resize["error"]["code"] == "conflict" and "TTY" in resize["error"]["message"]
+        busy = await bus.call("a1", {"type": "exec.remove", "exec_id": exec_id})
+        assert busy["error"]["code"] == "conflict"
+        killed = await bus.call("a1", {"type": "exec.signal", "exec_id": exec_id, "signal": "SIGTERM"})
+        assert killed["ok"]
+        event = await bus.wait_event(exec_id, "exited")
+        assert event["exit"]["exit_code"] == 143 and event["exit"]["signal"] == "SIGTERM"
+        late = await bus.call("a1", {"type": "exec.signal", "exec_id": exec_id})
+        assert late["error"]["code"] == "conflict"
+        missing = await bus.call("a1", {"type": "exec.inspect", "exec_id": "nope"})
+        assert missing["error"]["code"] == "not_found"
+
+
+async def test_start_failures_are_reported(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+    async with Bus(amqp_url, namespace) as bus:
+        body = run_body(["/no/such/binary"])
+        reply = await bus.call("a1", body)
+        assert reply["error"]["code"] == "command_not_found"
+        assert reply["error"]["exit_code"] == 127
+        event = await bus.wait_event(body["exec_id"], "failed")
+        assert event["error"]["code"] == "command_not_found"
+        state = await bus.call("a1", {"type": "exec.inspect", "exec_id": body["exec_id"]})
+        assert state["result"]["state"] == "failed", "a failed start is never left running"
+
+
+async def test_redelivered_run_never_runs_twice(
+    amqp_url: str, namespace: str, agent_worker: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    async with Bus(amqp_url, namespace) as bus:
+        body = {"v": 1, "type": "exec.run", "config": {"cmd": ["sh", "-c", f"echo x >> {marker}"]}}
+        first = await bus.publish("agent.a1", body, message_id="same-message")
+        second = await bus.publish("agent.a1", body, message_id="same-message")
+        one, two = await bus.reply(first), await bus.reply(second)
+        assert one["ok"] and two["ok"]
+        assert one["exec_id"] == two["exec_id"]
+    assert marker.read_text() == "x\n"
+
+
+async def test_bad_messages_are_dead_lettered(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+    async with Bus(amqp_url, namespace) as bus:
+        bad = [
+            b"{not json",
+            b'{"v": 1, "type": "exec.explode"}',
+            b'{"v": 1, "type": "exec.run", "config": {"cmd": []}}',
+            b'{"v": 1, "type": "exec.run", "config": {"cmd": ["true"], "env": ["NOEQUALS"]}}',
+            b"[" * 100_000,
+            b'{"v": 1, "type": "exec.run", "config": {"cmd": ["' + b"x" * (5 * 1024 * 1024) + b'"]}}',
+        ]
+        corrs = [await bus.publish("agent.a1", body) for body in bad]
+        replies = [await bus.reply(c) for c in corrs]
+        assert all(r["ok"] is False and r["error"]["code"] == "invalid" for r in replies), replies
+        assert "exceeds the limit" in replies[-1]["error"]["message"]
+        dead = await bus.dead_letters(len(bad))
+        reasons = [str((m.headers or {}).get("x-execbus-reason")) for m in dead]
+        assert all(r.startswith("invalid:") for r in reasons), reasons
+        ok = await bus.call("a1", run_body(["true"]))
+        assert ok["ok"], "the worker keeps serving after bad input"
+
+
+async def test_unknown_agent_is_dead_lettered(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+    async with Bus(amqp_url, namespace) as bus:
+        reply = await bus.call("ghost", run_body(["true"]) | {"agent": "ghost"})
+        assert reply["error"]["code"] == "unknown_agent"
+        assert "ghost" in reply["error"]["message"]
+        [dead] = await bus.dead_letters(1)
+        assert "unknown_agent" in str((dead.headers or {})["x-execbus-reason"])
+
+
+async def test_agent_down_then_back_runs_once(
+    amqp_url: str, namespace: str, start_agent: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    agent = start_agent("a1")
+    worker = start_worker("--agent", f"a1={agent.address}")
+    worker.wait_owner("a1")
+    agent.kill()
+    marker = tmp_path / "ran"
+    async with Bus(amqp_url, namespace) as bus:
+        body = run_body(["sh", "-c", f"echo x >> {marker}"])
+        corr = await bus.publish("agent.a1", {"v": 1, **body})
+        await asyncio.sleep(1.0)
+        start_agent("a1", socket_path=agent.socket_path)
+        reply = await bus.reply(corr, timeout=20)
+        assert reply["ok"], reply
+        assert reply["result"]["exit"]["exit_code"] == 0
+    assert marker.read_text() == "x\n"
+
+
+async def test_agent_that_stays_down_fails_the_exec(
+    amqp_url: str, namespace: str, start_worker: Any, tmp_path: Path
+) -> None:
+    worker = start_worker(
+        "--agent", f"a1=unix://{tmp_path}/nobody.sock",
+        env={"EXECBUS_AGENT_RETRY_MAX_ELAPSED": "1.5", "EXECBUS_AGENT_CALL_TIMEOUT": "0.5"},
+    )
+    worker.wait_ready()
+    async with Bus(amqp_url, namespace) as bus:
+        body = run_body(["true"])
+        reply = await bus.call("a1", body, timeout=20)
+        assert reply["error"]["code"] == "agent_unavailable"
+        event = await bus.wait_event(body["exec_id"], "failed")
+        assert event["error"]["code"] == "agent_unavailable"
+
+
+async def test_standby_worker_takes_over_and_publishes_pending_exit(
+    amqp_url: str, namespace: str, start_agent: Any, start_worker: Any
+) -> None:
+    agent = start_agent("a1")
+    first = start_worker("--agent", f"a1={agent.address}")
+    first.wait_owner("a1")
+    second = start_worker("--agent", f"a1={agent.address}")
+    async with Bus(amqp_url, namespace) as bus:
+        status = second.readyz()
+        assert status is not None and status["agents"]["a1"]["owner"] is False  # type: ignore[index]
+        body = run_body(["sh", "-c", "sleep 1.5; echo late"])
+        corr = await bus.publish("agent.a1", {"v": 1, **body})
+        await bus.wait_event(body["exec_id"], "started")
+        first.terminate(timeout=30)
+        second.wait_owner("a1")
+        event = await bus.wait_event(body["exec_id"], "exited", timeout=20)
+        assert unb64(event["exit"]["stdout"]) == b"late\n"
+        reply = await bus.reply(corr, timeout=20)
+        assert reply["ok"] and reply["exec_id"] == body["exec_id"]
+        follow = await bus.call("a1", run_body(["true"]))
+        assert follow["ok"], "the new owner serves requests"
+
+
+async def test_quick_start_with_embedded_local_agent(
+    amqp_url: str, namespace: str, start_worker: Any
+) -> None:
+    worker = start_worker()
+    worker.wait_owner("local")
+    async with Bus(amqp_url, namespace) as bus:
+        reply = await bus.call("local", run_body(["echo", "hello"]))
+        assert unb64(reply["result"]["exit"]["stdout"]) == b"hello\n"

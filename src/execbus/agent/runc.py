@@ -1,0 +1,293 @@
+"""The runc backend: execs inside OCI containers managed by runc.
+
+Each exec is ``runc [--root R] exec --pid-file F --process P ID`` run in the
+foreground as our own child, so its exit status reaches us without making
+the agent a child subreaper. ``P`` is the container's own ``process`` from
+its bundle's ``config.json`` (so capabilities, rlimits, AppArmor, SELinux and
+no-new-privileges are exactly the container's, as with plain ``runc exec``)
+with the request's args, env, cwd, user, terminal and console size applied;
+``privileged`` adds every capability. The pid file names the real process in
+the container; signals and timeouts go to its process group.
+
+For a TTY exec runc gets a PTY of ours as its terminal: runc makes it raw,
+proxies it to the container's console, and forwards resizes (our TIOCSWINSZ
+sends runc SIGWINCH). ``runc exec --console-socket`` would hand us the
+container's PTY directly, but runc allows it only with ``--detach``, which
+reparents the process away from us and loses its exit status.
+
+runc reports a process killed by signal n as exit code 128+n, so the agent
+reports ``signal`` for such codes (a process that itself exits with 137 is
+indistinguishable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from typing import Any
+
+from execbus.agent.errors import (
+    CONTAINER_NOT_FOUND,
+    CONTAINER_NOT_RUNNING,
+    INVALID_WORKING_DIR,
+    START_FAILED,
+    StartFailure,
+    not_executable,
+    not_found,
+)
+from execbus.agent.execspec import ExecSpec
+from execbus.agent.output import Capture, OutputPump
+from execbus.agent.reaper import ChildReaper, exit_status
+from execbus.agent.spawn import DEFAULT_PATH, Launched, ProcessPlan, spawn
+from execbus.agent.users import FileUserDB, ResolvedUser, resolve_user
+
+CAPABILITIES = (
+    "CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID CAP_KILL "
+    "CAP_SETGID CAP_SETUID CAP_SETPCAP CAP_LINUX_IMMUTABLE CAP_NET_BIND_SERVICE "
+    "CAP_NET_BROADCAST CAP_NET_ADMIN CAP_NET_RAW CAP_IPC_LOCK CAP_IPC_OWNER CAP_SYS_MODULE "
+    "CAP_SYS_RAWIO CAP_SYS_CHROOT CAP_SYS_PTRACE CAP_SYS_PACCT CAP_SYS_ADMIN CAP_SYS_BOOT "
+    "CAP_SYS_NICE CAP_SYS_RESOURCE CAP_SYS_TIME CAP_SYS_TTY_CONFIG CAP_MKNOD CAP_LEASE "
+    "CAP_AUDIT_WRITE CAP_AUDIT_CONTROL CAP_SETFCAP CAP_MAC_OVERRIDE CAP_MAC_ADMIN CAP_SYSLOG "
+    "CAP_WAKE_ALARM CAP_BLOCK_SUSPEND CAP_AUDIT_READ CAP_PERFMON CAP_BPF CAP_CHECKPOINT_RESTORE"
+).split()
+STARTUP_TIMEOUT = 30.0
+_COMMAND_TIMEOUT = 30.0
+_PIDFILE_POLL = 0.005
+
+
+class RuncBackend:
+    """Starts execs in runc containers by container id."""
+
+    name = "runc"
+
+    def __init__(self, reaper: ChildReaper, binary: str = "runc", root: str | None = None) -> None:
+        self._reaper = reaper
+        self._binary = shutil.which(binary) or binary
+        self._global = [self._binary] + (["--root", root] if root else [])
+        self._workdir: str | None = None
+        self._counter = 0
+
+    async def launch(self, spec: ExecSpec) -> Launched:
+        state = await self._state(spec.container_id)
+        rootfs, base = _container_process(state)
+        user = resolve_user(spec.user, FileUserDB(rootfs)) if spec.user else None
+        workdir = self._exec_dir()
+        try:
+            return await self._start(spec, build_process(base, spec, user), workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    async def _start(self, spec: ExecSpec, process: dict[str, Any], workdir: str) -> Launched:
+        paths = {name: os.path.join(workdir, name) for name in ("process.json", "pid", "log")}
+        with open(paths["process.json"], "w", encoding="utf-8") as f:
+            json.dump(process, f)
+        argv = [*self._global, "--log", paths["log"], "--log-format", "json", "exec"]
+        argv += ["--pid-file", paths["pid"], "--process", paths["process.json"], spec.container_id]
+        plan = ProcessPlan(
+            argv, dict(os.environ), tty=spec.tty, console_size=spec.console_size, stdin=spec.stdin
+        )
+        proc, stdio = spawn(plan)
+        exited = self._reaper.watch(proc.pid)
+        try:
+            pid = await _wait_for_pid(paths["pid"], exited)
+        except BaseException:
+            stdio.close()
+            _kill_and_forget(proc.pid, exited)
+            raise
+        if pid is None:
+            stdio.close()
+            raise _failure_from_log(paths["log"])
+        cleanup = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
+        return Launched(
+            proc, pid, stdio, exited, (pid,), (pid, proc.pid), runc_exit_status, cleanup
+        )
+
+    async def _state(self, container_id: str) -> dict[str, Any]:
+        code, out, err = await run_command([*self._global, "state", container_id], self._reaper)
+        if code != 0:
+            message = err.decode(errors="replace").strip()
+            if "does not exist" in message:
+                raise StartFailure(CONTAINER_NOT_FOUND, f"container {container_id!r} not found")
+            raise StartFailure(START_FAILED, f"runc state failed: {message[-500:]}")
+        state: dict[str, Any] = json.loads(out)
+        if state.get("status") != "running":
+            raise StartFailure(
+                CONTAINER_NOT_RUNNING,
+                f"container {container_id!r} is {state.get('status', 'not running')}",
+            )
+        return state
+
+    def _exec_dir(self) -> str:
+        if self._workdir is None:
+            self._workdir = tempfile.mkdtemp(prefix="execbus-agent-runc-")
+        self._counter += 1
+        path = os.path.join(self._workdir, str(self._counter))
+        os.mkdir(path, 0o700)
+        return path
+
+    def close(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+def runc_exit_status(waitstatus: int | None) -> tuple[int, int | None]:
+    """runc exits with the process's code, or 128+n when signal n killed it."""
+    code, signum = exit_status(waitstatus)
+    if signum is None and 128 < code <= 128 + signal.SIGRTMAX:
+        signum = code - 128
+    return code, signum
+
+
+def _container_process(state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The container's rootfs and the ``process`` section of its config.json."""
+    bundle = str(state.get("bundle", ""))
+    try:
+        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
+            config: dict[str, Any] = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise StartFailure(START_FAILED, f"cannot read the container's config.json: {exc}") from None
+    rootfs = state.get("rootfs") or os.path.join(bundle, config.get("root", {}).get("path", ""))
+    process: dict[str, Any] = config.get("process") or {}
+    return str(rootfs), process
+
+
+def build_process(
+    base: dict[str, Any], spec: ExecSpec, user: ResolvedUser | None
+) -> dict[str, Any]:
+    """The OCI process for ``runc exec --process``: the container's, overridden."""
+    process = json.loads(json.dumps(base))  # a deep copy
+    process["args"] = spec.cmd
+    process["terminal"] = spec.tty
+    process.pop("consoleSize", None)
+    if spec.tty:
+        width, height = spec.console_size
+        process["consoleSize"] = {"width": width, "height": height}
+    process["cwd"] = spec.working_dir or process.get("cwd") or "/"
+    process["env"] = _env(process.get("env") or [], spec, user)
+    if user is not None:
+        process["user"] = {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.groups)}
+    if spec.privileged:
+        process["capabilities"] = _all_capabilities(process.get("capabilities") or {})
+    return process
+
+
+def _env(base: list[str], spec: ExecSpec, user: ResolvedUser | None) -> list[str]:
+    """The container's env, HOME of the requested user, then the request's env."""
+    env = dict(entry.partition("=")[::2] for entry in base)
+    if user is not None:
+        env["HOME"] = user.home
+    env.update(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    if spec.tty:
+        env.setdefault("TERM", "xterm")
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _all_capabilities(current: dict[str, Any]) -> dict[str, Any]:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = len(CAPABILITIES) - 1
+    every = CAPABILITIES[: last + 1]
+    return {**current, "bounding": every, "effective": every, "permitted": every}
+
+
+async def _wait_for_pid(path: str, exited: asyncio.Future[int | None]) -> int | None:
+    """The pid runc writes once the process runs; None if runc ended without one.
+
+    runc offers no event for this, so the file is polled briefly (only while a
+    runc exec starts).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_TIMEOUT
+    while loop.time() < deadline:
+        pid = _read_pid(path)
+        if pid is not None:
+            return pid
+        if exited.done():
+            return _read_pid(path)
+        await asyncio.wait([exited], timeout=_PIDFILE_POLL)
+    raise StartFailure(START_FAILED, f"runc exec did not start within {STARTUP_TIMEOUT:g}s")
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _kill_and_forget(pid: int, exited: asyncio.Future[int | None]) -> None:
+    if not exited.done():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _failure_from_log(path: str) -> StartFailure:
+    """Classify runc's error message (its JSON log) into a start failure."""
+    message = "runc exec failed"
+    with contextlib.suppress(OSError):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                with contextlib.suppress(ValueError, AttributeError):
+                    entry = json.loads(line)
+                    if entry.get("level") in ("error", "fatal"):
+                        message = str(entry.get("msg", message))
+    return classify_runc_error(message)
+
+
+def classify_runc_error(message: str) -> StartFailure:
+    """Map runc's wording onto the protocol's failure codes."""
+    lower = message.lower()
+    if "executable file not found" in lower or (
+        "exec: " in lower and "no such file or directory" in lower
+    ):
+        return not_found(message)
+    if "chdir to cwd" in lower:
+        return StartFailure(INVALID_WORKING_DIR, message)
+    if "exec: " in lower and ("permission denied" in lower or "exec format error" in lower):
+        return not_executable(message)
+    if "does not exist" in lower:
+        return StartFailure(CONTAINER_NOT_FOUND, message)
+    if "stopped" in lower or "paused" in lower or "not running" in lower:
+        return StartFailure(CONTAINER_NOT_RUNNING, message)
+    return StartFailure(START_FAILED, message)
+
+
+async def run_command(
+    argv: list[str], reaper: ChildReaper, timeout: float = _COMMAND_TIMEOUT
+) -> tuple[int, bytes, bytes]:
+    """Run a short helper command; ``(exit_code, stdout, stderr)`` (1 MiB each at most)."""
+    loop = asyncio.get_running_loop()
+    proc, stdio = spawn(ProcessPlan(argv, dict(os.environ), executable=argv[0]))
+    exited = reaper.watch(proc.pid)
+    eofs = [loop.create_future() for _ in range(2)]
+    captures = [Capture(1024 * 1024) for _ in range(2)]
+    pumps = [
+        OutputPump(fd, name, cap, None, lambda f=fut: f.set_result(None))  # type: ignore[misc]
+        for fd, name, cap, fut in zip(
+            (stdio.stdout, stdio.stderr), ("stdout", "stderr"), captures, eofs, strict=False
+        )
+    ]
+    for pump in pumps:
+        pump.start()
+    try:
+        async with asyncio.timeout(timeout):
+            status = await asyncio.shield(exited)
+            await asyncio.wait(eofs)
+    finally:
+        _kill_and_forget(proc.pid, exited)
+        for pump in pumps:
+            pump.close()
+    proc.returncode = exit_status(status)[0]
+    return proc.returncode, bytes(captures[0].data), bytes(captures[1].data)

@@ -107,7 +107,9 @@ class Bus:
     def events_of(self, exec_id: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["exec_id"] == exec_id]
 
-    async def dead_letters(self, count: int, timeout: float = 10.0) -> list[AbstractIncomingMessage]:
+    async def dead_letters(
+        self, count: int, timeout: float = 10.0
+    ) -> list[AbstractIncomingMessage]:
         """Get ``count`` messages from ``<ns>.dead`` (acked)."""
         assert self.connection is not None
         channel = await self.connection.channel()

@@ -26,7 +26,9 @@ def agent_worker(start_agent: Any, start_worker: Any) -> tuple[Any, Any]:
     return agent, worker
 
 
-async def test_run_replies_and_publishes_exit(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+async def test_run_replies_and_publishes_exit(
+    amqp_url: str, namespace: str, agent_worker: Any
+) -> None:
     async with Bus(amqp_url, namespace) as bus:
         body = run_body(["sh", "-c", "echo out; echo err >&2; exit 3"])
         reply = await bus.call("a1", body)
@@ -46,9 +48,15 @@ async def test_run_replies_and_publishes_exit(amqp_url: str, namespace: str, age
 async def test_lifecycle_through_the_bus(amqp_url: str, namespace: str, agent_worker: Any) -> None:
     async with Bus(amqp_url, namespace) as bus:
         exec_id = uuid.uuid4().hex
-        config = {"cmd": ["sh", "-c", "read line; echo got:$line; stty size"], "tty": True,
-                  "attach_stdin": True, "console_size": {"width": 80, "height": 24}}
-        created = await bus.call("a1", {"type": "exec.create", "exec_id": exec_id, "config": config})
+        config = {
+            "cmd": ["sh", "-c", "read line; echo got:$line; stty size"],
+            "tty": True,
+            "attach_stdin": True,
+            "console_size": {"width": 80, "height": 24},
+        }
+        created = await bus.call(
+            "a1", {"type": "exec.create", "exec_id": exec_id, "config": config}
+        )
         assert created["ok"] and created["result"]["state"] == "created"
         again = await bus.call("a1", {"type": "exec.create", "exec_id": exec_id, "config": config})
         assert again["ok"], "an identical create is idempotent"
@@ -56,11 +64,15 @@ async def test_lifecycle_through_the_bus(amqp_url: str, namespace: str, agent_wo
         assert started["ok"] and started["result"]["state"] == "running"
         second = await bus.call("a1", {"type": "exec.start", "exec_id": exec_id, "detach": True})
         assert second["error"]["code"] == "conflict"
-        resized = await bus.call("a1", {"type": "exec.resize", "exec_id": exec_id, "width": 100, "height": 40})
+        resized = await bus.call(
+            "a1", {"type": "exec.resize", "exec_id": exec_id, "width": 100, "height": 40}
+        )
         assert resized["ok"], resized
         listed = await bus.call("a1", {"type": "exec.list"})
         assert exec_id in [e["exec_id"] for e in listed["result"]["execs"]]
-        sent = await bus.call("a1", {"type": "exec.stdin", "exec_id": exec_id, "data": b64(b"hello\n")})
+        sent = await bus.call(
+            "a1", {"type": "exec.stdin", "exec_id": exec_id, "data": b64(b"hello\n")}
+        )
         assert sent["ok"], sent
         waited = await bus.call("a1", {"type": "exec.wait", "exec_id": exec_id})
         out = unb64(waited["result"]["exit"]["stdout"])
@@ -79,11 +91,15 @@ async def test_signal_and_conflicts(amqp_url: str, namespace: str, agent_worker:
         started = await bus.call("a1", body)
         assert started["result"]["state"] == "running"
         exec_id = body["exec_id"]
-        resize = await bus.call("a1", {"type": "exec.resize", "exec_id": exec_id, "width": 10, "height": 10})
+        resize = await bus.call(
+            "a1", {"type": "exec.resize", "exec_id": exec_id, "width": 10, "height": 10}
+        )
         assert resize["error"]["code"] == "conflict" and "TTY" in resize["error"]["message"]
         busy = await bus.call("a1", {"type": "exec.remove", "exec_id": exec_id})
         assert busy["error"]["code"] == "conflict"
-        killed = await bus.call("a1", {"type": "exec.signal", "exec_id": exec_id, "signal": "SIGTERM"})
+        killed = await bus.call(
+            "a1", {"type": "exec.signal", "exec_id": exec_id, "signal": "SIGTERM"}
+        )
         assert killed["ok"]
         event = await bus.wait_event(exec_id, "exited")
         assert event["exit"]["exit_code"] == 143 and event["exit"]["signal"] == "SIGTERM"
@@ -93,7 +109,9 @@ async def test_signal_and_conflicts(amqp_url: str, namespace: str, agent_worker:
         assert missing["error"]["code"] == "not_found"
 
 
-async def test_start_failures_are_reported(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+async def test_start_failures_are_reported(
+    amqp_url: str, namespace: str, agent_worker: Any
+) -> None:
     async with Bus(amqp_url, namespace) as bus:
         body = run_body(["/no/such/binary"])
         reply = await bus.call("a1", body)
@@ -119,7 +137,9 @@ async def test_redelivered_run_never_runs_twice(
     assert marker.read_text() == "x\n"
 
 
-async def test_bad_messages_are_dead_lettered(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+async def test_bad_messages_are_dead_lettered(
+    amqp_url: str, namespace: str, agent_worker: Any
+) -> None:
     async with Bus(amqp_url, namespace) as bus:
         bad = [
             b"{not json",
@@ -127,7 +147,9 @@ async def test_bad_messages_are_dead_lettered(amqp_url: str, namespace: str, age
             b'{"v": 1, "type": "exec.run", "config": {"cmd": []}}',
             b'{"v": 1, "type": "exec.run", "config": {"cmd": ["true"], "env": ["NOEQUALS"]}}',
             b"[" * 100_000,
-            b'{"v": 1, "type": "exec.run", "config": {"cmd": ["' + b"x" * (5 * 1024 * 1024) + b'"]}}',
+            b'{"v": 1, "type": "exec.run", "config": {"cmd": ["'
+            + b"x" * (5 * 1024 * 1024)
+            + b'"]}}',
         ]
         corrs = [await bus.publish("agent.a1", body) for body in bad]
         replies = [await bus.reply(c) for c in corrs]
@@ -140,7 +162,9 @@ async def test_bad_messages_are_dead_lettered(amqp_url: str, namespace: str, age
         assert ok["ok"], "the worker keeps serving after bad input"
 
 
-async def test_unknown_agent_is_dead_lettered(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+async def test_unknown_agent_is_dead_lettered(
+    amqp_url: str, namespace: str, agent_worker: Any
+) -> None:
     async with Bus(amqp_url, namespace) as bus:
         reply = await bus.call("ghost", run_body(["true"]) | {"agent": "ghost"})
         assert reply["error"]["code"] == "unknown_agent"
@@ -172,7 +196,8 @@ async def test_agent_that_stays_down_fails_the_exec(
     amqp_url: str, namespace: str, start_worker: Any, tmp_path: Path
 ) -> None:
     worker = start_worker(
-        "--agent", f"a1=unix://{tmp_path}/nobody.sock",
+        "--agent",
+        f"a1=unix://{tmp_path}/nobody.sock",
         env={"EXECBUS_AGENT_RETRY_MAX_ELAPSED": "1.5", "EXECBUS_AGENT_CALL_TIMEOUT": "0.5"},
     )
     worker.wait_ready()

@@ -58,6 +58,11 @@ class HostBackend:
         self._own_home = _home_of(os.geteuid())
 
     async def launch(self, spec: ExecSpec) -> Launched:
+        # Synchronous on purpose: every step is a quick local system call, and
+        # a start that never yields keeps pipelined requests in order.
+        return self._launch(spec)
+
+    def _launch(self, spec: ExecSpec) -> Launched:
         cwd = spec.working_dir or "/"
         if not os.path.isdir(cwd):
             raise StartFailure(INVALID_WORKING_DIR, f"working directory {cwd!r} does not exist")
@@ -75,7 +80,7 @@ class HostBackend:
             stdin=spec.stdin,
         )
         proc, stdio = spawn(plan)
-        exited = self._reaper.watch(proc.pid)
+        exited = self._reaper.watch_process(proc)
         groups = (proc.pid,)  # the child is a session (and group) leader
         return Launched(proc, proc.pid, stdio, exited, groups, groups, exit_status)
 
@@ -96,7 +101,9 @@ def _credentials(user: ResolvedUser | None, spec: str) -> Credentials | None:
     if os.geteuid() != 0:
         if (user.uid, user.gid) == (os.geteuid(), os.getegid()):
             return None
-        raise AgentError(FORBIDDEN, f"cannot run as user {spec!r}: the agent is not running as root")
+        raise AgentError(
+            FORBIDDEN, f"cannot run as user {spec!r}: the agent is not running as root"
+        )
     return Credentials(user.uid, user.gid, user.groups)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ class ChildReaper:
     def __init__(self) -> None:
         self._polled: dict[int, asyncio.Future[int | None]] = {}
         self._timer: asyncio.TimerHandle | None = None
+
+    def watch_process(self, proc: subprocess.Popen[bytes]) -> asyncio.Future[int | None]:
+        """Wait for a ``Popen`` child and record its exit code on it.
+
+        Setting ``returncode`` keeps ``Popen`` from ever calling ``waitpid``
+        itself (its destructor would otherwise do so for a running child).
+        """
+        fut = self.watch(proc.pid)
+        fut.add_done_callback(lambda f: setattr(proc, "returncode", exit_status(f.result())[0]))
+        return fut
 
     def watch(self, pid: int) -> asyncio.Future[int | None]:
         """Start waiting for ``pid`` (a child of this process)."""

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from execbus.agent.errors import (
@@ -47,15 +48,50 @@ from execbus.agent.reaper import ChildReaper, exit_status
 from execbus.agent.spawn import DEFAULT_PATH, Launched, ProcessPlan, spawn
 from execbus.agent.users import FileUserDB, ResolvedUser, resolve_user
 
+# Capability names by number (linux/capability.h), up to CAP_CHECKPOINT_RESTORE (40).
 CAPABILITIES = (
-    "CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID CAP_KILL "
-    "CAP_SETGID CAP_SETUID CAP_SETPCAP CAP_LINUX_IMMUTABLE CAP_NET_BIND_SERVICE "
-    "CAP_NET_BROADCAST CAP_NET_ADMIN CAP_NET_RAW CAP_IPC_LOCK CAP_IPC_OWNER CAP_SYS_MODULE "
-    "CAP_SYS_RAWIO CAP_SYS_CHROOT CAP_SYS_PTRACE CAP_SYS_PACCT CAP_SYS_ADMIN CAP_SYS_BOOT "
-    "CAP_SYS_NICE CAP_SYS_RESOURCE CAP_SYS_TIME CAP_SYS_TTY_CONFIG CAP_MKNOD CAP_LEASE "
-    "CAP_AUDIT_WRITE CAP_AUDIT_CONTROL CAP_SETFCAP CAP_MAC_OVERRIDE CAP_MAC_ADMIN CAP_SYSLOG "
-    "CAP_WAKE_ALARM CAP_BLOCK_SUSPEND CAP_AUDIT_READ CAP_PERFMON CAP_BPF CAP_CHECKPOINT_RESTORE"
-).split()
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)
 STARTUP_TIMEOUT = 30.0
 _COMMAND_TIMEOUT = 30.0
 _PIDFILE_POLL = 0.005
@@ -86,15 +122,14 @@ class RuncBackend:
 
     async def _start(self, spec: ExecSpec, process: dict[str, Any], workdir: str) -> Launched:
         paths = {name: os.path.join(workdir, name) for name in ("process.json", "pid", "log")}
-        with open(paths["process.json"], "w", encoding="utf-8") as f:
-            json.dump(process, f)
+        _write_json(paths["process.json"], process)
         argv = [*self._global, "--log", paths["log"], "--log-format", "json", "exec"]
         argv += ["--pid-file", paths["pid"], "--process", paths["process.json"], spec.container_id]
         plan = ProcessPlan(
             argv, dict(os.environ), tty=spec.tty, console_size=spec.console_size, stdin=spec.stdin
         )
         proc, stdio = spawn(plan)
-        exited = self._reaper.watch(proc.pid)
+        exited = self._reaper.watch_process(proc)
         try:
             pid = await _wait_for_pid(paths["pid"], exited)
         except BaseException:
@@ -153,7 +188,9 @@ def _container_process(state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
             config: dict[str, Any] = json.load(f)
     except (OSError, ValueError) as exc:
-        raise StartFailure(START_FAILED, f"cannot read the container's config.json: {exc}") from None
+        raise StartFailure(
+            START_FAILED, f"cannot read the container's config.json: {exc}"
+        ) from None
     rootfs = state.get("rootfs") or os.path.join(bundle, config.get("root", {}).get("path", ""))
     process: dict[str, Any] = config.get("process") or {}
     return str(rootfs), process
@@ -163,7 +200,7 @@ def build_process(
     base: dict[str, Any], spec: ExecSpec, user: ResolvedUser | None
 ) -> dict[str, Any]:
     """The OCI process for ``runc exec --process``: the container's, overridden."""
-    process = json.loads(json.dumps(base))  # a deep copy
+    process: dict[str, Any] = copy.deepcopy(base)
     process["args"] = spec.cmd
     process["terminal"] = spec.tty
     process.pop("consoleSize", None)
@@ -219,6 +256,11 @@ async def _wait_for_pid(path: str, exited: asyncio.Future[int | None]) -> int | 
     raise StartFailure(START_FAILED, f"runc exec did not start within {STARTUP_TIMEOUT:g}s")
 
 
+def _write_json(path: str, value: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+
+
 def _read_pid(path: str) -> int | None:
     try:
         with open(path, encoding="ascii") as f:
@@ -236,13 +278,12 @@ def _kill_and_forget(pid: int, exited: asyncio.Future[int | None]) -> None:
 def _failure_from_log(path: str) -> StartFailure:
     """Classify runc's error message (its JSON log) into a start failure."""
     message = "runc exec failed"
-    with contextlib.suppress(OSError):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                with contextlib.suppress(ValueError, AttributeError):
-                    entry = json.loads(line)
-                    if entry.get("level") in ("error", "fatal"):
-                        message = str(entry.get("msg", message))
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            with contextlib.suppress(ValueError, AttributeError):
+                entry = json.loads(line)
+                if entry.get("level") in ("error", "fatal"):
+                    message = str(entry.get("msg", message))
     return classify_runc_error(message)
 
 
@@ -270,14 +311,14 @@ async def run_command(
     """Run a short helper command; ``(exit_code, stdout, stderr)`` (1 MiB each at most)."""
     loop = asyncio.get_running_loop()
     proc, stdio = spawn(ProcessPlan(argv, dict(os.environ), executable=argv[0]))
-    exited = reaper.watch(proc.pid)
-    eofs = [loop.create_future() for _ in range(2)]
-    captures = [Capture(1024 * 1024) for _ in range(2)]
+    exited = reaper.watch_process(proc)
+    eofs: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
+    captures = [Capture(1024 * 1024), Capture(1024 * 1024)]
+    fds = (stdio.stdout, stdio.stderr)
     pumps = [
-        OutputPump(fd, name, cap, None, lambda f=fut: f.set_result(None))  # type: ignore[misc]
-        for fd, name, cap, fut in zip(
-            (stdio.stdout, stdio.stderr), ("stdout", "stderr"), captures, eofs, strict=False
-        )
+        OutputPump(fd, "output", cap, None, _resolver(eof))
+        for fd, cap, eof in zip(fds, captures, eofs, strict=True)
+        if fd is not None
     ]
     for pump in pumps:
         pump.start()
@@ -289,5 +330,8 @@ async def run_command(
         _kill_and_forget(proc.pid, exited)
         for pump in pumps:
             pump.close()
-    proc.returncode = exit_status(status)[0]
-    return proc.returncode, bytes(captures[0].data), bytes(captures[1].data)
+    return exit_status(status)[0], bytes(captures[0].data), bytes(captures[1].data)
+
+
+def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
+    return lambda: None if fut.done() else fut.set_result(None)

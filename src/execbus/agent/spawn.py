@@ -71,8 +71,9 @@ class Stdio:
 class Launched:
     """A running exec as a backend hands it over.
 
-    ``exited`` resolves with ``proc``'s wait status. ``signal_groups`` receive ``signal`` requests; ``kill_groups`` are killed
-    on timeout and shutdown. ``decode`` turns ``proc``'s wait status into
+    ``exited`` resolves with ``proc``'s wait status. ``signal_groups``
+    receive ``signal`` requests; ``kill_groups`` are killed on timeout and
+    shutdown. ``decode`` turns ``proc``'s wait status into
     ``(exit_code, signal_number)``.
     """
 

@@ -54,7 +54,7 @@ class StdinWriter:
     async def _writable(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
         self._waiter = fut = loop.create_future()
-        loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
+        loop.add_writer(fd, _wake, fut)
         try:
             await fut
         finally:
@@ -73,3 +73,8 @@ class StdinWriter:
             asyncio.get_running_loop().remove_writer(fd)
             waiter.set_exception(OSError(errno.EBADF, "stdin closed"))
         os.close(fd)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

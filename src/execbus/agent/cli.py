@@ -1,0 +1,239 @@
+"""``execbus agent``: the guest agent daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from typing import NoReturn
+
+from execbus.agent.listeners import ListenerSpec, parse_listen_url
+from execbus.agent.logs import setup_logging
+from execbus.agent.options import (
+    DEFAULT_GRACE,
+    DEFAULT_MAX_EXECS,
+    DEFAULT_SOCKET,
+    AgentOptions,
+)
+from execbus.agent.protocol import DEFAULT_MAX_FRAME
+from execbus.agent.server import AgentCore, AgentServer
+
+log = logging.getLogger("execbus.agent")
+
+PROG = "execbus agent"
+MIN_MAX_FRAME = 4 * 1024 * 1024
+
+DESCRIPTION = """\
+Run the execbus guest agent: a daemon that spawns real processes (on this
+system or in runc containers) for execbus workers, over the framed protocol
+described in docs/agent-protocol.md. It needs nothing but python3."""
+
+EPILOG = """\
+listen addresses:
+  unix:///run/execbus/agent.sock   Unix socket (mode --socket-mode, no token)
+  tcp://0.0.0.0:7878               TCP (always needs --token-file)
+  vsock://any:7878                 AF_VSOCK (needs the token if --token-file is given)
+
+examples:
+  execbus agent
+  execbus agent --listen unix:///run/execbus/agent.sock \\
+                --listen tcp://10.0.0.5:7878 --token-file /etc/execbus/token
+  execbus agent --runc-root /run/containerd/runc/k8s.io --log-format json
+
+SIGTERM/SIGINT: stop accepting, give running execs --grace seconds, then kill
+their process groups, report their exits and exit."""
+
+
+class ConfigError(Exception):
+    """A bad command line or setting; main prints it on one line and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+@dataclass(slots=True)
+class Config:
+    """What main needs to run the agent."""
+
+    options: AgentOptions
+    listeners: list[ListenerSpec]
+    token: str | None
+
+
+def _octal(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an octal file mode") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a file mode (000-777)")
+    return mode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = p.add_argument
+    add(
+        "--listen",
+        metavar="URL",
+        action="append",
+        default=[],
+        help=f"where to listen; repeat for several (default: unix://{DEFAULT_SOCKET})",
+    )
+    add(
+        "--token-file",
+        metavar="PATH",
+        help="file holding the shared token clients must present (required for tcp)",
+    )
+    add(
+        "--socket-mode",
+        metavar="OCTAL",
+        type=_octal,
+        default=0o600,
+        help="file mode of Unix sockets (default: 0600)",
+    )
+    add(
+        "--runc-root",
+        metavar="PATH",
+        help="runc state directory; enables the runc backend "
+        "(default: enabled with runc's default root when runc is on PATH)",
+    )
+    add("--runc-binary", metavar="PATH", default="runc", help="runc executable (default: runc)")
+    add(
+        "--max-frame",
+        metavar="BYTES",
+        type=int,
+        default=DEFAULT_MAX_FRAME,
+        help=f"largest frame accepted and sent (default: {DEFAULT_MAX_FRAME})",
+    )
+    add(
+        "--max-execs",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_EXECS,
+        help="execs held at once, running or finished but not acknowledged "
+        f"(default: {DEFAULT_MAX_EXECS})",
+    )
+    add(
+        "--grace",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_GRACE,
+        help=f"on shutdown, how long running execs may finish (default: {DEFAULT_GRACE:g})",
+    )
+    add(
+        "--allow-privileged",
+        action="store_true",
+        help="accept privileged execs (all capabilities in containers)",
+    )
+    add(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info",
+    )
+    add(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines or JSON lines on stderr (default: text)",
+    )
+    return p
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    """Check the parsed arguments; raises :class:`ConfigError`."""
+    try:
+        listeners = [parse_listen_url(u) for u in (args.listen or [f"unix://{DEFAULT_SOCKET}"])]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    token = _read_token(args.token_file) if args.token_file else None
+    tcp = [spec.url for spec in listeners if spec.kind == "tcp"]
+    if tcp and token is None:
+        raise ConfigError(f"tcp listener {tcp[0]} requires --token-file")
+    if args.max_frame < MIN_MAX_FRAME:
+        raise ConfigError(f"--max-frame must be at least {MIN_MAX_FRAME}")
+    if args.max_execs < 1:
+        raise ConfigError("--max-execs must be at least 1")
+    if args.grace < 0:
+        raise ConfigError("--grace must be >= 0")
+    if args.runc_root and shutil.which(args.runc_binary) is None:
+        raise ConfigError(f"--runc-root is set but runc binary {args.runc_binary!r} was not found")
+    options = AgentOptions(
+        socket_mode=args.socket_mode,
+        token_file=args.token_file,
+        runc=True if args.runc_root else None,
+        runc_root=args.runc_root,
+        runc_binary=args.runc_binary,
+        max_frame=args.max_frame,
+        max_execs=args.max_execs,
+        grace=args.grace,
+        allow_privileged=args.allow_privileged,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+    return Config(options, listeners, token)
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --token-file {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"--token-file {path} is empty")
+    return token
+
+
+async def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    core = AgentCore(config.options)
+    server = AgentServer(
+        core, config.listeners, socket_mode=config.options.socket_mode, token=config.token
+    )
+    try:
+        await server.start()
+    except (OSError, ValueError) as exc:
+        await core.aclose(0)
+        raise ConfigError(f"cannot listen: {exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("agent ready", extra={"listen": server.addresses, "boot_id": core.boot_id})
+    await stop.wait()
+    log.info("shutting down", extra={"grace": config.options.grace})
+    await server.stop()
+    await core.aclose(config.options.grace)
+    log.info("agent stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``execbus agent``; returns the process exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        config = make_config(args)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    setup_logging(config.options.log_level, config.options.log_format)
+    try:
+        return asyncio.run(run(config))
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2

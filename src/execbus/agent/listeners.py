@@ -1,0 +1,113 @@
+"""Listener addresses (``unix://``, ``tcp://``, ``vsock://``) and their sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+VMADDR_CID_ANY = 0xFFFFFFFF
+BACKLOG = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    """Where to listen. ``address`` is a path (unix), a host (tcp) or a CID (vsock)."""
+
+    kind: str
+    address: str
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        if self.kind == "unix":
+            return f"unix://{self.address}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.kind}://{host}:{self.port}"
+
+
+def parse_listen_url(url: str) -> ListenerSpec:
+    """``unix:///run/x.sock``, ``tcp://127.0.0.1:7000``, ``vsock://any:7000``; ValueError."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest:
+        raise ValueError(f"listen address {url!r} must look like unix:///path, tcp://HOST:PORT")
+    if scheme == "unix":
+        return ListenerSpec("unix", os.path.abspath(rest))
+    if scheme not in ("tcp", "vsock"):
+        raise ValueError(f"unknown listener scheme {scheme!r} in {url!r} (unix, tcp or vsock)")
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ValueError(f"listen address {url!r} needs a port")
+    if scheme == "tcp":
+        return ListenerSpec("tcp", parts.hostname or "0.0.0.0", port)
+    return ListenerSpec("vsock", str(_vsock_cid(parts.hostname or "any", url)), port)
+
+
+def _vsock_cid(host: str, url: str) -> int:
+    if host in ("any", "-1"):
+        return VMADDR_CID_ANY
+    if not host.isdigit():
+        raise ValueError(f"vsock CID in {url!r} must be a number or 'any'")
+    return int(host)
+
+
+def bind_unix(path: str, mode: int) -> socket.socket:
+    """A listening Unix socket at ``path`` that never exists with a wider mode.
+
+    The socket is bound under a temporary name, chmod-ed, then renamed into
+    place. A stale socket file is replaced; a live one is an error.
+    """
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    _remove_stale(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(tmp)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return sock
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a leftover of a killed agent
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path} is in use by another process")
+
+
+def bind_vsock(cid: int, port: int) -> socket.socket:
+    """A listening AF_VSOCK socket (a VM guest's host-facing channel)."""
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    try:
+        sock.bind((cid, port))
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

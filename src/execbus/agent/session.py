@@ -1,0 +1,199 @@
+"""One client connection: handshake, multiplexed requests, serialized writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from execbus.agent.errors import HANDSHAKE_REQUIRED, INTERNAL, INVALID, AgentError
+from execbus.agent.ops import OPS, Handler
+from execbus.agent.protocol import Frame, FrameError, encode_frame, read_frame
+
+if TYPE_CHECKING:
+    from execbus.agent.server import AgentCore
+
+log = logging.getLogger(__name__)
+
+# A connection's send buffer above this is "congested": output streaming
+# pauses until it drains below a quarter of it.
+SEND_HIGH_WATER = 1024 * 1024
+# Requests stop being read while the payloads of requests in progress plus
+# their unsent responses exceed this (bounds memory per connection).
+INFLIGHT_LIMIT = 64 * 1024 * 1024
+CLOSE_TIMEOUT = 5.0
+
+
+class _Skip:
+    """A frame was undecodable and has been answered; read the next one."""
+
+
+_SKIP = _Skip()
+
+
+class Session:
+    """Serves one connection until it closes; see ``docs/agent-protocol.md``."""
+
+    def __init__(
+        self,
+        core: AgentCore,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        token: str | None,
+    ) -> None:
+        self.core = core
+        self._reader = reader
+        self._writer = writer
+        self._token = token
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = False
+        self.peer = str(writer.get_extra_info("peername") or "local")
+        writer.transport.set_write_buffer_limits(high=SEND_HIGH_WATER)
+
+    async def serve(self) -> None:
+        """Handshake, then answer requests until the peer or the agent closes."""
+        try:
+            if await self._handshake():
+                await self._serve_requests()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            await self._teardown()
+
+    async def _handshake(self) -> bool:
+        while True:
+            frame = await self._read()
+            if frame is None:
+                return False
+            if isinstance(frame, _Skip):
+                continue
+            rid = _request_id(frame.header)
+            if frame.header.get("op") != "hello":
+                self._error(rid, HANDSHAKE_REQUIRED, "the first request must be hello")
+                return False
+            try:
+                result = self.core.hello(frame.header, self._token)
+            except AgentError as exc:
+                log.info("handshake refused: %s", exc.message, extra={"peer": self.peer})
+                self._error(rid, exc.code, exc.message)
+                return False
+            self._reply(rid, result)
+            return True
+
+    async def _serve_requests(self) -> None:
+        while True:
+            await self._room.wait()
+            frame = await self._read()
+            if frame is None:
+                return
+            if isinstance(frame, _Skip):
+                continue
+            header = frame.header
+            rid = _request_id(header)
+            if rid is None:
+                self._error(None, INVALID, "a request needs an integer id")
+                continue
+            handler = OPS.get(header.get("op"))  # type: ignore[arg-type]
+            if handler is None:
+                self._error(rid, INVALID, f"unknown op {header.get('op')!r}")
+                continue
+            self._hold(len(frame.payload))
+            task = asyncio.ensure_future(self._run(handler, rid, frame))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, handler: Handler, rid: int, frame: Frame) -> None:
+        held = len(frame.payload)
+        try:
+            result, payload = await handler(self, frame.header, frame.payload)
+            held += len(payload)
+            self._hold(len(payload))
+            self._reply(rid, result, payload)
+        except AgentError as exc:
+            self._error(rid, exc.code, exc.message)
+        except Exception:
+            log.exception("request failed", extra={"op": frame.header.get("op"), "peer": self.peer})
+            self._error(rid, INTERNAL, "internal error in the agent (see its log)")
+        try:
+            await self._drain()
+        finally:
+            self._release(held)
+
+    async def _read(self) -> Frame | _Skip | None:
+        """The next frame; ``None`` to stop (end of stream or a fatal frame error)."""
+        try:
+            return await read_frame(self._reader, self.core.options.max_frame)
+        except FrameError as exc:
+            log.info("bad frame: %s", exc.message, extra={"peer": self.peer, "code": exc.code})
+            self._error(None, exc.code, exc.message)
+            return None if exc.fatal else _SKIP
+
+    # -- flow control ----------------------------------------------------
+
+    def _hold(self, size: int) -> None:
+        self._inflight += size
+        if self._inflight > INFLIGHT_LIMIT:
+            self._room.clear()
+
+    def _release(self, size: int) -> None:
+        self._inflight -= size
+        if self._inflight <= INFLIGHT_LIMIT:
+            self._room.set()
+
+    async def _drain(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
+
+    # -- writing ---------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write one encoded frame now; True when the send buffer is congested.
+
+        Each frame goes out in a single ``write`` call, so frames of
+        concurrent requests and events never interleave.
+        """
+        if self._closed or self._writer.is_closing():
+            return False
+        self._writer.write(frame)
+        return self._writer.transport.get_write_buffer_size() > SEND_HIGH_WATER
+
+    async def wait_writable(self) -> None:
+        await self._drain()
+
+    def _reply(self, rid: int | None, result: dict[str, Any], payload: bytes = b"") -> None:
+        self.send_frame(encode_frame({"re": rid, "ok": True, "result": result}, payload))
+
+    def _error(self, rid: int | None, code: str, message: str) -> None:
+        error = {"code": code, "message": message}
+        self.send_frame(encode_frame({"re": rid, "ok": False, "error": error}))
+
+    # -- watch and close -------------------------------------------------
+
+    def watch(self) -> None:
+        self.core.supervisor.add_watcher(self)
+
+    def close(self) -> None:
+        """Ask the connection to close once its queued frames are sent."""
+        if not self._writer.is_closing():
+            self._writer.close()
+
+    async def _teardown(self) -> None:
+        self._closed = True
+        self.core.supervisor.remove_watcher(self)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            self._writer.transport.abort()
+
+
+def _request_id(header: dict[str, Any]) -> int | None:
+    rid = header.get("id")
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) else None

@@ -1,0 +1,197 @@
+"""The table of execs: idempotent start, retention until ack, events to watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Protocol
+
+from execbus.agent.containers import Backend, backend_for, make_backends
+from execbus.agent.errors import (
+    FORBIDDEN,
+    INTERNAL,
+    LIMIT_EXCEEDED,
+    NOT_FINISHED,
+    NOT_FOUND,
+    AgentError,
+    StartFailure,
+)
+from execbus.agent.execs import RUNNING, Exec
+from execbus.agent.execspec import ExecSpec
+from execbus.agent.options import AgentOptions
+from execbus.agent.protocol import encode_frame
+from execbus.agent.reaper import ChildReaper
+
+log = logging.getLogger(__name__)
+
+# How long shutdown waits for killed execs to be reaped and reported.
+KILL_WAIT = 5.0
+
+
+class Watcher(Protocol):
+    """A connection that called ``watch`` (see :class:`execbus.agent.session.Session`)."""
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue an encoded frame; True when the connection is congested."""
+        ...
+
+    def wait_writable(self) -> Awaitable[None]:
+        """Completes once the connection has room again (never raises)."""
+        ...
+
+
+class Supervisor:
+    """Owns every exec of the agent until a client acknowledges its exit."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.reaper = ChildReaper()
+        self.backends: dict[str, Backend] = make_backends(options, self.reaper)
+        self._execs: dict[str, Exec] = {}
+        self._starting: dict[str, asyncio.Future[Exec]] = {}
+        self._watchers: set[Watcher] = set()
+        self._launches: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # -- start -----------------------------------------------------------
+
+    async def start(self, spec: ExecSpec) -> tuple[Exec, bool]:
+        """Spawn ``spec`` unless its exec id is known; ``(exec, new)``."""
+        known = self._execs.get(spec.exec_id)
+        if known is not None:
+            return known, False
+        pending = self._starting.get(spec.exec_id)
+        if pending is not None:
+            return await asyncio.shield(pending), False
+        backend = self._admit(spec)
+        if self._closing:
+            # Never answered: the connection closes with the agent, and the
+            # client retries against the agent that replaces this one.
+            await asyncio.get_running_loop().create_future()
+        fut = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_consume_exception)
+        self._starting[spec.exec_id] = fut
+        # A task of its own: a client that disconnects mid-start must not
+        # abandon a process that is being spawned.
+        task = asyncio.ensure_future(self._launch(spec, backend, fut))
+        self._launches.add(task)
+        task.add_done_callback(self._launches.discard)
+        return await asyncio.shield(fut), True
+
+    def _admit(self, spec: ExecSpec) -> Backend:
+        if len(self._execs) + len(self._starting) >= self.options.max_execs:
+            raise AgentError(
+                LIMIT_EXCEEDED,
+                f"the agent holds {self.options.max_execs} execs (running or not acknowledged)",
+            )
+        if spec.privileged and not self.options.allow_privileged:
+            raise AgentError(FORBIDDEN, "privileged execs need the agent's --allow-privileged")
+        return backend_for(self.backends, spec.container_id)
+
+    async def _launch(self, spec: ExecSpec, backend: Backend, fut: asyncio.Future[Exec]) -> None:
+        exe = Exec(spec, self)
+        try:
+            launched = await backend.launch(spec)
+        except StartFailure as failure:
+            log.info(
+                "exec failed to start: %s",
+                failure.message,
+                extra={"exec_id": spec.exec_id, "code": failure.code},
+            )
+            self._execs[spec.exec_id] = exe
+            exe.fail(failure)
+        except AgentError as exc:
+            fut.set_exception(exc)
+            return
+        except Exception as exc:
+            log.exception("exec start crashed", extra={"exec_id": spec.exec_id})
+            fut.set_exception(AgentError(INTERNAL, f"starting the exec failed: {exc}"))
+            return
+        else:
+            self._execs[spec.exec_id] = exe
+            exe.attach(launched)
+            log.info(
+                "exec started",
+                extra={"exec_id": spec.exec_id, "pid": exe.pid, "program": spec.cmd[0]},
+            )
+        finally:
+            del self._starting[spec.exec_id]
+        fut.set_result(exe)
+
+    # -- lookups ---------------------------------------------------------
+
+    async def lookup(self, exec_id: str) -> Exec:
+        """The exec with this id (waiting for a start in progress)."""
+        pending = self._starting.get(exec_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        exe = self._execs.get(exec_id)
+        if exe is None:
+            raise AgentError(NOT_FOUND, f"no exec {exec_id!r}")
+        return exe
+
+    def all(self) -> list[Exec]:
+        return list(self._execs.values())
+
+    def ack(self, exec_id: str) -> None:
+        """Forget a finished exec."""
+        exe = self._execs.get(exec_id)
+        if exe is None:
+            raise AgentError(NOT_FOUND, f"no exec {exec_id!r}")
+        if exe.state == RUNNING:
+            raise AgentError(NOT_FINISHED, f"exec {exec_id!r} is still running")
+        del self._execs[exec_id]
+
+    # -- events (ExecSink) -------------------------------------------------
+
+    def add_watcher(self, watcher: Watcher) -> None:
+        self._watchers.add(watcher)
+
+    def remove_watcher(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def output(self, exe: Exec, stream: str, seq: int, data: bytes) -> Awaitable[object] | None:
+        if not self._watchers:
+            return None
+        header = {"event": "output", "exec_id": exe.exec_id, "stream": stream, "seq": seq}
+        frame = encode_frame(header, data)
+        congested = [w.wait_writable() for w in list(self._watchers) if w.send_frame(frame)]
+        return asyncio.gather(*congested) if congested else None
+
+    def finished(self, exe: Exec) -> None:
+        extra = {"exec_id": exe.exec_id, "state": exe.state}
+        if exe.exit is not None:
+            extra.update(exit_code=exe.exit["exit_code"], signal=exe.exit["signal"])
+        log.info("exec finished", extra=extra)
+        if self._watchers:
+            frame = encode_frame({"event": "exit", **exe.to_state()}, exe.captures())
+            for watcher in list(self._watchers):
+                watcher.send_frame(frame)
+
+    # -- shutdown --------------------------------------------------------
+
+    async def shutdown(self, grace: float) -> None:
+        """Let running execs finish for ``grace`` seconds, then kill and report them."""
+        self._closing = True
+        if self._starting:
+            await asyncio.wait(list(self._starting.values()), timeout=KILL_WAIT)
+        running = [e for e in self._execs.values() if e.state == RUNNING]
+        pending = {e.finished for e in running}
+        if pending and grace > 0:
+            log.info("waiting for %d running execs", len(pending), extra={"grace": grace})
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for exe in running:
+            if not exe.finished.done():
+                log.info("killing exec at shutdown", extra={"exec_id": exe.exec_id})
+                exe.kill()
+        if pending:
+            await asyncio.wait(pending, timeout=KILL_WAIT)
+        for backend in self.backends.values():
+            backend.close()
+
+
+def _consume_exception(fut: asyncio.Future[Exec]) -> None:
+    # Mark the exception retrieved even if every waiter went away.
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,280 @@
+"""The user commands: ``run``, ``inspect``, ``ps``, ``kill``, ``events`` and ``status``.
+
+Each ``<name>_main(argv) -> int`` parses its arguments, builds the settings
+(environment plus ``--amqp-url``/``--namespace``) and talks to the workers
+through :class:`execbus.Client`. Errors are one line on stderr; see
+:mod:`execbus.cli.common` for the exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from execbus.cli.common import add_agent_arg, execute, key_value, new_parser
+from execbus.cli.render import list_json, ps_table, to_json
+from execbus.cli.run import RunSession, exec_options
+from execbus.client import Client, Subscription
+from execbus.errors import UnknownAgent
+from execbus.settings import Settings
+from execbus.wire.events import EVENT_KINDS
+from execbus.wire.records import ExecState
+
+T = TypeVar("T")
+
+# -- run ---------------------------------------------------------------------
+
+RUN_DESCRIPTION = """\
+Run a command on an agent, like `docker exec`: its stdout and stderr stream
+to yours as it runs, and execbus exits with the command's exit status.
+"""
+
+RUN_EPILOG = """\
+examples:
+  execbus run --agent local -- uname -a
+  execbus run --agent vm1 --container web -e MODE=debug -w /srv -- ./check.sh
+  echo hello | execbus run -i --agent local -- cat
+  execbus run -it --agent local -- sh            (an interactive shell)
+  execbus run -d --agent local -- sleep 600     (prints the exec id)
+"""
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    p = new_parser("run", RUN_DESCRIPTION, RUN_EPILOG)
+    add_agent_arg(p)
+    p.add_argument("--container", "-c", default="", metavar="ID", help="run in this container")
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an environment variable (repeatable)",
+    )
+    p.add_argument("-u", "--user", help="user: name, uid, uid:gid or name:group")
+    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory (absolute path)")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("--privileged", action="store_true", help="extended privileges (containers)")
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="kill the command after SECONDS"
+    )
+    p.add_argument(
+        "-d", "--detach", action="store_true", help="start it, print the exec id and return"
+    )
+    p.add_argument("--exec-id", metavar="ID", help="the exec id (an idempotency key)")
+    p.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label on the exec and its events (repeatable)",
+    )
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    return p
+
+
+def parse_run_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_run_parser()
+    args = parser.parse_args(argv)
+    if args.cmd and args.cmd[0] == "--":
+        args.cmd = args.cmd[1:]
+    if not args.cmd:
+        parser.error("no command given; put it after `--`")
+    if args.detach and args.interactive:
+        parser.error("--interactive cannot be combined with --detach")
+    return args
+
+
+async def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client(settings=settings) as client:
+        if args.detach:
+            info = await client.run(
+                args.agent, args.cmd, exec_id=args.exec_id, detach=True, **exec_options(args)
+            )
+            print(info.exec_id, flush=True)
+            return 0
+        return await RunSession(client, args).run()
+
+
+def run_main(argv: list[str]) -> int:
+    """``execbus run``."""
+    return execute(run_command, parse_run_args(argv))
+
+
+# -- inspect -----------------------------------------------------------------
+
+
+def build_inspect_parser() -> argparse.ArgumentParser:
+    p = new_parser("inspect", "Show one exec as JSON (state, command, exit, output).")
+    p.add_argument("exec_id", metavar="EXEC_ID")
+    add_agent_arg(p)
+    return p
+
+
+async def inspect_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client(settings=settings) as client:
+        print(to_json(await client.inspect(args.agent, args.exec_id)), flush=True)
+    return 0
+
+
+def inspect_main(argv: list[str]) -> int:
+    """``execbus inspect``."""
+    return execute(inspect_command, build_inspect_parser().parse_args(argv))
+
+
+# -- ps ----------------------------------------------------------------------
+
+
+def build_ps_parser() -> argparse.ArgumentParser:
+    p = new_parser("ps", "List the execs of an agent (running ones, unless --all).")
+    add_agent_arg(p)
+    p.add_argument("--container", "-c", metavar="ID", help="only the execs of this container")
+    p.add_argument("--all", "-A", action="store_true", help="also created and finished execs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+async def ps_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client(settings=settings) as client:
+        execs = await client.list(args.agent, args.container, include_finished=args.all)
+    if not args.all:
+        execs = [info for info in execs if info.state is ExecState.RUNNING]
+    print(list_json(execs) if args.json else ps_table(execs), flush=True)
+    return 0
+
+
+def ps_main(argv: list[str]) -> int:
+    """``execbus ps``."""
+    return execute(ps_command, build_ps_parser().parse_args(argv))
+
+
+# -- kill --------------------------------------------------------------------
+
+
+def build_kill_parser() -> argparse.ArgumentParser:
+    p = new_parser(
+        "kill",
+        "Send a signal to an exec's process group (prints the exec id).",
+        "example:\n  execbus kill 3f2a... --agent local --signal TERM\n",
+    )
+    p.add_argument("exec_id", metavar="EXEC_ID")
+    add_agent_arg(p)
+    p.add_argument(
+        "--signal",
+        "-s",
+        default="SIGKILL",
+        metavar="SIG",
+        help="name (KILL, SIGTERM) or number (default SIGKILL)",
+    )
+    return p
+
+
+async def kill_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client(settings=settings) as client:
+        await client.signal(args.agent, args.exec_id, args.signal)
+    print(args.exec_id, flush=True)
+    return 0
+
+
+def kill_main(argv: list[str]) -> int:
+    """``execbus kill``."""
+    return execute(kill_command, build_kill_parser().parse_args(argv))
+
+
+# -- events ------------------------------------------------------------------
+
+
+def build_events_parser() -> argparse.ArgumentParser:
+    p = new_parser(
+        "events",
+        "Follow exec events as JSON lines (one per event) until interrupted (Ctrl-C).",
+        "example:\n  execbus events --agent local --kind exited | jq .exit.exit_code\n",
+    )
+    add_agent_arg(p, required=False)
+    p.add_argument("--container", "-c", metavar="ID", help="only events of this container")
+    p.add_argument("--kind", "-k", choices=EVENT_KINDS, help="only events of this kind")
+    return p
+
+
+async def events_command(args: argparse.Namespace, settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Client(settings=settings) as client:
+        await print_events(client.events(args.agent, args.container, args.kind), stop)
+    return 0
+
+
+async def print_events(events: Subscription, stop: asyncio.Event) -> None:
+    """Print each event as a JSON line (flushed) until ``stop`` is set."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        async with events:
+            while (event := await _until(anext(events, None), stopped)) is not None:
+                sys.stdout.write(event.model_dump_json() + "\n")
+                sys.stdout.flush()
+    finally:
+        stopped.cancel()
+
+
+async def _until(step: Awaitable[T], stopped: asyncio.Future[Any]) -> T | None:
+    """``step``'s result, or ``None`` if ``stopped`` completes first."""
+    task = asyncio.ensure_future(step)
+    waiting: list[asyncio.Future[Any]] = [task, stopped]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
+
+
+def events_main(argv: list[str]) -> int:
+    """``execbus events``."""
+    return execute(events_command, build_events_parser().parse_args(argv))
+
+
+# -- status ------------------------------------------------------------------
+
+
+def build_status_parser() -> argparse.ArgumentParser:
+    p = new_parser(
+        "status",
+        "Check that the broker answers and, for each --agent, that a worker serves it.",
+    )
+    p.add_argument(
+        "--agent",
+        "-a",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an agent to check (repeatable)",
+    )
+    return p
+
+
+async def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client(settings=settings) as client:
+        print(f"broker: connected (namespace {settings.namespace!r})")
+        unserved = 0
+        for agent in args.agent:
+            try:
+                await client.check_agent(agent)
+                print(f"agent {agent}: served")
+            except UnknownAgent as exc:
+                unserved += 1
+                print(f"agent {agent}: NOT served ({exc.message})")
+    return 1 if unserved else 0
+
+
+def status_main(argv: list[str]) -> int:
+    """``execbus status``."""
+    return execute(status_command, build_status_parser().parse_args(argv))

@@ -1,0 +1,201 @@
+"""``execbus run``: one command on an agent, attached to this terminal like ``docker exec``.
+
+The session subscribes to the exec's output *before* sending the run, so no
+chunk is missed, and writes each stream's chunks in ``seq`` order as they
+arrive. The output stream ends at the exec's exit event, which the worker
+publishes after the output on the same channel: once it has been seen,
+every chunk has been written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from execbus.cli.terminal import StdinReader, is_tty, raw_mode, terminal_size
+from execbus.client import Client, Execution, OutputStream, RunResult
+from execbus.errors import ExecbusError
+from execbus.wire.events import OutputEvent
+from execbus.wire.ids import new_exec_id
+
+log = logging.getLogger("execbus.cli")
+
+# After the exit, how long to wait for output still in flight (the exit event
+# normally closes the stream at once; this bounds a lost event).
+DRAIN_TIMEOUT = 5.0
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def exec_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The exec's configuration from the command line."""
+    return {
+        "container_id": args.container,
+        "env": [f"{key}={value}" for key, value in args.env],
+        "user": args.user,
+        "working_dir": args.workdir,
+        "tty": args.tty,
+        "attach_stdin": args.interactive,
+        "privileged": args.privileged,
+        "timeout": args.timeout,
+        "labels": dict(args.label),
+    }
+
+
+def write_chunk(chunk: OutputEvent) -> None:
+    """Write one output chunk to our stdout or stderr, at once."""
+    stream = sys.stdout if chunk.stream == "stdout" else sys.stderr
+    with contextlib.suppress(BrokenPipeError):  # nobody reads it any more: drop it
+        stream.buffer.write(chunk.data)
+        stream.buffer.flush()
+
+
+class RunSession:
+    """Runs one command attached: output, stdin, window size and signals."""
+
+    def __init__(self, client: Client, args: argparse.Namespace) -> None:
+        self.client = client
+        self.args = args
+        self.exec_id: str = args.exec_id or new_exec_id()
+        self.raw = bool(args.tty and args.interactive and is_tty(sys.stdin.fileno()))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._winch = asyncio.Event()
+        self._abandon: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._signalled = False
+
+    async def run(self) -> int:
+        """Run the command; its exit status (128+n when killed by signal n)."""
+        stream = self.client.output(
+            self.args.agent, self.exec_id, container_id=self.args.container, existing=False
+        )
+        async with stream:
+            with raw_mode(sys.stdin.fileno()) if self.raw else contextlib.nullcontext():
+                return await self._attached(stream)
+
+    async def _attached(self, stream: OutputStream) -> int:
+        size = terminal_size() if self.args.tty else None
+        execution = await self.client.submit(
+            self.args.agent,
+            self.args.cmd,
+            exec_id=self.exec_id,
+            stream_output=True,
+            console_size=size,
+            **exec_options(self.args),
+        )
+        pump = asyncio.create_task(self._pump(stream))
+        self._start_helpers(execution)
+        try:
+            result = await self._result(execution)
+            if result is None:
+                return self._abandoned()
+            await self._drain(pump, stream)
+            return result.exit_code
+        finally:
+            self._stop_helpers()
+            await _cancel(pump)
+
+    async def _result(self, execution: Execution) -> RunResult | None:
+        """The exec's result, or ``None`` if the user gave up waiting (a second signal)."""
+        result = asyncio.ensure_future(execution.result())
+        waiting: list[asyncio.Future[Any]] = [result, self._abandon]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if result.done():
+            return result.result()
+        await _cancel(result)
+        return None
+
+    def _abandoned(self) -> int:
+        print(
+            f"\r\nexecbus: stopped waiting; exec {self.exec_id} may still be running "
+            f"(stop it with `execbus kill {self.exec_id} --agent {self.args.agent}`)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return self._abandon.result()
+
+    @staticmethod
+    async def _pump(stream: OutputStream) -> None:
+        async for chunk in stream:
+            write_chunk(chunk)
+
+    @staticmethod
+    async def _drain(pump: asyncio.Task[None], stream: OutputStream) -> None:
+        """Let the output catch up with the exit (bounded), then end the stream."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pump), DRAIN_TIMEOUT)
+        if not pump.done():
+            log.debug("output did not reach its end within %s s", DRAIN_TIMEOUT)
+            await stream.close()
+            await asyncio.wait_for(pump, DRAIN_TIMEOUT)
+
+    # -- stdin, window size, signals -----------------------------------
+
+    def _start_helpers(self, execution: Execution) -> None:
+        loop = asyncio.get_running_loop()
+        if self.args.interactive:
+            self._spawn(self._forward_stdin(execution))
+        if self.args.tty and terminal_size() is not None:
+            self._spawn(self._forward_resizes(execution))
+            loop.add_signal_handler(signal.SIGWINCH, self._winch.set)
+        for signum in FORWARDED_SIGNALS:
+            loop.add_signal_handler(signum, self._on_signal, execution, signum)
+
+    def _stop_helpers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (*FORWARDED_SIGNALS, signal.SIGWINCH):
+            loop.remove_signal_handler(signum)
+        for task in self._tasks:
+            task.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    async def _forward_stdin(self, execution: Execution) -> None:
+        reader = StdinReader(sys.stdin.fileno())
+        with _quietly("stdin"):
+            while data := await reader.read():
+                await execution.write_stdin(data)
+            await execution.close_stdin()
+
+    async def _forward_resizes(self, execution: Execution) -> None:
+        while True:
+            await self._winch.wait()
+            self._winch.clear()
+            size = terminal_size()
+            if size is not None:
+                with _quietly("resize"):
+                    await execution.resize(*size)
+
+    def _on_signal(self, execution: Execution, signum: int) -> None:
+        """First signal: pass it on to the remote process. Second: stop waiting."""
+        if self._signalled:
+            if not self._abandon.done():
+                self._abandon.set_result(128 + signum)
+            return
+        self._signalled = True
+        self._spawn(_forward_signal(execution, signal.Signals(signum).name))
+
+
+async def _forward_signal(execution: Execution, name: str) -> None:
+    with _quietly("signal"):
+        await execution.signal(name)
+
+
+@contextlib.contextmanager
+def _quietly(what: str) -> Any:
+    """Helpers are best effort: the exec may end under them (conflict, not found)."""
+    try:
+        yield
+    except ExecbusError as exc:
+        log.debug("%s not forwarded: %s", what, exc.message)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

@@ -1,0 +1,92 @@
+"""Is anybody serving this agent? A quick check before talking to it.
+
+A request to an agent whose queue nobody consumes would sit there until a
+worker shows up; callers want to hear "no worker serves agent X" at once
+instead. So before the first request to an agent the client passively
+declares ``<ns>.agent.<agent>``: a missing queue, or one without consumers,
+means nobody serves it. Workers consume only while they own the agent, so
+an empty queue is polled for a short grace period (a standby taking over, a
+worker starting) before giving up. Positive answers are cached briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aio_pika.abc import AbstractRobustConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
+
+from execbus.client.rpc import close_quietly
+from execbus.errors import BrokerError, UnknownAgent
+from execbus.wire.ids import is_valid_name
+from execbus.wire.routing import Names
+
+CACHE_SECONDS = 5.0
+NO_CONSUMER_GRACE = 1.0
+POLL_INTERVAL = 0.1
+
+
+class AgentDirectory:
+    """Checks (and briefly remembers) that a worker serves an agent."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        names: Names,
+        cache_seconds: float = CACHE_SECONDS,
+        grace: float = NO_CONSUMER_GRACE,
+    ) -> None:
+        self._connection = connection
+        self._names = names
+        self._cache_seconds = cache_seconds
+        self._grace = grace
+        self._served_until: dict[str, float] = {}
+
+    async def ensure_served(self, agent: str) -> None:
+        """Return if a worker serves ``agent``; raise :class:`UnknownAgent` otherwise."""
+        if not is_valid_name(agent):
+            raise UnknownAgent(f"invalid agent name {agent!r}: use letters, digits, '_' and '-'")
+        if self._served_until.get(agent, 0.0) > time.monotonic():
+            return
+        deadline = time.monotonic() + self._grace
+        while True:
+            consumers = await self._consumers(agent)
+            if consumers is None:
+                raise UnknownAgent(
+                    f"no worker serves agent {agent!r} in namespace {self._names.ns!r} "
+                    f"(queue {self._names.agent_queue(agent)!r} does not exist)"
+                )
+            if consumers > 0:
+                self._served_until[agent] = time.monotonic() + self._cache_seconds
+                return
+            if time.monotonic() >= deadline:
+                raise UnknownAgent(
+                    f"no worker serves agent {agent!r} in namespace {self._names.ns!r} "
+                    "(its queue exists but no worker consumes it)"
+                )
+            await asyncio.sleep(POLL_INTERVAL)
+
+    def forget(self, agent: str) -> None:
+        """Drop the cached answer (e.g. after an ``unknown_agent`` reply)."""
+        self._served_until.pop(agent, None)
+
+    async def _consumers(self, agent: str) -> int | None:
+        """The consumer count of the agent's queue; ``None`` when it does not exist."""
+        try:
+            # A passive declare that fails closes its channel: use a throwaway one.
+            channel = await self._connection.channel(publisher_confirms=False)
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BrokerError(f"cannot open a channel to check agent {agent!r}: {exc!r}") from exc
+        try:
+            queue = await channel.declare_queue(
+                self._names.agent_queue(agent), passive=True, robust=False
+            )
+        except ChannelNotFoundEntity:
+            return None
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BrokerError(f"cannot check agent {agent!r}: {exc!r}") from exc
+        finally:
+            await close_quietly(channel)
+        result = queue.declaration_result
+        return int(result.consumer_count or 0)

@@ -1,0 +1,516 @@
+"""The execbus client: run commands on agents over RabbitMQ, from Python (asyncio).
+
+::
+
+    async with Client("amqp://guest:guest@localhost/") as client:
+        result = await client.run("local", ["sh", "-c", "echo hi; exit 3"])
+        assert result.exit_code == 3 and result.stdout == b"hi\\n"
+
+Errors are the typed exceptions of :mod:`execbus.errors`, built from the
+reply's error code (a missing executable raises ``CommandNotFound`` with
+``exit_code`` 127). A pending ``run`` survives the death of the worker that
+handles it: the exit event, published by whichever worker owns the agent,
+completes it (see :mod:`execbus.client.exits`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+from collections.abc import Coroutine, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self, Unpack, overload
+
+from aio_pika.abc import AbstractRobustConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from execbus.client.agents import AgentDirectory
+from execbus.client.config import ExecOptions, build_config, model
+from execbus.client.connection import connect, redact_url
+from execbus.client.execution import Execution, first_of
+from execbus.client.exits import ExitWatcher
+from execbus.client.inbox import Inbox
+from execbus.client.results import RunResult, info_of
+from execbus.client.rpc import Rpc
+from execbus.client.subscriptions import OutputStream, Subscription, close_all
+from execbus.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ErrorCode,
+    ExecbusError,
+    ExecTimeout,
+    InternalError,
+    InvalidRequest,
+)
+from execbus.settings import Settings, load_settings
+from execbus.wire.config import ExecConfig
+from execbus.wire.events import EVENT_KINDS, Event
+from execbus.wire.ids import new_exec_id
+from execbus.wire.records import FINISHED_STATES, ExecInfo, ExecList
+from execbus.wire.replies import Reply
+from execbus.wire.requests import (
+    MAX_STDIN_CHUNK,
+    CreateRequest,
+    InspectRequest,
+    ListRequest,
+    RemoveRequest,
+    RequestBase,
+    ResizeRequest,
+    RunRequest,
+    SignalRequest,
+    StartRequest,
+    StdinRequest,
+    WaitRequest,
+)
+from execbus.wire.routing import Names
+
+log = logging.getLogger("execbus.client")
+
+RECHECK_ATTEMPTS = 5
+RECHECK_DELAY = 1.0
+
+
+def client_settings(
+    settings: Settings | None, amqp_url: str | None, namespace: str | None, timeout: float | None
+) -> Settings:
+    """``settings`` (or the environment's) with the explicit arguments on top."""
+    base = settings.model_dump(exclude_none=True) if settings is not None else {}
+    overrides = {"amqp_url": amqp_url, "namespace": namespace, "request_timeout": timeout}
+    return load_settings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+class Client:
+    """A connection to execbus: requests to agents, their replies, and events."""
+
+    def __init__(
+        self,
+        amqp_url: str | None = None,
+        *,
+        namespace: str | None = None,
+        settings: Settings | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
+        self.settings = client_settings(settings, amqp_url, namespace, request_timeout)
+        self.names = Names(self.settings.namespace)
+        self._connection: AbstractRobustConnection | None = None
+        self._rpc: Rpc | None = None
+        self._exits: ExitWatcher | None = None
+        self._agents: AgentDirectory | None = None
+        self._subscriptions: set[Subscription] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- connection -----------------------------------------------------
+
+    async def connect(self) -> Self:
+        """Connect to the broker and open the private queue (idempotent)."""
+        if self._connection is not None:
+            return self
+        url = self.settings.amqp_url
+        connection = await connect(url)
+        try:
+            await self._setup(connection)
+        except CONNECTION_EXCEPTIONS as exc:
+            await self._close_connection(connection)
+            raise BrokerUnavailable(f"broker at {redact_url(url)}: setup failed: {exc!r}") from exc
+        except BaseException:
+            await self._close_connection(connection)
+            raise
+        self._connection = connection
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        return self
+
+    async def _setup(self, connection: AbstractRobustConnection) -> None:
+        inbox_channel = await connection.channel(publisher_confirms=False)
+        inbox = Inbox(inbox_channel, self.names, self._on_reply, self._on_event)
+        publish_channel = await connection.channel(publisher_confirms=True)
+        rpc = Rpc(publish_channel, self.names, inbox.name, self.settings.publish_timeout)
+        await rpc.setup()
+        self._rpc, self._exits = rpc, ExitWatcher(inbox)
+        self._agents = AgentDirectory(connection, self.names)
+        await inbox.open()
+
+    async def close(self) -> None:
+        """Stop everything pending (it raises :class:`BrokerError`) and disconnect."""
+        connection, self._connection = self._connection, None
+        closed = BrokerError("the client was closed")
+        if self._rpc is not None:
+            self._rpc.fail_all(closed)
+        if self._exits is not None:
+            self._exits.fail_all(closed)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await close_all(list(self._subscriptions))
+        if connection is not None:
+            await self._close_connection(connection)
+
+    @staticmethod
+    async def _close_connection(connection: AbstractRobustConnection) -> None:
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _require(self) -> tuple[Rpc, ExitWatcher, AgentDirectory]:
+        if self._rpc is None or self._exits is None or self._agents is None:
+            raise BrokerError("the client is not connected; use `async with Client(...)`")
+        if self._connection is None:
+            raise BrokerError("the client was closed")
+        return self._rpc, self._exits, self._agents
+
+    def _on_reply(self, correlation_id: str | None, reply: Reply) -> None:
+        if self._rpc is not None:
+            self._rpc.resolve(correlation_id, reply)
+
+    def _on_event(self, event: Event) -> None:
+        if self._exits is not None:
+            self._exits.deliver(event)
+
+    def _on_reconnect(self, *_: object) -> None:
+        # Replies and events sent while we were away are lost (our queue was
+        # gone): ask the agents' owners how the execs we wait for are doing.
+        self._spawn(self._recheck())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recheck(self) -> None:
+        _, exits, _ = self._require()
+        for attempt in range(RECHECK_ATTEMPTS):
+            failed = False
+            for watch in exits.pending():
+                try:
+                    exits.deliver_record(await self.inspect(watch.agent, watch.exec_id))
+                except ExecbusError as exc:
+                    log.info("re-check of exec %s failed: %s", watch.exec_id, exc.message)
+                    failed = True
+            if not failed:
+                return
+            await asyncio.sleep(RECHECK_DELAY * (attempt + 1))
+
+    # -- requests ---------------------------------------------------------
+
+    async def check_agent(self, agent: str) -> None:
+        """Return if a worker serves ``agent``; :class:`~execbus.errors.UnknownAgent` if not."""
+        _, _, agents = self._require()
+        await agents.ensure_served(agent)
+
+    async def _call(self, agent: str, request: RequestBase) -> Reply:
+        rpc, _, agents = self._require()
+        await agents.ensure_served(agent)
+        reply = await rpc.call(agent, request, self.settings.request_timeout)
+        if reply.error is not None and reply.error.code == ErrorCode.UNKNOWN_AGENT:
+            agents.forget(agent)
+        return reply
+
+    async def _exec_call(self, agent: str, request: RequestBase) -> ExecInfo:
+        return info_of(await self._call(agent, request))
+
+    async def create(
+        self,
+        agent: str,
+        cmd: Sequence[str] | ExecConfig,
+        *,
+        exec_id: str | None = None,
+        **options: Unpack[ExecOptions],
+    ) -> ExecInfo:
+        """Register an exec without starting it (idempotent by ``exec_id``)."""
+        config = build_config(cmd, **options)
+        request = model(CreateRequest, agent=agent, exec_id=exec_id or new_exec_id(), config=config)
+        return await self._exec_call(agent, request)
+
+    @overload
+    async def start(
+        self,
+        agent: str,
+        exec_id: str,
+        *,
+        detach: Literal[False] = False,
+        console_size: tuple[int, int] | None = None,
+    ) -> RunResult: ...
+
+    @overload
+    async def start(
+        self,
+        agent: str,
+        exec_id: str,
+        *,
+        detach: Literal[True],
+        console_size: tuple[int, int] | None = None,
+    ) -> ExecInfo: ...
+
+    async def start(
+        self,
+        agent: str,
+        exec_id: str,
+        *,
+        detach: bool = False,
+        console_size: tuple[int, int] | None = None,
+    ) -> RunResult | ExecInfo:
+        """Start a created exec: its :class:`RunResult` at exit, or its record at once if
+        ``detach``. A second start raises :class:`~execbus.errors.Conflict`."""
+        request = model(
+            StartRequest, agent=agent, exec_id=exec_id, detach=detach, console_size=console_size
+        )
+        if detach:
+            return await self._exec_call(agent, request)
+        return await self._until_exit(agent, exec_id, request, None)
+
+    @overload
+    async def run(
+        self,
+        agent: str,
+        cmd: Sequence[str] | ExecConfig,
+        *,
+        stdin: bytes | None = None,
+        exec_id: str | None = None,
+        detach: Literal[False] = False,
+        **options: Unpack[ExecOptions],
+    ) -> RunResult: ...
+
+    @overload
+    async def run(
+        self,
+        agent: str,
+        cmd: Sequence[str] | ExecConfig,
+        *,
+        stdin: bytes | None = None,
+        exec_id: str | None = None,
+        detach: Literal[True],
+        **options: Unpack[ExecOptions],
+    ) -> ExecInfo: ...
+
+    async def run(
+        self,
+        agent: str,
+        cmd: Sequence[str] | ExecConfig,
+        *,
+        stdin: bytes | None = None,
+        exec_id: str | None = None,
+        detach: bool = False,
+        **options: Unpack[ExecOptions],
+    ) -> RunResult | ExecInfo:
+        """Run ``cmd`` on ``agent`` and return how it ended (its record at once if ``detach``).
+
+        Options: ``container_id``, ``env`` (dict or ``K=V`` list), ``user``,
+        ``working_dir``, ``tty``, ``console_size``, ``timeout`` (seconds; the
+        process group is killed), ``output_limit`` (bytes per stream),
+        ``labels``, ``stream_output`` (publish ``exec.output`` events, see
+        :meth:`output`), ``attach_stdin`` (write it with :meth:`write_stdin`).
+        ``stdin`` is written to the process and then closed. ``exec_id`` is
+        the idempotency key (a fresh one by default). A start failure raises
+        the :class:`~execbus.errors.StartFailed` subclass of its cause.
+        """
+        if stdin is not None:
+            options["attach_stdin"] = True
+        config = build_config(cmd, detach=detach, **options)
+        if stdin is not None and not config.attach_stdin:
+            config = config.model_copy(update={"attach_stdin": True})
+        exec_id = exec_id or new_exec_id()
+        request = model(RunRequest, agent=agent, exec_id=exec_id, config=config)
+        if not detach:
+            return await self._until_exit(agent, exec_id, request, stdin)
+        info = await self._exec_call(agent, request)
+        if stdin is not None:
+            await self.write_stdin(agent, exec_id, stdin, close=True)
+        return info
+
+    async def submit(
+        self,
+        agent: str,
+        cmd: Sequence[str] | ExecConfig,
+        *,
+        exec_id: str | None = None,
+        **options: Unpack[ExecOptions],
+    ) -> Execution:
+        """Send a run and return once it is published: ``await execution.result()`` for the
+        end. Subscribe to :meth:`output` first to stream its output."""
+        config = build_config(cmd, **options)
+        exec_id = exec_id or new_exec_id()
+        request = model(RunRequest, agent=agent, exec_id=exec_id, config=config)
+        return await self._send_watched(agent, exec_id, request)
+
+    async def _send_watched(self, agent: str, exec_id: str, request: RequestBase) -> Execution:
+        rpc, exits, agents = self._require()
+        await agents.ensure_served(agent)
+        watch = await exits.watch(agent, exec_id)  # before the request: never miss the end
+        try:
+            pending = await rpc.send(agent, request)
+        except BaseException:
+            exits.unwatch(watch)
+            raise
+        return Execution(self, agent, exec_id, rpc, exits, pending, watch)
+
+    async def _until_exit(
+        self, agent: str, exec_id: str, request: RequestBase, stdin: bytes | None
+    ) -> RunResult:
+        execution = await self._send_watched(agent, exec_id, request)
+        feeder = asyncio.create_task(self._feed(execution, stdin)) if stdin is not None else None
+        try:
+            return await execution.result()
+        finally:
+            execution.forget()
+            if feeder is not None:
+                await _settle_feeder(feeder)
+
+    async def _feed(self, execution: Execution, data: bytes) -> None:
+        try:
+            await execution.write_stdin(data, close=True)
+        except ExecbusError as exc:  # e.g. the process exited without reading: harmless
+            log.debug("stdin of exec %s not written: %s", execution.exec_id, exc.message)
+
+    async def inspect(self, agent: str, exec_id: str) -> ExecInfo:
+        """One exec's record (:class:`~execbus.errors.NotFound` if unknown)."""
+        return await self._exec_call(agent, model(InspectRequest, agent=agent, exec_id=exec_id))
+
+    async def list(
+        self, agent: str, container_id: str | None = None, include_finished: bool = True
+    ) -> builtins.list[ExecInfo]:
+        """The execs of ``agent`` (of one container, if given)."""
+        request = model(
+            ListRequest, agent=agent, container_id=container_id, include_finished=include_finished
+        )
+        reply = await self._call(agent, request)
+        if not reply.ok:
+            info_of(reply)  # raises the typed error
+        if not isinstance(reply.result, ExecList):
+            raise InternalError("the reply to exec.list carries no list")
+        return reply.result.execs
+
+    async def resize(self, agent: str, exec_id: str, width: int, height: int) -> ExecInfo:
+        """Resize a running TTY exec's terminal."""
+        request = model(ResizeRequest, agent=agent, exec_id=exec_id, width=width, height=height)
+        return await self._exec_call(agent, request)
+
+    async def signal(self, agent: str, exec_id: str, signal: str | int = "SIGKILL") -> ExecInfo:
+        """Send a signal (``"SIGTERM"``, ``"TERM"`` or a number) to the exec's process group."""
+        request = model(SignalRequest, agent=agent, exec_id=exec_id, signal=_signal_arg(signal))
+        return await self._exec_call(agent, request)
+
+    async def write_stdin(
+        self, agent: str, exec_id: str, data: bytes, *, close: bool = False
+    ) -> ExecInfo:
+        """Write ``data`` to the exec's stdin (in order, in chunks); ``close`` closes it after."""
+        chunks = [data[i : i + MAX_STDIN_CHUNK] for i in range(0, len(data), MAX_STDIN_CHUNK)]
+        chunks = chunks or [b""]
+        info: ExecInfo | None = None
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            request = model(
+                StdinRequest, agent=agent, exec_id=exec_id, data=chunk, close=close and last
+            )
+            info = await self._exec_call(agent, request)
+        assert info is not None
+        return info
+
+    async def close_stdin(self, agent: str, exec_id: str) -> ExecInfo:
+        """Close the exec's stdin (the process reads end-of-file)."""
+        return await self.write_stdin(agent, exec_id, b"", close=True)
+
+    async def wait(self, agent: str, exec_id: str, timeout: float | None = None) -> ExecInfo:
+        """The exec's record once it has finished; :class:`ExecTimeout` after ``timeout`` s."""
+        rpc, exits, agents = self._require()
+        await agents.ensure_served(agent)
+        watch = await exits.watch(agent, exec_id)
+        try:
+            pending = await rpc.send(agent, model(WaitRequest, agent=agent, exec_id=exec_id))
+            try:
+                async with asyncio.timeout(timeout):
+                    reply, final = await first_of(pending, watch)
+            except TimeoutError:
+                raise ExecTimeout(f"exec {exec_id} did not finish within {timeout:g} s") from None
+            finally:
+                rpc.discard(pending)
+        finally:
+            exits.unwatch(watch)
+        if reply is not None:
+            return info_of(reply)
+        if isinstance(final, ExecInfo):
+            return final
+        return await self.inspect(agent, exec_id)
+
+    async def remove(self, agent: str, exec_id: str, *, force: bool = False) -> ExecInfo:
+        """Forget a finished exec (``force``: kill a running one first)."""
+        request = model(RemoveRequest, agent=agent, exec_id=exec_id, force=force)
+        return await self._exec_call(agent, request)
+
+    # -- events -----------------------------------------------------------
+
+    def events(
+        self, agent: str | None = None, container_id: str | None = None, kind: str | None = None
+    ) -> Subscription:
+        """Follow events (all, or of one agent / container / kind such as ``"exited"``).
+
+        ``async for event in client.events(...)``; enter it as a context
+        (``async with``) to subscribe before doing what produces the events.
+        """
+        pattern = Names.event_binding(agent, container_id, _event_kind(kind))
+        return self._subscription([pattern])
+
+    def output(
+        self,
+        agent: str,
+        exec_id: str,
+        *,
+        container_id: str | None = None,
+        existing: bool = True,
+    ) -> OutputStream:
+        """The output chunks (``exec.output`` events) of one exec, in order; ends at its exit.
+
+        Only execs run with ``stream_output=True`` publish output. With
+        ``existing`` the exec must exist (:class:`~execbus.errors.NotFound`
+        otherwise) and a finished one gives an empty stream (its captured
+        output is in :meth:`inspect`); ``existing=False`` subscribes for an
+        exec about to be created: enter the stream, then run it.
+        """
+        patterns = [
+            Names.event_binding(agent, container_id, k) for k in ("output", "exited", "failed")
+        ]
+        check = (lambda: self._finished(agent, exec_id)) if existing else None
+        return OutputStream(self._subscription(patterns), exec_id, check)
+
+    async def _finished(self, agent: str, exec_id: str) -> bool:
+        return (await self.inspect(agent, exec_id)).state in FINISHED_STATES
+
+    def _subscription(self, patterns: builtins.list[str]) -> Subscription:
+        if self._connection is None:
+            raise BrokerError("the client is not connected; use `async with Client(...)`")
+        sub = Subscription(self._connection, self.names, patterns, self._subscriptions.discard)
+        self._subscriptions.add(sub)
+        return sub
+
+
+async def _settle_feeder(feeder: asyncio.Task[None]) -> None:
+    if not feeder.done():
+        feeder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await feeder
+
+
+def _event_kind(kind: str | None) -> str | None:
+    if kind is None:
+        return None
+    short = kind.removeprefix("exec.")
+    if short not in EVENT_KINDS:
+        raise InvalidRequest(
+            f"unknown event kind {kind!r}; expected one of {', '.join(EVENT_KINDS)}"
+        )
+    return short
+
+
+def _signal_arg(signal: str | int) -> str | int:
+    """``"9"`` → 9, ``"term"`` → ``"TERM"``: what the wire's signal field accepts."""
+    if isinstance(signal, str):
+        text = signal.strip()
+        return int(text) if text.isdigit() else text.upper()
+    return signal

@@ -1,0 +1,72 @@
+"""Building a validated :class:`ExecConfig` (and requests) from friendly arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from execbus.errors import InvalidRequest
+from execbus.wire.codec import describe_validation_error
+from execbus.wire.config import ExecConfig
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ExecOptions(TypedDict, total=False):
+    """How to run a command, besides its argv (see :class:`ExecConfig`)."""
+
+    container_id: str
+    env: Mapping[str, str] | Sequence[str] | None
+    user: str | None
+    working_dir: str | None
+    tty: bool
+    attach_stdin: bool
+    privileged: bool
+    console_size: tuple[int, int] | None
+    timeout: float | None
+    output_limit: int | None
+    stream_output: bool
+    labels: Mapping[str, str] | None
+
+
+def env_list(env: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+    """``{"K": "V"}`` or ``["K=V"]`` as the wire's ``KEY=VALUE`` list (validated later)."""
+    if env is None:
+        return []
+    if isinstance(env, str):
+        raise InvalidRequest("env must be a mapping or a list of KEY=VALUE strings, not a string")
+    if isinstance(env, Mapping):
+        return [f"{key}={value}" for key, value in env.items()]
+    return list(env)
+
+
+def build_config(
+    cmd: Sequence[str] | ExecConfig, *, detach: bool = False, **options: Any
+) -> ExecConfig:
+    """A validated config; a bad value raises :class:`InvalidRequest` naming the field."""
+    if isinstance(cmd, ExecConfig):
+        if options:
+            raise InvalidRequest("pass either an ExecConfig or options, not both")
+        return cmd.model_copy(update={"detach": detach}) if detach else cmd
+    if isinstance(cmd, str):
+        raise InvalidRequest("cmd must be a list of arguments (argv), not a string")
+    fields: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if "env" in fields:
+        fields["env"] = env_list(fields["env"])
+    if "labels" in fields:
+        fields["labels"] = dict(fields["labels"])
+    if "console_size" in fields:
+        width, height = fields["console_size"]
+        fields["console_size"] = {"width": width, "height": height}
+    return model(ExecConfig, cmd=list(cmd), detach=detach, **fields)
+
+
+def model(cls: type[M], **fields: Any) -> M:
+    """Build a wire model; validation errors become :class:`InvalidRequest`."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        what = "exec config" if cls is ExecConfig else "request"
+        raise InvalidRequest(f"invalid {what}: {describe_validation_error(exc)}") from None

@@ -1,0 +1,109 @@
+"""An exec in flight: :class:`Execution` completes from its reply or its exit event.
+
+The worker that started the exec replies at its exit; if that worker dies,
+the one that takes the agent over publishes the exit (and replies as well).
+An :class:`Execution` takes whichever comes first, so a result is never lost
+while the client stays connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from execbus.client.exits import ExitWatcher, Final, Watch
+from execbus.client.results import RunResult, exception_for, info_of, result_of
+from execbus.client.rpc import PendingReply, Rpc
+from execbus.errors import InternalError
+from execbus.wire.events import FailedEvent
+from execbus.wire.records import ExecInfo
+from execbus.wire.replies import Reply
+
+if TYPE_CHECKING:
+    from execbus.client.client import Client
+
+# The worker replies right after publishing the exit event; when the event
+# wins the race, wait this long for the reply (it carries the full record).
+REPLY_GRACE = 0.5
+
+
+async def first_of(pending: PendingReply, watch: Watch) -> tuple[Reply | None, Final | None]:
+    """The reply, or else the end seen first plus the reply if it follows promptly."""
+    waiting: list[asyncio.Future[Any]] = [pending.future, watch.future]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if pending.future.done():
+        return pending.future.result(), None
+    final = watch.future.result()
+    try:
+        reply: Reply | None = await asyncio.wait_for(asyncio.shield(pending.future), REPLY_GRACE)
+    except TimeoutError:
+        reply = None
+    return reply, final
+
+
+def run_result(exec_id: str, reply: Reply | None, final: Final | None) -> RunResult:
+    """The result from the reply, else from the exit event or record that came first."""
+    if reply is not None and (final is None or not reply.ok):
+        return result_of(info_of(reply))
+    if isinstance(final, ExecInfo):
+        return result_of(final)
+    if isinstance(final, FailedEvent):
+        raise exception_for(final.error)
+    if final is None:
+        raise InternalError(f"exec {exec_id}: neither a reply nor an exit")
+    info = reply.result if reply is not None and isinstance(reply.result, ExecInfo) else None
+    return RunResult.from_exit(exec_id, final.exit, info)
+
+
+class Execution:
+    """A started (or starting) exec; ``await execution.result()`` for how it ended."""
+
+    def __init__(
+        self,
+        client: Client,
+        agent: str,
+        exec_id: str,
+        rpc: Rpc,
+        exits: ExitWatcher,
+        pending: PendingReply,
+        watch: Watch,
+    ) -> None:
+        self.client = client
+        self.agent = agent
+        self.exec_id = exec_id
+        self._rpc = rpc
+        self._exits = exits
+        self._pending = pending
+        self._watch = watch
+        self._result: RunResult | None = None
+
+    async def result(self) -> RunResult:
+        """How the exec ended; raises the typed error if it failed to start."""
+        if self._result is None:
+            try:
+                reply, final = await first_of(self._pending, self._watch)
+            finally:
+                self.forget()
+            self._result = run_result(self.exec_id, reply, final)
+        return self._result
+
+    def forget(self) -> None:
+        """Stop waiting for the end (the exec itself goes on)."""
+        self._rpc.discard(self._pending)
+        self._exits.unwatch(self._watch)
+
+    async def write_stdin(self, data: bytes, *, close: bool = False) -> ExecInfo:
+        """Write to the exec's stdin (it must have been run with ``attach_stdin``)."""
+        return await self.client.write_stdin(self.agent, self.exec_id, data, close=close)
+
+    async def close_stdin(self) -> ExecInfo:
+        """Close the exec's stdin."""
+        return await self.client.close_stdin(self.agent, self.exec_id)
+
+    async def resize(self, width: int, height: int) -> ExecInfo:
+        """Resize the exec's terminal (TTY execs)."""
+        return await self.client.resize(self.agent, self.exec_id, width, height)
+
+    async def signal(self, signal: str | int = "SIGKILL") -> ExecInfo:
+        """Send a signal to the exec's process group."""
+        return await self.client.signal(self.agent, self.exec_id, signal)

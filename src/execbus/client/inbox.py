@@ -1,0 +1,75 @@
+"""The client's private queue: replies to its requests and the exit events it watches.
+
+The queue is exclusive and auto-delete, so the broker drops it with the
+connection, and it has a fixed name (``<ns>.client.<uuid>``) so the robust
+connection re-declares the very queue the workers reply to, bindings and
+consumer included, after a reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from execbus.errors import InvalidRequest
+from execbus.wire.codec import parse_event, parse_reply
+from execbus.wire.events import Event
+from execbus.wire.replies import Reply
+from execbus.wire.routing import Names
+
+log = logging.getLogger("execbus.client")
+
+ReplyHandler = Callable[[str | None, Reply], None]
+EventHandler = Callable[[Event], None]
+
+
+def client_queue_name(names: Names) -> str:
+    """A fresh private queue name of this namespace."""
+    return f"{names.ns}.client.{uuid.uuid4().hex}"
+
+
+async def declare_events_exchange(channel: AbstractChannel, names: Names) -> None:
+    """Declare ``<ns>.events`` as the workers do (idempotent), so it can be bound before any
+    worker ever ran in this namespace."""
+    await channel.declare_exchange(names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+class Inbox:
+    """Consumes the private queue and routes each message to a handler."""
+
+    def __init__(
+        self, channel: AbstractChannel, names: Names, on_reply: ReplyHandler, on_event: EventHandler
+    ) -> None:
+        self._channel = channel
+        self._names = names
+        self._on_reply = on_reply
+        self._on_event = on_event
+        self.name = client_queue_name(names)
+        self._queue: AbstractQueue | None = None
+        self._bound: set[str] = set()
+
+    async def open(self) -> None:
+        """Declare the queue and start consuming it."""
+        await declare_events_exchange(self._channel, self._names)
+        self._queue = await self._channel.declare_queue(self.name, exclusive=True, auto_delete=True)
+        await self._queue.consume(self._on_message, no_ack=True)
+
+    async def bind(self, pattern: str) -> None:
+        """Also receive events matching ``pattern`` (once per pattern)."""
+        if pattern in self._bound or self._queue is None:
+            return
+        await self._queue.bind(self._names.events_exchange, routing_key=pattern)
+        self._bound.add(pattern)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            if message.exchange == self._names.events_exchange:
+                self._on_event(parse_event(message.body))
+            else:
+                self._on_reply(message.correlation_id, parse_reply(message.body))
+        except InvalidRequest as exc:
+            log.warning("ignoring a malformed message on %s: %s", self.name, exc.message)

@@ -1,0 +1,137 @@
+"""Requests out, replies back: confirmed publishing and correlation of replies.
+
+Every request goes to ``<ns>.requests`` with routing key ``agent.<agent>``, a
+fresh ``correlation_id`` and ``message_id``, and ``reply_to`` set to the
+client's private queue (see :mod:`execbus.client.inbox`). A request is not
+sent until the broker confirmed it. The publishing channel is separate from
+the inbox's, so a channel error on publish never disturbs the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
+
+from execbus.errors import BrokerError, ExecTimeout, PublishFailed
+from execbus.wire.codec import dump
+from execbus.wire.replies import Reply
+from execbus.wire.requests import RequestBase
+from execbus.wire.routing import Names
+
+log = logging.getLogger("execbus.client")
+JSON = "application/json"
+
+
+@dataclass(eq=False, slots=True)
+class PendingReply:
+    """The reply a published request is waiting for."""
+
+    correlation_id: str
+    request_type: str
+    agent: str
+    future: asyncio.Future[Reply] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Rpc:
+    """Publishes requests and matches replies to them by ``correlation_id``."""
+
+    def __init__(
+        self, channel: AbstractChannel, names: Names, reply_to: str, publish_timeout: float
+    ) -> None:
+        self._channel = channel
+        self._names = names
+        self._reply_to = reply_to
+        self._publish_timeout = publish_timeout
+        self._exchange: AbstractExchange | None = None
+        self._pending: dict[str, PendingReply] = {}
+
+    async def setup(self) -> None:
+        """Look up the requests exchange (the workers declare it)."""
+        self._exchange = await self._channel.get_exchange(
+            self._names.requests_exchange, ensure=False
+        )
+
+    async def send(self, agent: str, request: RequestBase) -> PendingReply:
+        """Publish ``request`` (confirmed); the caller awaits, then :meth:`discard`\\ s it."""
+        pending = PendingReply(uuid.uuid4().hex, str(getattr(request, "type", "?")), agent)
+        self._pending[pending.correlation_id] = pending  # before publishing: replies can be fast
+        try:
+            await self._publish(agent, request, pending)
+        except BaseException:
+            self.discard(pending)
+            raise
+        return pending
+
+    async def call(self, agent: str, request: RequestBase, timeout: float | None) -> Reply:
+        """Publish ``request``; its reply within ``timeout`` seconds (``None``: no limit)."""
+        pending = await self.send(agent, request)
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+        except TimeoutError:
+            raise ExecTimeout(
+                f"no reply to {pending.request_type} from agent {agent!r} within {timeout:g} s"
+            ) from None
+        finally:
+            self.discard(pending)
+
+    def discard(self, pending: PendingReply) -> None:
+        """Stop waiting for ``pending``'s reply (a late reply is then ignored)."""
+        self._pending.pop(pending.correlation_id, None)
+        if not pending.future.done():
+            pending.future.cancel()
+
+    def resolve(self, correlation_id: str | None, reply: Reply) -> None:
+        """Hand a reply from the inbox to the request waiting for it."""
+        pending = self._pending.get(correlation_id or "")
+        if pending is None:
+            log.debug("ignoring a reply nobody waits for (correlation id %s)", correlation_id)
+        elif not pending.future.done():
+            pending.future.set_result(reply)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Wake every waiting request with ``exc`` (the client is closing)."""
+        for pending in list(self._pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+                # Mark retrieved: a waiter that was already cancelled never reads it.
+                pending.future.exception()
+        self._pending.clear()
+
+    async def _publish(self, agent: str, request: RequestBase, pending: PendingReply) -> None:
+        if self._exchange is None:
+            raise BrokerError("the client is not connected")
+        message = aio_pika.Message(
+            dump(request),
+            content_type=JSON,
+            correlation_id=pending.correlation_id,
+            message_id=uuid.uuid4().hex,
+            reply_to=self._reply_to,
+            type=pending.request_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        key = self._names.agent_routing_key(agent)
+        try:
+            await self._exchange.publish(message, key, timeout=self._publish_timeout)
+        except DeliveryError as exc:
+            raise PublishFailed(f"the broker refused the request for {key!r}: {exc}") from exc
+        except TimeoutError as exc:
+            raise PublishFailed(
+                f"no confirm for {pending.request_type} within {self._publish_timeout:g} s"
+            ) from exc
+        except CONNECTION_EXCEPTIONS as exc:
+            raise PublishFailed(f"publishing {pending.request_type} failed: {exc!r}") from exc
+
+
+async def close_quietly(channel: AbstractChannel) -> None:
+    """Close a channel, ignoring a broker or connection that is already gone."""
+    with contextlib.suppress(Exception):
+        await channel.close()

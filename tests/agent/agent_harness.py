@@ -1,0 +1,173 @@
+"""Running real agent processes for the tests, and probes of their processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+IS_ROOT = os.geteuid() == 0
+READY_TIMEOUT = 15.0
+
+
+class AgentProcess:
+    """``python -m execbus.agent`` in a private temporary directory."""
+
+    def __init__(
+        self, args: list[str], *, user: int | None = None, python: str = sys.executable
+    ) -> None:
+        self.dir = tempfile.mkdtemp(prefix="eb-agent-")
+        if user is not None:
+            os.chown(self.dir, user, -1)
+        self.socket = os.path.join(self.dir, "agent.sock")
+        self.log_path = os.path.join(self.dir, "agent.log")
+        self.args = ["--listen", f"unix://{self.socket}", "--log-format", "json", *args]
+        self.user = user
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "execbus.agent", *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                cwd=str(ROOT),
+                start_new_session=True,
+                **self._credentials(),
+            )
+        self._wait_ready()
+        return self
+
+    def _credentials(self) -> dict[str, Any]:
+        if self.user is None:
+            return {}
+        gid = pwd.getpwuid(self.user).pw_gid
+        return {"user": self.user, "group": gid, "extra_groups": []}
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.ready_line() is not None:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log_text()}")
+            time.sleep(0.01)
+        raise RuntimeError(f"agent did not get ready: {self.log_text()}")
+
+    def log_text(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines
+
+    def ready_line(self) -> dict[str, Any] | None:
+        return next((e for e in self.log_lines() if e.get("msg") == "agent ready"), None)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def connect(self, **kw: Any) -> TestClient:
+        return await TestClient.unix(self.socket, **kw)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait; SIGKILL the whole group if it does not stop."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS) in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the group's processes that are not zombies."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    """Assert that no process of the group remains.
+
+    Every member must be dead at once (no live process). Killed orphans are
+    zombies until PID 1 reaps them, which a lazy init (this sandbox's reaps
+    about once a second) delays, so ``killpg(pgid, 0)`` is polled until it
+    raises ProcessLookupError.
+    """
+    deadline = time.monotonic() + 2.0
+    while live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not live_members(pgid), f"group {pgid} still has live processes"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process group {pgid} still exists")
+
+
+requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (user switching)")
+
+# A plain interpreter without the project's virtualenv, like a minimal guest's.
+GUEST_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+AgentFactory = Callable[..., AgentProcess]

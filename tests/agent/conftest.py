@@ -1,0 +1,69 @@
+"""Fixtures for the agent tests: real agent processes on real sockets."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_SRC = Path(__file__).resolve().parents[2] / "src"
+if importlib.util.find_spec("execbus") is None:  # not installed: use the source tree
+    sys.path.insert(0, str(_SRC))
+
+from agent_harness import AgentFactory, AgentProcess  # noqa: E402
+from agent_testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_agent() -> Iterator[AgentProcess]:
+    """One agent shared by the tests that do not need their own configuration."""
+    agent = AgentProcess(["--grace", "0"]).start()
+    try:
+        yield agent
+    finally:
+        agent.terminate()
+        agent.cleanup()
+
+
+@pytest.fixture
+def agent_factory() -> Iterator[AgentFactory]:
+    """Start agents with extra arguments; all are stopped after the test."""
+    agents: list[AgentProcess] = []
+
+    def start(*args: str, **kw: Any) -> AgentProcess:
+        agent = AgentProcess(["--grace", "0", *args], **kw)
+        agents.append(agent)
+        return agent.start()
+
+    yield start
+    for agent in agents:
+        agent.terminate()
+        agent.cleanup()
+
+
+@pytest.fixture
+async def client(shared_agent: AgentProcess) -> AsyncIterator[TestClient]:
+    """A greeted connection to the shared agent."""
+    c = await shared_agent.connect()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+def tmp_dir() -> Iterator[str]:
+    """A short temporary directory readable by everyone (for other users' execs)."""
+    path = tempfile.mkdtemp(prefix="eb-t-")
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Listeners and the command line: tcp tokens, unix socket modes, config errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import pytest
+from agent_harness import AgentFactory, AgentProcess
+from agent_testclient import AgentRequestError, TestClient
+
+from execbus.agent.cli import main
+
+
+async def test_tcp_listener_requires_the_right_token(
+    agent_factory: AgentFactory, tmp_dir: str
+) -> None:
+    token_file = os.path.join(tmp_dir, "token")
+    with open(token_file, "w") as f:
+        f.write("s3cret\n")
+    agent = agent_factory("--listen", "tcp://127.0.0.1:0", "--token-file", token_file)
+    listen = agent.ready_line()["listen"]  # type: ignore[index]
+    tcp = next(url for url in listen if url.startswith("tcp://"))
+    port = int(tcp.rsplit(":", 1)[1])
+    for token in (None, "wrong", "s3cret-but-longer", 42):
+        c = await TestClient.tcp("127.0.0.1", port, hello=False)
+        try:
+            with pytest.raises(AgentRequestError) as err:
+                await c.call("hello", versions=[1], token=token)
+            assert err.value.code == "unauthorized"
+            await c.wait_closed()
+        finally:
+            await c.close()
+    c = await TestClient.tcp("127.0.0.1", port, token="s3cret")
+    try:
+        assert "time" in await c.call("ping")
+    finally:
+        await c.close()
+    unix = await agent.connect()  # the unix listener needs no token
+    await unix.close()
+
+
+def test_tcp_listener_without_token_file_is_a_config_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--listen", "tcp://127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--token-file" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--listen", "http://x"],
+        ["--listen", "tcp://127.0.0.1"],
+        ["--socket-mode", "999"],
+        ["--max-frame", "10"],
+        ["--token-file", "/no/such/token"],
+        ["--no-such-option"],
+    ],
+)
+def test_config_errors_print_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("execbus agent: error: ") and err.count("\n") == 1
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--listen", "--token-file", "--runc-root", "--grace", "--log-format"):
+        assert option in out
+
+
+async def test_unix_socket_mode_and_stale_socket(agent_factory: AgentFactory) -> None:
+    agent = AgentProcess(["--socket-mode", "0660"])
+    try:
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(agent.socket)  # left behind by a killed agent: nobody listens
+        stale.close()
+        agent.start()
+        assert stat.S_IMODE(os.stat(agent.socket).st_mode) == 0o660
+        c = await agent.connect()
+        await c.close()
+    finally:
+        agent.terminate()
+        agent.cleanup()
+    default = agent_factory()
+    assert stat.S_IMODE(os.stat(default.socket).st_mode) == 0o600
+
+
+def test_second_agent_on_a_live_socket_fails(
+    shared_agent: AgentProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--listen", f"unix://{shared_agent.socket}"]) == 2
+    assert "in use" in capsys.readouterr().err
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(shared_agent.socket)  # the first agent still listens

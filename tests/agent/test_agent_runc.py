@@ -1,0 +1,244 @@
+"""The runc backend against a real busybox container (root, runc and busybox-static)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from agent_harness import IS_ROOT, AgentProcess, live_members
+from agent_testclient import TestClient, split_captures
+
+pytestmark = pytest.mark.runc
+
+RUNC = shutil.which("runc")
+BUSYBOX = "/bin/busybox"
+HOSTNAME = "ebtest"
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nebuser:x:1234:1234:eb:/home/ebuser:/bin/sh\n"
+GROUP = "root:x:0:\nebgroup:x:1234:\nextra:x:2345:ebuser\n"
+
+
+def _skip_reason() -> str | None:
+    if not IS_ROOT:
+        return "runc tests need root"
+    if RUNC is None:
+        return "runc is not on PATH"
+    if not os.path.exists(BUSYBOX):
+        return f"{BUSYBOX} (busybox-static) is missing"
+    ldd = subprocess.run(["ldd", BUSYBOX], capture_output=True, text=True, check=False)
+    if "not a dynamic executable" not in ldd.stdout + ldd.stderr:
+        return f"{BUSYBOX} is not statically linked (install busybox-static)"
+    return None
+
+
+@dataclass
+class Container:
+    runc_root: str
+    bundle: str
+    id: str
+
+    def runc(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert RUNC is not None
+        return subprocess.run(
+            [RUNC, "--root", self.runc_root, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+
+
+def _make_bundle(base: str) -> str:
+    bundle = os.path.join(base, "bundle")
+    rootfs = os.path.join(bundle, "rootfs")
+    for sub in ("bin", "etc", "home/ebuser", "proc", "dev", "sys"):
+        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
+    shutil.copy(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True)
+    for name in applets.stdout.split():
+        if name != "busybox":
+            os.symlink("busybox", os.path.join(rootfs, "bin", name))
+    for name, text in (("passwd", PASSWD), ("group", GROUP)):
+        with open(os.path.join(rootfs, "etc", name), "w") as f:
+            f.write(text)
+    assert RUNC is not None
+    subprocess.run([RUNC, "spec"], cwd=bundle, check=True)
+    with open(os.path.join(bundle, "config.json")) as f:
+        config = json.load(f)
+    config["process"].update(args=["sleep", "1000"], terminal=False)
+    config["root"]["readonly"] = False
+    config["hostname"] = HOSTNAME
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(config, f)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def container() -> Iterator[Container]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    base = tempfile.mkdtemp(prefix="eb-runc-")
+    ctr = Container(os.path.join(base, "state"), _make_bundle(base), f"eb-{uuid.uuid4().hex[:8]}")
+    try:
+        run = ctr.runc("run", "-d", "--bundle", ctr.bundle, ctr.id)
+        if run.returncode != 0:
+            pytest.skip(f"runc cannot run containers here: {run.stderr.strip()}")
+        yield ctr
+    finally:
+        ctr.runc("delete", "-f", ctr.id)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def runc_agent(container: Container) -> Iterator[AgentProcess]:
+    agent = AgentProcess(["--grace", "0", "--runc-root", container.runc_root, "--allow-privileged"])
+    try:
+        yield agent.start()
+    finally:
+        agent.terminate()
+        agent.cleanup()
+
+
+@pytest.fixture
+async def rc(runc_agent: AgentProcess) -> AsyncIterator[TestClient]:
+    c = await runc_agent.connect()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def _cap_eff(status: str) -> int:
+    match = re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.M)
+    assert match, status
+    return int(match.group(1), 16)
+
+
+async def test_exec_runs_inside_the_container(rc: TestClient, container: Container) -> None:
+    assert "containers" in rc.hello_result["capabilities"]
+    _, out, _ = await rc.run(["hostname"], container_id=container.id)
+    assert out == f"{HOSTNAME}\n".encode()
+    _, out, _ = await rc.run(["cat", "/proc/1/cmdline"], container_id=container.id)
+    assert out == b"sleep\x001000\x00"
+
+
+async def test_capabilities_never_exceed_the_containers(
+    rc: TestClient, container: Container
+) -> None:
+    init = container.runc("exec", container.id, "cat", "/proc/1/status")
+    assert init.returncode == 0, init.stderr
+    init_caps = _cap_eff(init.stdout)
+    _, out, _ = await rc.run(["grep", "CapEff", "/proc/self/status"], container_id=container.id)
+    caps = _cap_eff(out.decode())
+    assert caps & ~init_caps == 0, f"exec has {caps:x}, container init {init_caps:x}"
+    _, out, _ = await rc.run(
+        ["grep", "CapEff", "/proc/self/status"], container_id=container.id, privileged=True
+    )
+    assert _cap_eff(out.decode()) & ~init_caps != 0  # privileged: every capability
+
+
+async def test_exit_codes_and_start_failures(rc: TestClient, container: Container) -> None:
+    cid = {"container_id": container.id}
+    state, out, err = await rc.run(["sh", "-c", "echo out; echo err >&2; exit 3"], **cid)
+    assert (state["exit"]["exit_code"], out, err) == (3, b"out\n", b"err\n")
+    state, _, _ = await rc.run(["sh", "-c", "kill -KILL $$"], **cid)
+    assert (state["exit"]["exit_code"], state["exit"]["signal"]) == (137, "SIGKILL")
+    expected = {
+        ("no-such-command",): ("command_not_found", 127),
+        ("/etc/passwd",): ("command_not_executable", 126),
+    }
+    for cmd, (code, exit_code) in expected.items():
+        state, _, _ = await rc.run(list(cmd), **cid)
+        assert state["state"] == "failed", state
+        assert (state["error"]["code"], state["error"]["exit_code"]) == (code, exit_code)
+    state, _, _ = await rc.run(["pwd"], working_dir="/missing", **cid)
+    assert state["error"]["code"] == "invalid_working_dir"
+    _, out, _ = await rc.run(["pwd"], working_dir="/etc", **cid)
+    assert out == b"/etc\n"
+
+
+async def test_unknown_or_stopped_containers(rc: TestClient, container: Container) -> None:
+    state, _, _ = await rc.run(["true"], container_id="no-such-container")
+    assert state["error"]["code"] == "container_not_found"
+    created = f"{container.id}-created"
+    result = container.runc("create", "--bundle", container.bundle, created)
+    assert result.returncode == 0, result.stderr
+    try:
+        state, _, _ = await rc.run(["true"], container_id=created)
+        assert state["error"]["code"] == "container_not_running"
+    finally:
+        container.runc("delete", "-f", created)
+
+
+async def test_users_resolve_in_the_containers_passwd(
+    rc: TestClient, container: Container
+) -> None:
+    script = 'echo "$(id -u) $(id -g) $(id -G) $HOME"'
+    _, out, _ = await rc.run(["sh", "-c", script], user="ebuser", container_id=container.id)
+    assert out.decode().split() == ["1234", "1234", "1234", "2345", "/home/ebuser"]
+    _, out, _ = await rc.run(["sh", "-c", script], user="ebuser:extra", container_id=container.id)
+    assert out.decode().split()[:3] == ["1234", "2345", "2345"]
+    state, _, _ = await rc.run(["id"], user="nobody", container_id=container.id)
+    assert state["error"]["code"] == "unknown_user"  # the host has it, the container not
+
+
+async def test_env_and_stdin(rc: TestClient, container: Container) -> None:
+    _, out, _ = await rc.run(["env"], env=["A=1"], container_id=container.id)
+    env = dict(line.split("=", 1) for line in out.decode().splitlines())
+    assert env["A"] == "1" and "/bin" in env["PATH"]
+    exec_id = uuid.uuid4().hex
+    await rc.call("start", exec_id=exec_id, cmd=["cat"], stdin=True, container_id=container.id)
+    await rc.call("stdin", b"through runc", exec_id=exec_id, close=True)
+    frame = await rc.request("wait", exec_id=exec_id)
+    assert split_captures(frame.header["result"], frame.payload)[0] == b"through runc"
+
+
+async def test_signal_and_timeout_reach_the_container_process(
+    rc: TestClient, container: Container
+) -> None:
+    tree = ["sh", "-c", "sleep 100 & sleep 100"]
+    exec_id = uuid.uuid4().hex
+    started = await rc.call("start", exec_id=exec_id, cmd=tree, container_id=container.id)
+    await rc.call("signal", exec_id=exec_id, signal="TERM")
+    state = await rc.call("wait", exec_id=exec_id)
+    assert (state["exit"]["exit_code"], state["exit"]["signal"]) == (143, "SIGTERM")
+    _assert_no_live_members(started["pid"])
+    t0 = time.monotonic()
+    state, _, _ = await rc.run(tree, timeout=0.5, container_id=container.id)
+    assert time.monotonic() - t0 < 10
+    assert state["exit"]["timed_out"] is True
+    assert (state["exit"]["exit_code"], state["exit"]["signal"]) == (137, "SIGKILL")
+    _assert_no_live_members(state["pid"])
+
+
+def _assert_no_live_members(pgid: int) -> None:
+    # Killed orphans stay zombies of the container's init (busybox sleep never
+    # reaps), so only live processes are checked here.
+    deadline = time.monotonic() + 5
+    while live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not live_members(pgid)
+
+
+async def test_tty_in_the_container(rc: TestClient, container: Container) -> None:
+    cid = {"container_id": container.id, "tty": True}
+    _, out, _ = await rc.run(["tty"], **cid)
+    assert re.fullmatch(rb"/dev/pts/\d+\r\n", out), out
+    _, out, _ = await rc.run(["stty", "size"], console_size={"width": 123, "height": 45}, **cid)
+    assert out == b"45 123\r\n"
+    exec_id = uuid.uuid4().hex
+    await rc.call("start", exec_id=exec_id, cmd=["sh", "-c", "read x; stty size"], stdin=True, **cid)
+    await rc.call("resize", exec_id=exec_id, width=132, height=50)
+    await rc.call("stdin", b"go\n", exec_id=exec_id)
+    frame = await rc.request("wait", exec_id=exec_id)
+    assert split_captures(frame.header["result"], frame.payload)[0].endswith(b"50 132\r\n")

@@ -209,13 +209,14 @@ def start_worker(amqp_url: str, namespace: str, tmp_path: Path) -> Iterator[obje
         port = free_port()
         log_path = tmp_path / f"worker-{len(workers)}.log"
         cmd = [sys.executable, "-m", "execbus", "worker", "--http-port", str(port), *args]
-        full_env = child_env(
-            EXECBUS_AMQP_URL=amqp_url,
-            EXECBUS_NAMESPACE=namespace,
-            EXECBUS_LOG_LEVEL="debug",
-            EXECBUS_SWEEP_INTERVAL="1",
+        overrides = {
+            "EXECBUS_AMQP_URL": amqp_url,
+            "EXECBUS_NAMESPACE": namespace,
+            "EXECBUS_LOG_LEVEL": "debug",
+            "EXECBUS_SWEEP_INTERVAL": "1",
             **(env or {}),
-        )
+        }
+        full_env = child_env(**overrides)
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
                 cmd, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True

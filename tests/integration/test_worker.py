@@ -240,3 +240,47 @@ async def test_quick_start_with_embedded_local_agent(
     async with Bus(amqp_url, namespace) as bus:
         reply = await bus.call("local", run_body(["echo", "hello"]))
         assert unb64(reply["result"]["exit"]["stdout"]) == b"hello\n"
+
+
+async def test_output_is_streamed_in_order(
+    amqp_url: str, namespace: str, agent_worker: Any
+) -> None:
+    async with Bus(amqp_url, namespace) as bus:
+        script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; sleep 0.02; done"
+        body = run_body(["sh", "-c", script], stream_output=True, output_limit=4)
+        reply = await bus.call("a1", body)
+        exit_info = reply["result"]["exit"]
+        assert unb64(exit_info["stdout"]) == b"out1" and exit_info["stdout_dropped"] == 21
+        await bus.wait_event(body["exec_id"], "exited")
+        chunks = [e for e in bus.events_of(body["exec_id"]) if e["type"] == "exec.output"]
+        by_stream: dict[str, list[Any]] = {"stdout": [], "stderr": []}
+        for chunk in chunks:
+            by_stream[chunk["stream"]].append(chunk)
+        for stream, items in by_stream.items():
+            assert [c["seq"] for c in items] == list(range(len(items))), stream
+        assert b"".join(unb64(c["data"]) for c in by_stream["stdout"]) == b"".join(
+            f"out{i}\n".encode() for i in range(1, 6)
+        )
+        assert b"".join(unb64(c["data"]) for c in by_stream["stderr"]) == b"".join(
+            f"err{i}\n".encode() for i in range(1, 6)
+        )
+        kinds = [e["type"] for e in bus.events_of(body["exec_id"])]
+        assert kinds.index("exec.exited") == len(kinds) - 1, "output events come before the exit"
+
+
+async def test_metrics_and_health_move(amqp_url: str, namespace: str, agent_worker: Any) -> None:
+    import urllib.request
+
+    _, worker = agent_worker
+    async with Bus(amqp_url, namespace) as bus:
+        assert (await bus.call("a1", run_body(["true"])))["ok"]
+        corr = await bus.publish("agent.a1", b"garbage")
+        await bus.reply(corr)
+    url = f"http://127.0.0.1:{worker.http_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert 'execbus_requests_total{outcome="ack",type="exec.run"} 1.0' in text
+    assert 'execbus_dead_lettered_total{reason="invalid"} 1.0' in text
+    assert 'execbus_execs_finished_total{agent="a1",result="ok",state="exited"} 1.0' in text
+    assert "execbus_request_seconds_bucket" in text
+    status = worker.readyz()
+    assert status["ready"] is True and status["agents"]["a1"]["connected"] is True

@@ -229,13 +229,22 @@ def _env(base: list[str], spec: ExecSpec, user: ResolvedUser | None) -> list[str
 
 
 def _all_capabilities(current: dict[str, Any]) -> dict[str, Any]:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
-            last = int(f.read())
-    except (OSError, ValueError):
-        last = len(CAPABILITIES) - 1
-    every = CAPABILITIES[: last + 1]
+    """Every capability the agent itself may grant (its own bounding set)."""
+    bounding = _own_bounding_set()
+    every = [name for bit, name in enumerate(CAPABILITIES) if bounding >> bit & 1]
     return {**current, "bounding": every, "effective": every, "permitted": every}
+
+
+def _own_bounding_set() -> int:
+    # runc cannot hand out a capability the agent lacks (a sandbox may drop some).
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return (1 << len(CAPABILITIES)) - 1
 
 
 async def _wait_for_pid(path: str, exited: asyncio.Future[int | None]) -> int | None:

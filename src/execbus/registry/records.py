@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from execbus.wire.config import ExecConfig
@@ -35,8 +35,7 @@ class ExecRecord:
     finished_at: float | None = None
     exit: ExitInfo | None = None
     error: ErrorInfo | None = None
-    reply_to: str | None = field(default=None)
-    correlation_id: str | None = field(default=None)
+    final_published: bool = False  # the exited/failed event was confirmed by the broker
 
     @property
     def finished(self) -> bool:

@@ -101,7 +101,11 @@ def _channels() -> dict[str, Any]:
             "quorum queue `<ns>.agent.<agent>` (single active consumer, delivery limit, "
             "dead letters to `<ns>.dead` with the reason in `x-execbus-reason`). Set "
             "`reply_to` and `correlation_id` to get a reply.",
-            "parameters": {"agent": {"schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}}},
+            "parameters": {
+                "agent": {
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
+                }
+            },
             "bindings": _amqp_exchange("execbus.requests", "topic"),
             "publish": {"message": {"oneOf": req_refs}},
         },

@@ -26,7 +26,7 @@ from execbus.worker.publisher import Publisher
 
 log = logging.getLogger("execbus.worker")
 
-Observer = Callable[[str, str, float], None]  # (request type, outcome, seconds)
+Observer = Callable[[str, Disposition, float], None]  # (request type, disposition, seconds)
 
 
 def request_context(message: AbstractIncomingMessage, request: Request | None) -> RequestContext:
@@ -146,4 +146,4 @@ class RequestConsumer:
                 disposition = Disposition.requeue(f"reply not confirmed: {exc}")
         await settle(message, disposition, self.publisher)
         if self.observe is not None:
-            self.observe(request_type, disposition.action.value, time.perf_counter() - t0)
+            self.observe(request_type, disposition, time.perf_counter() - t0)

@@ -132,6 +132,17 @@ def record_from_agent(agent: str, state: AgentExec) -> ExecRecord | None:
     )
 
 
+def _exit_result(record: ExecRecord) -> str:
+    exit_info = record.exit
+    if exit_info is None:
+        return "unknown"
+    if exit_info.timed_out:
+        return "timed_out"
+    if exit_info.signal:
+        return "signalled"
+    return "ok" if exit_info.exit_code == 0 else "nonzero"
+
+
 def targets_from_meta(meta: dict[str, Any]) -> list[ReplyTarget]:
     return [ReplyTarget(str(rt[0]), rt[1]) for rt in meta.get("rt", []) if rt and rt[0]]
 
@@ -157,6 +168,7 @@ class AgentExecs:
         self.lanes = Lanes()
         self.waiters: dict[str, list[ReplyTarget]] = {}
         self.on_retry: Callable[[], None] | None = None
+        self.on_finished: Callable[[str, str, str], None] | None = None
         self._sync_lock = asyncio.Lock()
 
     # -- requests -----------------------------------------------------
@@ -365,24 +377,37 @@ class AgentExecs:
         self, record: ExecRecord, code: str, message: str, exit_code: int | None = None
     ) -> None:
         error = ErrorInfo(code=code, message=message[:4096], exit_code=exit_code)
-        if self.registry.mark_failed(record.exec_id, error):
-            await self._publish(record, "failed", self._failed_event(record, error))
-            await self._reply_waiters(record)
+        self.registry.mark_failed(record.exec_id, error)
+        await self._publish_final(record)
 
     async def _finish(self, record: ExecRecord, state: AgentExec) -> None:
         """Record an agent's final state, publish it, answer waiters, then ack the agent."""
         if state.state == "failed":
             err = state.error or ErrorInfo(code=ErrorCode.START_FAILED, message="start failed")
-            await self._fail(record, err.code, err.message, err.exit_code)
+            self.registry.mark_failed(record.exec_id, err)
         elif state.exit is not None:
             if record.state is ExecState.CREATED and not record.starting:
                 record.starting = True
-            if self.registry.notify_exit(record.exec_id, state.exit):
-                if record.pid is None:
-                    record.pid = state.pid
-                await self._publish(record, "exited", self._exited_event(record))
-                await self._reply_waiters(record)
+            if self.registry.notify_exit(record.exec_id, state.exit) and record.pid is None:
+                record.pid = state.pid
+        await self._publish_final(record)
         await self._ack_agent(record.exec_id)
+
+    async def _publish_final(self, record: ExecRecord) -> None:
+        """Publish the exit (or failure) once it is confirmed; a failed publish is retried
+        by the next call (the agent keeps the exit until it is acked)."""
+        if record.final_published or not record.finished:
+            return
+        if record.state is ExecState.FAILED and record.error is not None:
+            await self._publish(record, "failed", self._failed_event(record, record.error))
+            result = record.error.code
+        else:
+            await self._publish(record, "exited", self._exited_event(record))
+            result = _exit_result(record)
+        record.final_published = True
+        if self.on_finished is not None:
+            self.on_finished(self.agent, record.state.value, result)
+        await self._reply_waiters(record)
 
     async def _ack_agent(self, exec_id: str) -> None:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from execbus.worker.acks import Action, Disposition
+
 
 class WorkerMetrics:
     """Counters, gauges and histograms exposed on ``/metrics``."""
@@ -54,9 +56,15 @@ class WorkerMetrics:
         self.inflight = Gauge("execbus_inflight_requests", "Requests being handled", registry=r)
         self.owned = Gauge("execbus_agents_owned", "Agents this worker owns", registry=r)
 
-    def observe_request(self, request_type: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(request_type, outcome).inc()
+    def observe_request(self, request_type: str, disposition: Disposition, seconds: float) -> None:
+        self.requests.labels(request_type, disposition.action.value).inc()
         self.request_seconds.labels(request_type).observe(seconds)
+        if disposition.action is Action.DEAD_LETTER:
+            self.dead_letters.labels(disposition.reason.partition(":")[0] or "unknown").inc()
+
+    def observe_finished(self, agent: str, state: str, result: str) -> None:
+        """An exec finished: ``result`` is ok / nonzero / signalled / timed_out / an error code."""
+        self.execs.labels(agent, state, result).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

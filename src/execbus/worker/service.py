@@ -112,6 +112,7 @@ class AgentRuntime:
             name, ExecRegistry(name, limits), self.connection, outbox, retry, self.names
         )
         self.execs.on_retry = metrics.agent_retries.labels(name).inc
+        self.execs.on_finished = metrics.observe_finished
         self.owner = False
         self._opened = False
         self._consumer: RequestConsumer | None = None

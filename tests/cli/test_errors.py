@@ -1,0 +1,64 @@
+"""The CLI's errors: one clear line on stderr, a meaningful exit status, never a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import Execbus
+
+pytestmark = pytest.mark.integration
+
+
+def one_line(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "Traceback" not in text
+    assert text.count("\n") == 1, text
+    return text
+
+
+def test_broker_unreachable(execbus: Execbus) -> None:
+    url = "amqp://guest:hunter2@127.0.0.1:1/"
+    done = execbus("run", "--amqp-url", url, "--agent", "local", "--", "true")
+    assert done.returncode == 125
+    line = one_line(done.stderr)
+    assert line.startswith("execbus: cannot connect to the broker at amqp://guest:***@127.0.0.1:1/")
+    assert "hunter2" not in line
+
+
+def test_unknown_agent(execbus: Execbus) -> None:
+    done = execbus("run", "--agent", "nobody-serves-me", "--", "true")
+    assert done.returncode == 125
+    assert "no worker serves agent 'nobody-serves-me'" in one_line(done.stderr)
+
+
+def test_env_without_equals_sign(execbus: Execbus) -> None:
+    done = execbus("run", "--agent", "local", "-e", "JUSTAKEY", "--", "true")
+    assert done.returncode == 2
+    assert "'JUSTAKEY' is not KEY=VALUE" in one_line(done.stderr)
+
+
+def test_missing_command_and_agent(execbus: Execbus) -> None:
+    assert "no command given" in one_line(execbus("run", "--agent", "local").stderr)
+    assert "--agent" in one_line(execbus("inspect", "abc").stderr)
+
+
+def test_invalid_configuration(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("run", "--agent", "local", "-w", "relative/dir", "--", "true")
+    assert done.returncode == 125
+    assert "working_dir must be an absolute path" in one_line(done.stderr)
+
+
+def test_inspect_of_an_unknown_exec(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("inspect", "0123456789abcdef", "--agent", "local")
+    assert done.returncode == 125
+    assert "no exec '0123456789abcdef'" in one_line(done.stderr)
+
+
+@pytest.mark.parametrize("command", ["run", "inspect", "ps", "kill", "events", "status"])
+def test_every_command_has_help(execbus: Execbus, command: str) -> None:
+    done = execbus(command, "--help")
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    assert f"usage: execbus {command}" in text and "--amqp-url" in text and "125" in text

@@ -1,0 +1,116 @@
+"""``execbus run`` as a subprocess, against a real broker and worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import Execbus
+
+pytestmark = pytest.mark.integration
+
+
+def test_streams_are_separated_and_in_order(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("run", "--agent", "local", "--", "sh", "-c", "echo a; echo b >&2; echo c")
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == (b"a\nc\n", b"b\n")
+
+
+def test_large_output_arrives_complete(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("run", "--agent", "local", "--", "seq", "1", "50000")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "".join(f"{i}\n" for i in range(1, 50001)).encode()
+
+
+def test_output_streams_while_the_command_runs(
+    cli_env: dict[str, str], local_worker: Any
+) -> None:
+    cmd = [sys.executable, "-m", "execbus", "run", "--agent", "local", "--"]
+    script = "echo first; sleep 3; echo second"
+    with subprocess.Popen([*cmd, "sh", "-c", script], env=cli_env, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"first\n"
+        assert proc.poll() is None, "the first line arrived before the command ended"
+        assert proc.stdout.read() == b"second\n"
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [("exit 0", 0), ("exit 3", 3), ("kill -INT $$", 130), ("kill -KILL $$", 137)],
+)
+def test_exit_status_is_the_commands(
+    execbus: Execbus, local_worker: Any, script: str, status: int
+) -> None:
+    done = execbus("run", "--agent", "local", "--", "sh", "-c", script)
+    assert done.returncode == status, done.stderr
+
+
+def test_interactive_forwards_piped_stdin(execbus: Execbus, local_worker: Any) -> None:
+    data = b"".join(b"line %d\n" % i for i in range(20000))  # ~200 KB: several chunks
+    done = execbus("run", "-i", "--agent", "local", "--", "cat", input=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data
+
+
+def test_tty_gives_the_command_a_terminal(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("run", "-t", "--agent", "local", "--", "tty")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"/dev/pts/")
+
+
+def test_options_reach_the_command(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus(
+        "run", "--agent", "local", "-e", "A=1", "--env", "B=x=y", "-w", "/tmp",
+        "--label", "job=42", "--", "sh", "-c", 'echo "$A $B $(pwd)"',
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"1 x=y /tmp\n"
+
+
+def test_command_not_found_exits_127(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("run", "--agent", "local", "--", "/no/such/program")
+    assert done.returncode == 127
+    assert done.stderr.startswith(b"execbus: ") and b"Traceback" not in done.stderr
+
+
+def test_timeout_kills_the_command(execbus: Execbus, local_worker: Any) -> None:
+    started = time.monotonic()
+    done = execbus("run", "--agent", "local", "--timeout", "0.5", "--", "sleep", "30")
+    assert done.returncode == 137
+    assert time.monotonic() - started < 10
+
+
+def test_detach_inspect_and_kill(execbus: Execbus, local_worker: Any) -> None:
+    detached = execbus("run", "-d", "--agent", "local", "--", "sleep", "60")
+    assert detached.returncode == 0, detached.stderr
+    exec_id = detached.stdout.decode().strip()
+    info = json.loads(execbus("inspect", exec_id, "--agent", "local").stdout)
+    assert (info["exec_id"], info["state"], info["cmd"]) == (exec_id, "running", ["sleep", "60"])
+    ps = execbus("ps", "--agent", "local")
+    assert exec_id in ps.stdout.decode() and ps.stdout.startswith(b"EXEC ID")
+    killed = execbus("kill", exec_id, "--agent", "local", "--signal", "TERM")
+    assert (killed.returncode, killed.stdout.decode().strip()) == (0, exec_id)
+    deadline = time.monotonic() + 10
+    while info["state"] == "running" and time.monotonic() < deadline:
+        info = json.loads(execbus("inspect", exec_id, "--agent", "local").stdout)
+    assert info["state"] == "exited" and info["exit"]["exit_code"] == 143
+    assert exec_id not in execbus("ps", "--agent", "local").stdout.decode()
+    listed = json.loads(execbus("ps", "--agent", "local", "--all", "--json").stdout)
+    assert exec_id in [e["exec_id"] for e in listed]
+
+
+def test_kill_defaults_to_sigkill(execbus: Execbus, local_worker: Any) -> None:
+    exec_id = execbus("run", "-d", "--agent", "local", "--", "sleep", "60").stdout.decode().strip()
+    assert execbus("kill", exec_id, "--agent", "local").returncode == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = json.loads(execbus("inspect", exec_id, "--agent", "local").stdout)
+        if info["state"] == "exited":
+            break
+    assert info["exit"] == {**info["exit"], "exit_code": 137, "signal": "SIGKILL"}

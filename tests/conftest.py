@@ -176,7 +176,7 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited early:\n{self.log()}")
             doc = self.readyz()
-            if doc and doc.get("broker", {}).get("connected"):  # type: ignore[union-attr]
+            if doc and doc.get("broker", {}).get("connected"):  # type: ignore[attr-defined]
                 return
             time.sleep(0.05)
         raise AssertionError(f"worker not ready:\n{self.log()}")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from agent_testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +87,13 @@ class AgentProcess:
 
     def ready_line(self) -> dict[str, Any] | None:
         return next((e for e in self.log_lines() if e.get("msg") == "agent ready"), None)
+
+    @property
+    def addresses(self) -> list[str]:
+        """The listener addresses of the "agent ready" log line."""
+        ready = self.ready_line()
+        assert ready is not None
+        return list(ready["listen"])
 
     @property
     def pid(self) -> int:

@@ -19,7 +19,7 @@ async def test_embedded_core_serves_a_socketpair_and_closes_cleanly() -> None:
     try:
         assert (await c.call("hello", versions=[1], token="t"))["backends"] == ["host"]
         await c.call("watch")
-        state, out, _ = await c.run(["echo", "embedded"])
+        _state, out, _ = await c.run(["echo", "embedded"])
         assert out == b"embedded\n"
         await c.call("start", exec_id="sleeper", cmd=["sleep", "100"])
         await core.aclose(grace=0)

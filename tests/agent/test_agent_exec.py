@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pwd
 import uuid
+from typing import Any
 
 import pytest
 from agent_harness import AgentFactory
@@ -53,7 +55,8 @@ async def test_command_not_found_fails_with_127(client: TestClient) -> None:
     for cmd in (["no-such-command-xyz"], ["/no/such/file"], ["./relative-missing"]):
         state, out, err = await client.run(cmd)
         assert state["state"] == "failed"
-        assert state["exit"] is None and state["pid"] is None
+        assert state["exit"] is None
+        assert state["pid"] is None
         assert state["error"]["code"] == "command_not_found"
         assert state["error"]["exit_code"] == 127
         assert out == err == b""
@@ -136,8 +139,6 @@ async def test_stdin_larger_than_a_pipe_is_flow_controlled(client: TestClient) -
     await client.call("stdin", data, exec_id=exec_id, close=True)
     frame = await client.request("wait", exec_id=exec_id)
     out, _ = split_captures(frame.header["result"], frame.payload)
-    import hashlib
-
     assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
 
@@ -208,14 +209,14 @@ async def test_privileged_host_exec_with_allow_privileged(agent_factory: AgentFa
     agent = agent_factory("--allow-privileged")
     c = await agent.connect()
     try:
-        state, out, _ = await c.run(["echo", "ok"], privileged=True)
+        _state, out, _ = await c.run(["echo", "ok"], privileged=True)
         assert out == b"ok\n"
     finally:
         await c.close()
 
 
 async def test_invalid_start_arguments(client: TestClient) -> None:
-    bad = [
+    bad: list[dict[str, Any]] = [
         {"cmd": []},
         {"cmd": "echo hi"},
         {"cmd": ["echo", 1]},
@@ -224,6 +225,8 @@ async def test_invalid_start_arguments(client: TestClient) -> None:
         {"cmd": ["true"], "output_limit": 1024**3},
         {"cmd": ["true"], "console_size": {"width": 0, "height": 10}},
         {"cmd": ["true"], "meta": [1]},
+        {"cmd": ["true"], "container_id": "--help"},
+        {"cmd": ["true"], "container_id": "a/b"},
     ]
     for args in bad:
         with pytest.raises(AgentRequestError) as err:

@@ -95,7 +95,8 @@ async def test_malformed_frames_are_answered_and_the_connection_stays(client: Te
     codes = []
     for _ in range(4):
         header = (await client.unmatched.get()).header
-        assert header["re"] is None and header["ok"] is False
+        assert header["re"] is None
+        assert header["ok"] is False
         codes.append(header["error"]["code"])
     assert codes == ["bad_json", "bad_json", "bad_frame", "invalid"]
     assert "time" in await client.call("ping")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -12,6 +13,8 @@ from agent_testclient import AgentRequestError, TestClient
 
 from execbus.agent.cli import main
 
+VSOCK_LOOPBACK = os.path.exists("/sys/module/vsock_loopback")
+
 
 async def test_tcp_listener_requires_the_right_token(
     agent_factory: AgentFactory, tmp_dir: str
@@ -20,8 +23,7 @@ async def test_tcp_listener_requires_the_right_token(
     with open(token_file, "w") as f:
         f.write("s3cret\n")
     agent = agent_factory("--listen", "tcp://127.0.0.1:0", "--token-file", token_file)
-    listen = agent.ready_line()["listen"]  # type: ignore[index]
-    tcp = next(url for url in listen if url.startswith("tcp://"))
+    tcp = next(url for url in agent.addresses if url.startswith("tcp://"))
     port = int(tcp.rsplit(":", 1)[1])
     for token in (None, "wrong", "s3cret-but-longer", 42):
         c = await TestClient.tcp("127.0.0.1", port, hello=False)
@@ -64,7 +66,8 @@ def test_tcp_listener_without_token_file_is_a_config_error(
 def test_config_errors_print_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("execbus agent: error: ") and err.count("\n") == 1
+    assert err.startswith("execbus agent: error: ")
+    assert err.count("\n") == 1
 
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,3 +101,29 @@ def test_second_agent_on_a_live_socket_fails(
     assert "in use" in capsys.readouterr().err
     with socket.socket(socket.AF_UNIX) as probe:
         probe.connect(shared_agent.socket)  # the first agent still listens
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_VSOCK"), reason="no AF_VSOCK in this Python")
+async def test_vsock_listener(agent_factory: AgentFactory, tmp_dir: str) -> None:
+    try:
+        probe = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    except OSError as exc:
+        pytest.skip(f"this kernel has no vsock: {exc}")
+    probe.close()
+    token_file = os.path.join(tmp_dir, "token")
+    with open(token_file, "w") as f:
+        f.write("vsock-token")
+    port = 20000 + os.getpid() % 20000
+    agent = agent_factory("--listen", f"vsock://any:{port}", "--token-file", token_file)
+    assert f"vsock://any:{port}" in agent.addresses
+    if not VSOCK_LOOPBACK:
+        pytest.skip("bound the vsock listener; no vsock loopback here to connect to it")
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (1, port))
+    c = TestClient(*await asyncio.open_connection(sock=sock))
+    try:
+        result = await c.call("hello", versions=[1], token="vsock-token")
+        assert result["version"] == 1
+    finally:
+        await c.close()

@@ -47,7 +47,8 @@ async def test_watchers_receive_exit_events(client: TestClient) -> None:
             break
     event = frame.header
     assert event["event"] == "exit"
-    assert event["state"] == "exited" and event["meta"] == {"m": 1}
+    assert event["state"] == "exited"
+    assert event["meta"] == {"m": 1}
     assert event["exit"]["exit_code"] == 4
     assert split_captures(event, frame.payload) == (b"a\n", b"")
 
@@ -56,7 +57,8 @@ async def test_failed_starts_are_kept_and_reported(client: TestClient) -> None:
     await client.call("watch")
     exec_id = uuid.uuid4().hex
     result = await client.call("start", exec_id=exec_id, cmd=["no-such-command-xyz"])
-    assert result["state"] == "failed" and result["new"] is True
+    assert result["state"] == "failed"
+    assert result["new"] is True
     while True:
         frame = await client.next_event()
         if frame.header.get("exec_id") == exec_id:
@@ -64,5 +66,6 @@ async def test_failed_starts_are_kept_and_reported(client: TestClient) -> None:
     assert frame.header["event"] == "exit"
     assert frame.header["error"]["code"] == "command_not_found"
     again = await client.call("start", exec_id=exec_id, cmd=["no-such-command-xyz"])
-    assert again["new"] is False and again["state"] == "failed"
+    assert again["new"] is False
+    assert again["state"] == "failed"
     await client.call("ack", exec_id=exec_id)

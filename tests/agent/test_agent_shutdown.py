@@ -31,7 +31,7 @@ async def test_sigterm_gives_execs_the_grace_then_kills_and_reports(
         assert 0.5 <= time.monotonic() - t0 < 5
         await c.wait_closed()
         assert await asyncio.to_thread(agent.proc.wait, 10) == 0
-        assert not os.path.exists(agent.socket)
+        assert not await asyncio.to_thread(os.path.exists, agent.socket)
         wait_group_gone(long["pid"])
     finally:
         await c.close()

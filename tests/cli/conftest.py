@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,14 +21,13 @@ def cli_env(amqp_url: str, namespace: str) -> dict[str, str]:
     return child_env(EXECBUS_AMQP_URL=amqp_url, EXECBUS_NAMESPACE=namespace)
 
 
-@pytest.fixture
-def execbus(cli_env: dict[str, str]) -> Execbus:
-    """Run ``python -m execbus ARGS...``; returns the completed process (output captured)."""
+def runner(env: dict[str, str]) -> Execbus:
+    """Run ``python -m execbus ARGS...`` in ``env``; returns the completed process."""
 
     def run(*args: str, input: bytes | None = None, timeout: float = 30) -> Any:
         return subprocess.run(
             [sys.executable, "-m", "execbus", *args],
-            env=cli_env,
+            env=env,
             input=input,
             capture_output=True,
             timeout=timeout,
@@ -35,6 +35,20 @@ def execbus(cli_env: dict[str, str]) -> Execbus:
         )
 
     return run
+
+
+@pytest.fixture
+def execbus(cli_env: dict[str, str]) -> Execbus:
+    """``execbus`` in the test's namespace (deleted after the test)."""
+    return runner(cli_env)
+
+
+@pytest.fixture
+def offline_execbus(amqp_url: str) -> Execbus:
+    """``execbus`` in a fresh namespace where no worker runs (nothing gets declared there)."""
+    return runner(
+        child_env(EXECBUS_AMQP_URL=amqp_url, EXECBUS_NAMESPACE=f"x{uuid.uuid4().hex[:10]}")
+    )
 
 
 @pytest.fixture

@@ -18,30 +18,30 @@ def one_line(stderr: bytes) -> str:
     return text
 
 
-def test_broker_unreachable(execbus: Execbus) -> None:
+def test_broker_unreachable(offline_execbus: Execbus) -> None:
     url = "amqp://guest:hunter2@127.0.0.1:1/"
-    done = execbus("run", "--amqp-url", url, "--agent", "local", "--", "true")
+    done = offline_execbus("run", "--amqp-url", url, "--agent", "local", "--", "true")
     assert done.returncode == 125
     line = one_line(done.stderr)
     assert line.startswith("execbus: cannot connect to the broker at amqp://guest:***@127.0.0.1:1/")
     assert "hunter2" not in line
 
 
-def test_unknown_agent(execbus: Execbus) -> None:
-    done = execbus("run", "--agent", "nobody-serves-me", "--", "true")
+def test_unknown_agent(offline_execbus: Execbus) -> None:
+    done = offline_execbus("run", "--agent", "nobody-serves-me", "--", "true")
     assert done.returncode == 125
     assert "no worker serves agent 'nobody-serves-me'" in one_line(done.stderr)
 
 
-def test_env_without_equals_sign(execbus: Execbus) -> None:
-    done = execbus("run", "--agent", "local", "-e", "JUSTAKEY", "--", "true")
+def test_env_without_equals_sign(offline_execbus: Execbus) -> None:
+    done = offline_execbus("run", "--agent", "local", "-e", "JUSTAKEY", "--", "true")
     assert done.returncode == 2
     assert "'JUSTAKEY' is not KEY=VALUE" in one_line(done.stderr)
 
 
-def test_missing_command_and_agent(execbus: Execbus) -> None:
-    assert "no command given" in one_line(execbus("run", "--agent", "local").stderr)
-    assert "--agent" in one_line(execbus("inspect", "abc").stderr)
+def test_missing_command_and_agent(offline_execbus: Execbus) -> None:
+    assert "no command given" in one_line(offline_execbus("run", "--agent", "local").stderr)
+    assert "--agent" in one_line(offline_execbus("inspect", "abc").stderr)
 
 
 def test_invalid_configuration(execbus: Execbus, local_worker: Any) -> None:
@@ -57,8 +57,17 @@ def test_inspect_of_an_unknown_exec(execbus: Execbus, local_worker: Any) -> None
 
 
 @pytest.mark.parametrize("command", ["run", "inspect", "ps", "kill", "events", "status"])
-def test_every_command_has_help(execbus: Execbus, command: str) -> None:
-    done = execbus(command, "--help")
+def test_every_command_has_help(offline_execbus: Execbus, command: str) -> None:
+    done = offline_execbus(command, "--help")
     assert done.returncode == 0
     text = done.stdout.decode()
-    assert f"usage: execbus {command}" in text and "--amqp-url" in text and "125" in text
+    assert f"usage: execbus {command}" in text
+    assert "--amqp-url" in text
+    assert "125" in text
+
+
+def test_status_tells_served_agents(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("status", "--agent", "local", "--agent", "ghost")
+    assert done.returncode == 1
+    assert "agent local: served" in done.stdout.decode()
+    assert "agent ghost: NOT served" in done.stdout.decode()

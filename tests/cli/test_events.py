@@ -40,12 +40,11 @@ class Lines:
         return line
 
 
-def test_events_follow_a_run(
-    execbus: Execbus, cli_env: dict[str, str], local_worker: Any
-) -> None:
+def test_events_follow_a_run(execbus: Execbus, cli_env: dict[str, str], local_worker: Any) -> None:
     cmd = [sys.executable, "-m", "execbus", "events", "--agent", "local"]
     with subprocess.Popen(cmd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         lines = Lines(proc.stdout.fileno())
         # The subscription is ready once a probe's events show up.
         deadline = time.monotonic() + 15
@@ -53,8 +52,10 @@ def test_events_follow_a_run(
             assert time.monotonic() < deadline, "events never showed up"
             execbus("run", "--agent", "local", "--", "true")
         exec_id = uuid.uuid4().hex
-        assert execbus("run", "--agent", "local", "--exec-id", exec_id, "--", "true").returncode == 0
-        kinds = []
+        assert (
+            execbus("run", "--agent", "local", "--exec-id", exec_id, "--", "true").returncode == 0
+        )
+        kinds: list[str] = []
         while "exec.exited" not in kinds:
             line = lines.next(timeout=10)
             assert line is not None, f"no exited event; got {kinds}"

@@ -27,11 +27,9 @@ def test_large_output_arrives_complete(execbus: Execbus, local_worker: Any) -> N
     assert done.stdout == "".join(f"{i}\n" for i in range(1, 50001)).encode()
 
 
-def test_output_streams_while_the_command_runs(
-    cli_env: dict[str, str], local_worker: Any
-) -> None:
+def test_output_streams_while_the_command_runs(cli_env: dict[str, str], local_worker: Any) -> None:
     cmd = [sys.executable, "-m", "execbus", "run", "--agent", "local", "--"]
-    script = "echo first; sleep 3; echo second"
+    script = "echo first; sleep 1.5; echo second"
     with subprocess.Popen([*cmd, "sh", "-c", script], env=cli_env, stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"first\n"
@@ -40,15 +38,11 @@ def test_output_streams_while_the_command_runs(
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize(
-    ("script", "status"),
-    [("exit 0", 0), ("exit 3", 3), ("kill -INT $$", 130), ("kill -KILL $$", 137)],
-)
-def test_exit_status_is_the_commands(
-    execbus: Execbus, local_worker: Any, script: str, status: int
-) -> None:
-    done = execbus("run", "--agent", "local", "--", "sh", "-c", script)
-    assert done.returncode == status, done.stderr
+def test_exit_status_is_the_commands(execbus: Execbus, local_worker: Any) -> None:
+    cases = {"exit 0": 0, "exit 3": 3, "kill -INT $$": 130, "kill -KILL $$": 137}
+    for script, status in cases.items():
+        done = execbus("run", "--agent", "local", "--", "sh", "-c", script)
+        assert done.returncode == status, (script, done.stderr)
 
 
 def test_interactive_forwards_piped_stdin(execbus: Execbus, local_worker: Any) -> None:
@@ -76,7 +70,8 @@ def test_options_reach_the_command(execbus: Execbus, local_worker: Any) -> None:
 def test_command_not_found_exits_127(execbus: Execbus, local_worker: Any) -> None:
     done = execbus("run", "--agent", "local", "--", "/no/such/program")
     assert done.returncode == 127
-    assert done.stderr.startswith(b"execbus: ") and b"Traceback" not in done.stderr
+    assert done.stderr.startswith(b"execbus: ")
+    assert b"Traceback" not in done.stderr
 
 
 def test_timeout_kills_the_command(execbus: Execbus, local_worker: Any) -> None:
@@ -93,13 +88,15 @@ def test_detach_inspect_and_kill(execbus: Execbus, local_worker: Any) -> None:
     info = json.loads(execbus("inspect", exec_id, "--agent", "local").stdout)
     assert (info["exec_id"], info["state"], info["cmd"]) == (exec_id, "running", ["sleep", "60"])
     ps = execbus("ps", "--agent", "local")
-    assert exec_id in ps.stdout.decode() and ps.stdout.startswith(b"EXEC ID")
+    assert exec_id in ps.stdout.decode()
+    assert ps.stdout.startswith(b"EXEC ID")
     killed = execbus("kill", exec_id, "--agent", "local", "--signal", "TERM")
     assert (killed.returncode, killed.stdout.decode().strip()) == (0, exec_id)
     deadline = time.monotonic() + 10
     while info["state"] == "running" and time.monotonic() < deadline:
         info = json.loads(execbus("inspect", exec_id, "--agent", "local").stdout)
-    assert info["state"] == "exited" and info["exit"]["exit_code"] == 143
+    assert info["state"] == "exited"
+    assert info["exit"]["exit_code"] == 143
     assert exec_id not in execbus("ps", "--agent", "local").stdout.decode()
     listed = json.loads(execbus("ps", "--agent", "local", "--all", "--json").stdout)
     assert exec_id in [e["exec_id"] for e in listed]

@@ -46,7 +46,9 @@ class Terminal:
         """Read until ``text`` shows up; what came up to and including it."""
         deadline = time.monotonic() + timeout
         while text not in self.seen:
-            ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select(
+                [self.master], [], [], max(0.0, deadline - time.monotonic())
+            )
             if not ready:
                 raise AssertionError(f"{text!r} never showed up; got {self.seen!r}")
             try:

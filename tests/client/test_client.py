@@ -25,10 +25,14 @@ pytestmark = pytest.mark.integration
 
 async def test_run_returns_exit_code_and_output(client: Client) -> None:
     result = await client.run("local", ["sh", "-c", "echo out; echo err >&2; exit 3"])
-    assert result.exit_code == 3 and not result.ok
-    assert result.stdout == b"out\n" and result.stderr == b"err\n"
-    assert result.signal is None and not result.timed_out
-    assert result.info is not None and result.info.state is ExecState.EXITED
+    assert result.exit_code == 3
+    assert not result.ok
+    assert result.stdout == b"out\n"
+    assert result.stderr == b"err\n"
+    assert result.signal is None
+    assert not result.timed_out
+    assert result.info is not None
+    assert result.info.state is ExecState.EXITED
 
 
 async def test_run_reports_signals_like_a_shell(client: Client) -> None:
@@ -49,18 +53,21 @@ async def test_run_passes_config_through(client: Client) -> None:
     assert result.stdout == b"1,two words\n/tmp\n"
     assert result.exec_id == exec_id
     info = await client.inspect("local", exec_id)
-    assert info.labels == {"job": "t1"} and sorted(info.env_keys) == ["A", "B"]
+    assert info.labels == {"job": "t1"}
+    assert sorted(info.env_keys) == ["A", "B"]
 
 
 async def test_run_writes_stdin_and_closes_it(client: Client) -> None:
     data = b"line\n" * 50_000  # 250 KB: several stdin requests
     result = await client.run("local", ["cat"], stdin=data)
-    assert result.exit_code == 0 and result.stdout == data
+    assert result.exit_code == 0
+    assert result.stdout == data
 
 
 async def test_run_timeout_kills_the_command(client: Client) -> None:
     result = await client.run("local", ["sleep", "30"], timeout=0.5)
-    assert result.timed_out and result.exit_code == 137
+    assert result.timed_out
+    assert result.exit_code == 137
 
 
 async def test_start_failure_is_typed_with_its_exit_code(client: Client) -> None:
@@ -83,7 +90,8 @@ async def test_create_start_stdin_wait_remove(client: Client) -> None:
     await client.write_stdin("local", exec_id, b"hello\n")
     done = await client.wait("local", exec_id)
     assert done.state is ExecState.EXITED
-    assert done.exit is not None and done.exit.stdout == b"got:hello\n"
+    assert done.exit is not None
+    assert done.exit.stdout == b"got:hello\n"
     await client.remove("local", exec_id)
     with pytest.raises(NotFound):
         await client.inspect("local", exec_id)
@@ -103,7 +111,8 @@ async def test_list_signal_and_wait(client: Client) -> None:
         await client.wait("local", info.exec_id, timeout=0.3)
     await client.signal("local", info.exec_id, "TERM")
     done = await client.wait("local", info.exec_id, timeout=10)
-    assert done.exit is not None and done.exit.exit_code == 143
+    assert done.exit is not None
+    assert done.exit.exit_code == 143
     assert info.exec_id not in [i.exec_id for i in await client.list("local", None, False)]
     assert info.exec_id in [i.exec_id for i in await client.list("local", "")]
 
@@ -116,7 +125,8 @@ async def test_resize_a_tty(client: Client) -> None:
     await client.resize("local", info.exec_id, 120, 40)
     await client.write_stdin("local", info.exec_id, b"\n")
     done = await client.wait("local", info.exec_id, timeout=10)
-    assert done.exit is not None and b"40 120" in done.exit.stdout
+    assert done.exit is not None
+    assert b"40 120" in done.exit.stdout
 
 
 async def test_close_stdin_ends_the_input(client: Client) -> None:
@@ -124,14 +134,15 @@ async def test_close_stdin_ends_the_input(client: Client) -> None:
     await client.write_stdin("local", info.exec_id, b"abc")
     await client.close_stdin("local", info.exec_id)
     done = await client.wait("local", info.exec_id, timeout=10)
-    assert done.exit is not None and done.exit.stdout == b"abc"
+    assert done.exit is not None
+    assert done.exit.stdout == b"abc"
 
 
 async def test_invalid_arguments_are_rejected_locally(client: Client) -> None:
     with pytest.raises(InvalidRequest, match="env"):
         await client.run("local", ["true"], env=["NO_EQUALS_SIGN"])
     with pytest.raises(InvalidRequest, match="list of arguments"):
-        await client.run("local", "echo hi")  # type: ignore[call-overload]
+        await client.run("local", "echo hi")  # a str is a Sequence[str]: caught at runtime
     with pytest.raises(InvalidRequest, match="exec_id"):
         await client.inspect("local", "not a valid id!")
 
@@ -159,7 +170,7 @@ async def test_close_leaves_no_queue(amqp_url: str, namespace: str, local_worker
         await client.run("local", ["true"])
         subscription = client.events()
         await subscription.open()
-        inbox = client._rpc._reply_to  # type: ignore[union-attr]
+        inbox = client._rpc._reply_to if client._rpc else ""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -167,7 +178,9 @@ async def test_close_leaves_no_queue(amqp_url: str, namespace: str, local_worker
             await channel.declare_queue(inbox, passive=True)
 
 
-async def test_close_wakes_pending_calls(amqp_url: str, namespace: str, local_worker: object) -> None:
+async def test_close_wakes_pending_calls(
+    amqp_url: str, namespace: str, local_worker: object
+) -> None:
     from execbus.errors import BrokerError
 
     client = await Client(amqp_url, namespace=namespace).connect()

@@ -48,7 +48,8 @@ async def test_events_follow_a_run_with_filters(client: Client) -> None:
         assert kinds == ["exec.created", "exec.started", "exec.exited"]
         (exited,) = await events_of(exits, exec_id)
         assert isinstance(exited, ExitedEvent)
-        assert exited.exit.stdout == b"hi\n" and exited.labels == {"k": "v"}
+        assert exited.exit.stdout == b"hi\n"
+        assert exited.labels == {"k": "v"}
         assert (await events_of(host, exec_id))[-1].type == "exec.exited"
         assert await nothing_on(other)
 
@@ -74,7 +75,8 @@ async def test_output_streams_in_order_and_separates_streams(client: Client) -> 
     for stream in ("stdout", "stderr"):
         seqs = [c.seq for c in chunks if c.stream == stream]
         assert seqs == list(range(len(seqs)))
-    assert output.end is not None and output.end.type == "exec.exited"
+    assert output.end is not None
+    assert output.end.type == "exec.exited"
 
 
 async def test_output_of_a_finished_exec_is_empty(client: Client) -> None:

@@ -153,11 +153,13 @@ class Recorder:
     """An :class:`AgentListener` that records what the connection pushes."""
 
     exits: dict[str, list[AgentExec]] = field(default_factory=dict)
+    # (exec_id, stream, seq, data, exits seen so far): chunks must precede the exit.
+    output: list[tuple[str, str, int, bytes, int]] = field(default_factory=list)
     connects: list[bool] = field(default_factory=list)
     disconnects: list[str] = field(default_factory=list)
 
     async def on_output(self, agent: str, exec_id: str, stream: str, seq: int, data: bytes) -> None:
-        raise AssertionError("qemu-ga never streams output")
+        self.output.append((exec_id, stream, seq, data, len(self.exits.get(exec_id, []))))
 
     async def on_exit(self, agent: str, state: AgentExec) -> None:
         self.exits.setdefault(state.exec_id, []).append(state)
@@ -217,34 +219,45 @@ async def open_conn() -> AsyncIterator[Callable[..., Awaitable[Opened]]]:
 
 
 class UnixProxy:
-    """A Unix-socket proxy whose connections can be cut (a flaky channel)."""
+    """A Unix-socket proxy whose connections can be cut (a flaky channel).
+
+    A cut drops the client side abruptly but leaves qemu-ga's side
+    gracefully (shut for writing, drained, closed): qemu-ga exits when a
+    peer closes on it with answers unread, and the cut must break only the
+    channel, not the agent.
+    """
 
     def __init__(self, listen: Path, target: Path) -> None:
         self.listen = listen
         self.target = target
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._accept, str(self.listen))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._clients.add(writer)
         up_reader, up_writer = await asyncio.open_unix_connection(str(self.target))
-        self._writers |= {writer, up_writer}
         pumps = [
             asyncio.create_task(self._pump(reader, up_writer)),
             asyncio.create_task(self._pump(up_reader, writer)),
         ]
-        self._tasks.update(pumps)
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        for w in (writer, up_writer):
-            w.close()
-            self._writers.discard(w)
-        await asyncio.gather(*pumps, return_exceptions=True)
-        for w in (writer, up_writer):
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            writer.close()
+            self._clients.discard(writer)
+            await _close_gracefully(up_reader, up_writer)
             with contextlib.suppress(OSError, ConnectionError):
-                await w.wait_closed()
+                await writer.wait_closed()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, ConnectionError):
@@ -253,16 +266,27 @@ class UnixProxy:
                 await writer.drain()
 
     def cut(self) -> None:
-        """Close every proxied connection, both ways."""
-        for writer in list(self._writers):
+        """Drop every proxied connection on the client's side."""
+        for writer in list(self._clients):
             writer.close()
 
     async def aclose(self) -> None:
-        self.cut()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.cut()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+
+async def _close_gracefully(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
+        writer.write_eof()
+        async with asyncio.timeout(2):
+            while await reader.read(65536):
+                pass
+    writer.close()
+    with contextlib.suppress(OSError, ConnectionError):
+        await writer.wait_closed()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -30,8 +31,8 @@ def cfg(container: str = "", *, tty: bool = False, cmd: str = "true") -> ExecCon
     return ExecConfig(container_id=container, cmd=[cmd], tty=tty)
 
 
-def exit_info(code: int = 0, **kw: object) -> ExitInfo:
-    return ExitInfo(exit_code=code, **kw)  # type: ignore[arg-type]
+def exit_info(code: int = 0, **kw: Any) -> ExitInfo:
+    return ExitInfo(exit_code=code, **kw)
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def make(reg: ExecRegistry, state: str, exec_id: str = "e1", **kw: object) -> Ex
     return record
 
 
-# -- create ---------------------------------------------------------------------------
+# -- create ------------------------------------------------------------------
 
 
 def test_create_with_generated_id(reg: ExecRegistry, clock: FakeClock) -> None:
@@ -121,7 +122,7 @@ def test_idempotent_create_works_on_a_full_registry(clock: FakeClock) -> None:
     assert reg.create(cfg(), "job") == (record, False)
 
 
-# -- begin_start ----------------------------------------------------------------------------
+# -- begin_start -------------------------------------------------------------
 
 
 def test_begin_start_spawns(reg: ExecRegistry) -> None:
@@ -179,7 +180,7 @@ def test_begin_start_unknown_exec(reg: ExecRegistry) -> None:
         reg.begin_start("nope", "r")
 
 
-# -- abort_start ----------------------------------------------------------------------------
+# -- abort_start -------------------------------------------------------------
 
 
 def test_abort_start_allows_a_new_start(reg: ExecRegistry) -> None:
@@ -206,7 +207,7 @@ def test_abort_start_unknown_exec(reg: ExecRegistry) -> None:
         reg.abort_start("nope")
 
 
-# -- mark_running -------------------------------------------------------------------------------
+# -- mark_running ------------------------------------------------------------
 
 
 def test_mark_running_from_starting(reg: ExecRegistry, clock: FakeClock) -> None:
@@ -246,7 +247,7 @@ def test_mark_running_unknown_exec(reg: ExecRegistry) -> None:
         reg.mark_running("nope", 1)
 
 
-# -- mark_failed ----------------------------------------------------------------------------------
+# -- mark_failed -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("state", ["created", "starting", "running"])
@@ -280,7 +281,7 @@ def test_a_failed_start_is_never_left_running(reg: ExecRegistry) -> None:
         reg.check_running("e1")
 
 
-# -- notify_exit -------------------------------------------------------------------------------------
+# -- notify_exit -------------------------------------------------------------
 
 
 def test_notify_exit_from_running(reg: ExecRegistry, clock: FakeClock) -> None:
@@ -341,7 +342,7 @@ def test_notify_exit_unknown_exec(reg: ExecRegistry) -> None:
         reg.notify_exit("nope", exit_info())
 
 
-# -- resize / running checks -----------------------------------------------------------------------
+# -- resize / running checks -------------------------------------------------
 
 
 def test_resize_needs_a_tty(reg: ExecRegistry) -> None:
@@ -377,7 +378,7 @@ def test_check_running(reg: ExecRegistry) -> None:
         reg.check_resizable("nope")
 
 
-# -- remove ---------------------------------------------------------------------------------------
+# -- remove ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("state", ["running", "starting"])
@@ -411,10 +412,12 @@ def test_remove_then_create_again_is_a_new_record(reg: ExecRegistry) -> None:
     assert new.state is ExecState.CREATED
 
 
-# -- adopt ------------------------------------------------------------------------------------
+# -- adopt -------------------------------------------------------------------
 
 
-def record_of(exec_id: str, container: str = "", state: ExecState = ExecState.RUNNING) -> ExecRecord:
+def record_of(
+    exec_id: str, container: str = "", state: ExecState = ExecState.RUNNING
+) -> ExecRecord:
     return ExecRecord(
         exec_id=exec_id,
         agent="agent-1",
@@ -454,7 +457,7 @@ def test_adopt_ignores_the_cap(clock: FakeClock) -> None:
         reg.create(cfg())
 
 
-# -- sweep ------------------------------------------------------------------------------------
+# -- sweep -------------------------------------------------------------------
 
 
 def test_sweep_collects_finished_after_retention(reg: ExecRegistry, clock: FakeClock) -> None:
@@ -508,7 +511,7 @@ def test_sweep_keeps_the_container_index_clean(reg: ExecRegistry, clock: FakeClo
     assert set(reg._by_container) == {"c2"}
 
 
-# -- cap ---------------------------------------------------------------------------------------
+# -- cap ---------------------------------------------------------------------
 
 
 def test_full_registry_raises_a_clear_error(clock: FakeClock) -> None:
@@ -530,7 +533,7 @@ def test_a_sweep_that_frees_room_lets_create_succeed(clock: FakeClock) -> None:
     with pytest.raises(LimitExceeded):
         reg.create(cfg())
     clock.advance(10)
-    record, created = reg.create(cfg(), "new")
+    _, created = reg.create(cfg(), "new")
     assert created
     assert reg.find("old") is None
     assert {r.exec_id for r in reg} == {"live", "new"}
@@ -551,7 +554,7 @@ def test_remove_frees_room(clock: FakeClock) -> None:
     assert reg.create(cfg(), "two")[1] is True
 
 
-# -- lookups and listing ---------------------------------------------------------------------
+# -- lookups and listing -----------------------------------------------------
 
 
 def test_find_and_get(reg: ExecRegistry) -> None:
@@ -626,7 +629,7 @@ def test_default_limits() -> None:
     assert reg.agent == "a"
 
 
-# -- the public view ------------------------------------------------------------------------------
+# -- the public view ---------------------------------------------------------
 
 
 def test_info_carries_env_keys_only(reg: ExecRegistry, clock: FakeClock) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -70,7 +71,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.model: dict[str, Expected] = {}
         self.allowed_size = MAX_RECORDS  # raised only by adopt
 
-    # -- the model's own rules ----------------------------------------------------
+    # -- the model's own rules ------------------------------------------------
 
     def expired(self, now: float) -> set[str]:
         out = set()
@@ -79,9 +80,12 @@ class RegistryMachine(RuleBasedStateMachine):
                 assert m.finished_at is not None
                 if now - m.finished_at >= RETENTION:
                     out.add(exec_id)
-            elif m.state is ExecState.CREATED and not m.starting:
-                if now - m.created_at >= CREATED_TTL:
-                    out.add(exec_id)
+            elif (
+                m.state is ExecState.CREATED
+                and not m.starting
+                and now - m.created_at >= CREATED_TTL
+            ):
+                out.add(exec_id)
         return out
 
     def forget(self, ids: set[str]) -> None:
@@ -90,11 +94,13 @@ class RegistryMachine(RuleBasedStateMachine):
             assert not self.model[exec_id].starting
             del self.model[exec_id]
 
-    # -- rules ---------------------------------------------------------------------
+    # -- rules ----------------------------------------------------------------
 
-    @rule(seconds=st.sampled_from([0.0, 1.0, 30.0, 50.0, 100.0, 500.0]))
-    def tick(self, seconds: float) -> None:
+    @rule(seconds=st.sampled_from([0.0, 1.0, 30.0, 50.0, 100.0, 500.0]), collect=st.booleans())
+    def tick(self, seconds: float, collect: bool) -> None:
         self.now += seconds
+        if collect:  # the worker's periodic collector
+            self.sweep()
 
     # None (a generated id) is drawn rarely: the other rules mostly target ids from IDS.
     @rule(
@@ -286,7 +292,7 @@ class RegistryMachine(RuleBasedStateMachine):
         else:
             assert ok
 
-    # -- invariants ----------------------------------------------------------------
+    # -- invariants -----------------------------------------------------------
 
     @invariant()
     def states_agree(self) -> None:
@@ -336,6 +342,8 @@ class RegistryMachine(RuleBasedStateMachine):
 
 
 RegistryMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=30, deadline=None, database=None
+    max_examples=300, stateful_step_count=20, deadline=None, database=None
 )
-TestRegistryMachine = RegistryMachine.TestCase
+# A green run takes a few seconds; the long timeout only lets a failure finish shrinking
+# (a 20-step counterexample can take a minute), instead of dying unexplained at 60 s.
+TestRegistryMachine = pytest.mark.timeout(300)(RegistryMachine.TestCase)

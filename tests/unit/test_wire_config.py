@@ -76,7 +76,7 @@ def test_config_is_frozen() -> None:
         cfg.tty = True  # type: ignore[misc]
 
 
-# -- cmd -----------------------------------------------------------------
+# -- cmd ---------------------------------------------------------------------
 
 
 def test_empty_cmd() -> None:
@@ -133,7 +133,7 @@ def test_surrogate_in_argument_is_a_validation_error() -> None:
     assert msg.startswith("cmd: ")
 
 
-# -- env -----------------------------------------------------------------
+# -- env ---------------------------------------------------------------------
 
 
 def test_env_without_equals_is_rejected_not_dropped() -> None:
@@ -185,7 +185,7 @@ def test_env_keys_never_carry_values() -> None:
     assert "SECRET123" not in repr(cfg.env_keys())
 
 
-# -- working_dir, user ---------------------------------------------------
+# -- working_dir, user -------------------------------------------------------
 
 
 @pytest.mark.parametrize("wd", ["tmp", "./tmp", "", "~/x"])
@@ -235,7 +235,7 @@ def test_bad_users(user: str) -> None:
     assert "should match pattern" in msg or "at most 256 characters" in msg
 
 
-# -- console size, timeout, output limit ----------------------------------
+# -- console size, timeout, output limit -------------------------------------
 
 
 def test_console_size_defaults() -> None:
@@ -312,7 +312,7 @@ def test_output_limit_bounds_accepted() -> None:
     assert ExecConfig(cmd=["true"], output_limit=MAX_OUTPUT_LIMIT).output_limit == MAX_OUTPUT_LIMIT
 
 
-# -- labels, unknown fields ------------------------------------------------
+# -- labels, unknown fields --------------------------------------------------
 
 
 def test_labels_at_limit_accepted() -> None:

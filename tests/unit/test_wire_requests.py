@@ -13,6 +13,7 @@ from execbus.wire import (
     InspectRequest,
     ListRequest,
     RemoveRequest,
+    Request,
     ResizeRequest,
     RunRequest,
     SignalRequest,
@@ -54,7 +55,7 @@ def request_error(cls: type[BaseModel], **fields: Any) -> str:
     return describe_validation_error(info.value)
 
 
-# -- exec ids ------------------------------------------------------------------
+# -- exec ids ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("exec_id", ["a", "A9", "0" * 128, "abc-DEF_123", new_exec_id()])
@@ -95,7 +96,7 @@ def test_new_exec_id_is_safe_and_unique() -> None:
         assert len(exec_id) == 32
 
 
-# -- agent and pool names ----------------------------------------------------------
+# -- agent and pool names ----------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["local", "a", "A" * 64, "agent-1_b"])
@@ -119,11 +120,11 @@ def test_is_valid_name_rejects_a_trailing_newline() -> None:
     assert not is_valid_name("agent\n\n")
 
 
-# -- envelope ------------------------------------------------------------------------
+# -- envelope ----------------------------------------------------------------
 
 
 def test_every_request_type_has_its_literal_type() -> None:
-    made = [
+    made: list[Request] = [
         CreateRequest(config=CFG),
         StartRequest(exec_id="x"),
         RunRequest(config=CFG),
@@ -172,7 +173,7 @@ def test_config_errors_are_located_under_config() -> None:
     assert msg.startswith("config.env: Value error, env[0] has no '='")
 
 
-# -- start, resize -----------------------------------------------------------------------
+# -- start, resize -----------------------------------------------------------
 
 
 def test_start_defaults() -> None:
@@ -207,7 +208,7 @@ def test_resize_needs_both_dimensions() -> None:
     assert request_error(ResizeRequest, exec_id="x", width=80) == "height: Field required"
 
 
-# -- signal ----------------------------------------------------------------------------------
+# -- signal ------------------------------------------------------------------
 
 
 def test_signal_defaults_to_sigkill() -> None:
@@ -224,7 +225,7 @@ def test_bad_signals(signal: str | int) -> None:
     assert request_error(SignalRequest, exec_id="x", signal=signal).startswith("signal")
 
 
-# -- stdin ---------------------------------------------------------------------------------------
+# -- stdin -------------------------------------------------------------------
 
 
 def test_stdin_data_limit() -> None:
@@ -241,7 +242,7 @@ def test_stdin_close_only() -> None:
     assert req.close is True
 
 
-# -- list, remove ----------------------------------------------------------------------------------
+# -- list, remove ------------------------------------------------------------
 
 
 def test_list_defaults_and_container_filter() -> None:

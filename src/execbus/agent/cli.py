@@ -77,13 +77,21 @@ def _octal(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    """The ``execbus agent`` argument parser (its errors raise :class:`ConfigError`)."""
+    parser = _Parser(
         prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add = p.add_argument
+    _listening_options(parser.add_argument_group("listening"))
+    _exec_options(parser.add_argument_group("execs"))
+    _logging_options(parser.add_argument_group("logging"))
+    return parser
+
+
+def _listening_options(group: argparse._ArgumentGroup) -> None:
+    add = group.add_argument
     add(
         "--listen",
         metavar="URL",
@@ -104,19 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="file mode of Unix sockets (default: 0600)",
     )
     add(
-        "--runc-root",
-        metavar="PATH",
-        help="runc state directory; enables the runc backend "
-        "(default: enabled with runc's default root when runc is on PATH)",
-    )
-    add("--runc-binary", metavar="PATH", default="runc", help="runc executable (default: runc)")
-    add(
         "--max-frame",
         metavar="BYTES",
         type=int,
         default=DEFAULT_MAX_FRAME,
         help=f"largest frame accepted and sent (default: {DEFAULT_MAX_FRAME})",
     )
+
+
+def _exec_options(group: argparse._ArgumentGroup) -> None:
+    add = group.add_argument
+    add(
+        "--runc-root",
+        metavar="PATH",
+        help="runc state directory; enables the runc backend "
+        "(default: enabled, with runc's default root, when runc is on PATH)",
+    )
+    add("--runc-binary", metavar="PATH", default="runc", help="runc executable (default: runc)")
     add(
         "--max-execs",
         metavar="N",
@@ -135,8 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--allow-privileged",
         action="store_true",
-        help="accept privileged execs (all capabilities in containers)",
+        help="accept privileged execs (every capability the agent has, in containers)",
     )
+
+
+def _logging_options(group: argparse._ArgumentGroup) -> None:
+    add = group.add_argument
     add(
         "--log-level",
         default="info",
@@ -149,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="text lines or JSON lines on stderr (default: text)",
     )
-    return p
 
 
 def make_config(args: argparse.Namespace) -> Config:

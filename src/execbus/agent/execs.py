@@ -171,8 +171,10 @@ class Exec:
         if not self.spec.tty:
             raise AgentError(NOT_TTY, f"exec {self.exec_id} has no TTY")
         launched = self._require_running()
-        assert launched.stdio.control is not None
-        set_winsize(launched.stdio.control, width, height)
+        if launched.resize is not None:
+            launched.resize(width, height)
+        elif launched.stdio.control is not None:
+            set_winsize(launched.stdio.control, width, height)
 
     async def write_stdin(self, data: bytes, *, close: bool) -> None:
         self._require_running()

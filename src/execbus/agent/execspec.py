@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from execbus.agent.errors import INVALID, AgentError
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 DEFAULT_CONSOLE = (80, 24)
 MAX_EXEC_ID = 256
+_CONTAINER_ID = re.compile(r"[\w+.-]+", re.ASCII)
 # Room left in a frame for the exec state header next to both captures.
 _HEADER_ROOM = 1024 * 1024
 
@@ -57,7 +59,7 @@ def parse_start(req: dict[str, Any], max_frame: int) -> ExecSpec:
         stream_output=_bool(req, "stream_output"),
         output_limit=limit,
         timeout=_timeout(req.get("timeout")),
-        container_id=_str(req, "container_id"),
+        container_id=_container_id(req),
         privileged=_bool(req, "privileged"),
         meta=_meta(req.get("meta")),
     )
@@ -90,6 +92,14 @@ def _working_dir(req: dict[str, Any]) -> str:
     value = _str(req, "working_dir")
     if value and not value.startswith("/"):
         raise _bad("working_dir must be an absolute path")
+    return value
+
+
+def _container_id(req: dict[str, Any]) -> str:
+    value = _str(req, "container_id")
+    # runc's own rule for ids; it also keeps an id from being read as an option.
+    if value and (not _CONTAINER_ID.fullmatch(value) or value.startswith("-")):
+        raise _bad("container_id may only contain letters, digits, '_', '+', '-' and '.'")
     return value
 
 

@@ -26,6 +26,8 @@ class ListenerSpec:
         if self.kind == "unix":
             return f"unix://{self.address}"
         host = f"[{self.address}]" if ":" in self.address else self.address
+        if self.kind == "vsock" and self.address == str(VMADDR_CID_ANY):
+            host = "any"
         return f"{self.kind}://{host}:{self.port}"
 
 

@@ -11,9 +11,18 @@ the container; signals and timeouts go to its process group.
 
 For a TTY exec runc gets a PTY of ours as its terminal: runc makes it raw,
 proxies it to the container's console, and forwards resizes (our TIOCSWINSZ
-sends runc SIGWINCH). ``runc exec --console-socket`` would hand us the
-container's PTY directly, but runc allows it only with ``--detach``, which
-reparents the process away from us and loses its exit status.
+sends runc SIGWINCH; we also resize the container's terminal directly, so a
+resize is in effect when its reply is sent). ``runc exec --console-socket``
+would hand us the container's PTY directly, but runc allows it only with
+``--detach``, which reparents the process away from us and loses its exit
+status unless the agent becomes a child subreaper of every orphan.
+
+Line endings: runc clears ONLCR on the container's console once it has it and
+leaves the newline translation to our PTY. Output written before that moment
+was already translated by the container's console, so our PTY starts with
+output processing off (``tty.setraw``, what runc sets anyway, minus OPOST,
+which runc turns back on). A process that writes in the few microseconds
+between those two runc steps may still show a lone ``\n`` or ``\r\r\n``.
 
 runc reports a process killed by signal n as exit code 128+n, so the agent
 reports ``signal`` for such codes (a process that itself exits with 137 is
@@ -45,7 +54,7 @@ from execbus.agent.errors import (
 from execbus.agent.execspec import ExecSpec
 from execbus.agent.output import Capture, OutputPump
 from execbus.agent.reaper import ChildReaper, exit_status
-from execbus.agent.spawn import DEFAULT_PATH, Launched, ProcessPlan, spawn
+from execbus.agent.spawn import DEFAULT_PATH, Launched, ProcessPlan, set_winsize, spawn
 from execbus.agent.users import FileUserDB, ResolvedUser, resolve_user
 
 # Capability names by number (linux/capability.h), up to CAP_CHECKPOINT_RESTORE (40).
@@ -126,7 +135,12 @@ class RuncBackend:
         argv = [*self._global, "--log", paths["log"], "--log-format", "json", "exec"]
         argv += ["--pid-file", paths["pid"], "--process", paths["process.json"], spec.container_id]
         plan = ProcessPlan(
-            argv, dict(os.environ), tty=spec.tty, console_size=spec.console_size, stdin=spec.stdin
+            argv,
+            dict(os.environ),
+            tty=spec.tty,
+            console_size=spec.console_size,
+            stdin=spec.stdin,
+            raw_tty=True,  # see the module docstring on line endings
         )
         proc, stdio = spawn(plan)
         exited = self._reaper.watch_process(proc)
@@ -140,9 +154,12 @@ class RuncBackend:
             stdio.close()
             raise _failure_from_log(paths["log"])
         cleanup = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
-        return Launched(
+        launched = Launched(
             proc, pid, stdio, exited, (pid,), (pid, proc.pid), runc_exit_status, cleanup
         )
+        if stdio.control is not None:
+            launched.resize = _tty_resizer(stdio.control, pid)
+        return launched
 
     async def _state(self, container_id: str) -> dict[str, Any]:
         code, out, err = await run_command([*self._global, "state", container_id], self._reaper)
@@ -151,7 +168,10 @@ class RuncBackend:
             if "does not exist" in message:
                 raise StartFailure(CONTAINER_NOT_FOUND, f"container {container_id!r} not found")
             raise StartFailure(START_FAILED, f"runc state failed: {message[-500:]}")
-        state: dict[str, Any] = json.loads(out)
+        try:
+            state: dict[str, Any] = json.loads(out)
+        except ValueError:
+            raise StartFailure(START_FAILED, "runc state printed no JSON") from None
         if state.get("status") != "running":
             raise StartFailure(
                 CONTAINER_NOT_RUNNING,
@@ -171,6 +191,33 @@ class RuncBackend:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+
+def _tty_resizer(control: int, pid: int) -> Callable[[int, int], None]:
+    """Resize both terminals of a runc TTY exec, the container's one synchronously.
+
+    runc copies our PTY's size to the container's console when it gets
+    SIGWINCH, but asynchronously: input sent right after a resize could be
+    read before it. So the container process's own terminal (reached through
+    ``/proc/<pid>/fd``) is resized directly too, before ``resize`` returns;
+    runc's later copy sets the same size.
+    """
+
+    def resize(width: int, height: int) -> None:
+        set_winsize(control, width, height)
+        for fd in range(3):
+            try:
+                inner = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                if os.isatty(inner):
+                    set_winsize(inner, width, height)
+                    return
+            finally:
+                os.close(inner)
+
+    return resize
 
 
 def runc_exit_status(waitstatus: int | None) -> tuple[int, int | None]:
@@ -210,7 +257,8 @@ def build_process(
     process["cwd"] = spec.working_dir or process.get("cwd") or "/"
     process["env"] = _env(process.get("env") or [], spec, user)
     if user is not None:
-        process["user"] = {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.groups)}
+        ids = {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.groups)}
+        process["user"] = {**(process.get("user") or {}), **ids}
     if spec.privileged:
         process["capabilities"] = _all_capabilities(process.get("capabilities") or {})
     return process

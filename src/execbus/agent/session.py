@@ -59,7 +59,7 @@ class Session:
         try:
             if await self._handshake():
                 await self._serve_requests()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except OSError:  # reset, timed out: the connection is gone
             pass
         finally:
             await self._teardown()
@@ -97,7 +97,8 @@ class Session:
             if rid is None:
                 self._error(None, INVALID, "a request needs an integer id")
                 continue
-            handler = OPS.get(header.get("op"))  # type: ignore[arg-type]
+            op = header.get("op")
+            handler = OPS.get(op) if isinstance(op, str) else None
             if handler is None:
                 self._error(rid, INVALID, f"unknown op {header.get('op')!r}")
                 continue
@@ -107,18 +108,21 @@ class Session:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, handler: Handler, rid: int, frame: Frame) -> None:
+        """Answer one request, then wait until the answer is on its way."""
         held = len(frame.payload)
         try:
-            result, payload = await handler(self, frame.header, frame.payload)
-            held += len(payload)
-            self._hold(len(payload))
-            self._reply(rid, result, payload)
-        except AgentError as exc:
-            self._error(rid, exc.code, exc.message)
-        except Exception:
-            log.exception("request failed", extra={"op": frame.header.get("op"), "peer": self.peer})
-            self._error(rid, INTERNAL, "internal error in the agent (see its log)")
-        try:
+            try:
+                result, payload = await handler(self, frame.header, frame.payload)
+            except AgentError as exc:
+                self._error(rid, exc.code, exc.message)
+            except Exception:
+                op = frame.header.get("op")
+                log.exception("request failed", extra={"op": op, "peer": self.peer})
+                self._error(rid, INTERNAL, "internal error in the agent (see its log)")
+            else:
+                self._hold(len(payload))
+                held += len(payload)
+                self._reply(rid, result, payload)
             await self._drain()
         finally:
             self._release(held)
@@ -145,7 +149,8 @@ class Session:
             self._room.set()
 
     async def _drain(self) -> None:
-        with contextlib.suppress(ConnectionError):
+        # A broken connection is noticed (and torn down) by the read loop.
+        with contextlib.suppress(OSError):
             await self._writer.drain()
 
     # -- writing ---------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import termios
+import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ class ProcessPlan:
     tty: bool = False
     console_size: tuple[int, int] = (80, 24)
     stdin: bool = False
+    raw_tty: bool = False  # the PTY only relays another terminal (runc's)
 
 
 @dataclass(slots=True)
@@ -85,6 +87,7 @@ class Launched:
     kill_groups: tuple[int, ...]
     decode: Callable[[int | None], tuple[int, int | None]]
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    resize: Callable[[int, int], None] | None = None  # default: TIOCSWINSZ on stdio.control
 
 
 def spawn(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:
@@ -116,6 +119,8 @@ def _spawn_tty(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:
     stdio = Stdio(stdout=master)
     try:
         set_winsize(slave, *plan.console_size)
+        if plan.raw_tty:
+            tty.setraw(slave)
         if plan.creds is not None:
             os.fchown(slave, plan.creds.uid, -1)
         stdio.control = os.dup(master)

@@ -69,6 +69,7 @@ class RunSession:
 
     async def run(self) -> int:
         """Run the command; its exit status (128+n when killed by signal n)."""
+        await self.client.check_agent(self.args.agent)  # fail fast, before subscribing
         stream = self.client.output(
             self.args.agent, self.exec_id, container_id=self.args.container, existing=False
         )
@@ -109,12 +110,14 @@ class RunSession:
         return None
 
     def _abandoned(self) -> int:
-        print(
-            f"\r\nexecbus: stopped waiting; exec {self.exec_id} may still be running "
-            f"(stop it with `execbus kill {self.exec_id} --agent {self.args.agent}`)",
-            file=sys.stderr,
-            flush=True,
+        # In raw mode the terminal does not turn "\n" into "\r\n": do it here.
+        prefix, newline = ("\r\n", "\r\n") if self.raw else ("", "\n")
+        sys.stderr.write(
+            f"{prefix}execbus: stopped waiting; exec {self.exec_id} may "
+            f"still be running (stop it with `execbus kill {self.exec_id} --agent "
+            f"{self.args.agent}`){newline}"
         )
+        sys.stderr.flush()
         return self._abandon.result()
 
     @staticmethod

@@ -12,7 +12,6 @@ import logging
 import uuid
 from collections.abc import Callable
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from execbus.errors import InvalidRequest
@@ -32,12 +31,6 @@ def client_queue_name(names: Names) -> str:
     return f"{names.ns}.client.{uuid.uuid4().hex}"
 
 
-async def declare_events_exchange(channel: AbstractChannel, names: Names) -> None:
-    """Declare ``<ns>.events`` as the workers do (idempotent), so it can be bound before any
-    worker ever ran in this namespace."""
-    await channel.declare_exchange(names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-
-
 class Inbox:
     """Consumes the private queue and routes each message to a handler."""
 
@@ -54,12 +47,15 @@ class Inbox:
 
     async def open(self) -> None:
         """Declare the queue and start consuming it."""
-        await declare_events_exchange(self._channel, self._names)
         self._queue = await self._channel.declare_queue(self.name, exclusive=True, auto_delete=True)
         await self._queue.consume(self._on_message, no_ack=True)
 
     async def bind(self, pattern: str) -> None:
-        """Also receive events matching ``pattern`` (once per pattern)."""
+        """Also receive events matching ``pattern`` (once per pattern).
+
+        Only done after a worker was seen serving the agent, so ``<ns>.events``
+        exists: the inbox never creates durable entities in a namespace.
+        """
         if pattern in self._bound or self._queue is None:
             return
         await self._queue.bind(self._names.events_exchange, routing_key=pattern)

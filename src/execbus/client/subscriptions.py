@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
+import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from execbus.client.dedupe import SeenIds
-from execbus.client.inbox import client_queue_name, declare_events_exchange
+from execbus.client.inbox import client_queue_name
 from execbus.client.rpc import close_quietly
 from execbus.errors import BrokerError, InvalidRequest
 from execbus.wire.codec import parse_event
@@ -30,6 +31,12 @@ from execbus.wire.events import Event, ExitedEvent, FailedEvent, OutputEvent
 from execbus.wire.routing import Names
 
 log = logging.getLogger("execbus.client")
+
+
+async def declare_events_exchange(channel: AbstractChannel, names: Names) -> None:
+    """Declare ``<ns>.events`` exactly as the workers do (idempotent), so events can be
+    followed before any worker ever ran in the namespace."""
+    await channel.declare_exchange(names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
 
 
 class Subscription:

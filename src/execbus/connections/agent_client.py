@@ -118,6 +118,8 @@ def start_args(exec_id: str, config: ExecConfig, meta: dict[str, Any]) -> dict[s
         "tty": config.tty,
         "console_size": None if size is None else {"width": size.width, "height": size.height},
         "stdin": config.attach_stdin,
+        "attach_stdout": config.attach_stdout,
+        "attach_stderr": config.attach_stderr,
         "stream_output": config.stream_output,
         "output_limit": config.output_limit,
         "timeout": config.timeout,

@@ -19,8 +19,11 @@ What qemu-ga cannot do, this class emulates or refuses (``docs/qga.md``):
   children are not group leaders: they share qemu-ga's own process group,
   which must never be signalled);
 - TTYs, streamed stdin, resize, users, containers and privileged execs are
-  :class:`~execbus.errors.Unsupported`; ``stream_output`` is accepted but
-  output arrives only with the exit.
+  :class:`~execbus.errors.Unsupported`;
+- ``stream_output``: qemu-ga hands out output only once the process has
+  exited, so the captured output is pushed as output chunks at the exit,
+  just before the exit itself (followers such as ``execbus run`` then
+  print it); nothing arrives while the process runs.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ FILE_COMMANDS = frozenset({"guest-file-open", "guest-file-read", "guest-file-clo
 # A path that cannot exist: probing ``cwd`` with it never spawns anything.
 CWD_PROBE_PATH = "/nonexistent/execbus-qga-cwd-probe"
 HELPER_NAME = "execbus-qga-kill"
+OUTPUT_CHUNK = 64 * 1024  # emulated output chunks, as large as the execbus agent's
 # Signals a process and all its descendants. Walking /proc first and stopping
 # each process found (for SIGKILL) keeps the tree from forking away while we
 # collect it; descendants matter because qemu-ga reports ``exited`` only once
@@ -122,6 +126,11 @@ class _Session:
     Any command whose answer was not read completely (timeout, cancellation,
     a broken stream) aborts the session: a late answer would otherwise be
     taken for the next command's. The next connection resynchronises.
+
+    Closing is graceful on purpose: qemu-ga (7.2, ``unix-listen``) *exits*
+    when a client closes its socket with answers still unread ("error
+    reading channel" on ECONNRESET). So a session is shut for writing, read
+    until qemu-ga closes its side, and only then closed.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -134,14 +143,22 @@ class _Session:
         self._scanned = 0  # bytes of _buffer already searched for a newline
 
     def abort(self, reason: str) -> None:
-        """Mark the session dead (first reason wins) and close the stream."""
+        """Mark the session dead (first reason wins) and stop sending: see :meth:`aclose`."""
         if not self.closed.is_set():
             self.reason = reason
             self.closed.set()
-            self.writer.close()
+            with contextlib.suppress(OSError, RuntimeError):
+                if self.writer.can_write_eof():
+                    self.writer.write_eof()
 
-    async def aclose(self) -> None:
+    async def aclose(self, drain_timeout: float) -> None:
+        """Shut down gracefully: drain what qemu-ga still sends until it closes, then close."""
         self.abort("closed")
+        with contextlib.suppress(TimeoutError, OSError, ConnectionError):
+            async with asyncio.timeout(drain_timeout), self.lock:
+                while await self.reader.read(READ_CHUNK):
+                    pass
+        self.writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await self.writer.wait_closed()
 
@@ -376,36 +393,55 @@ def start_failure(desc: str) -> ErrorInfo:
     return ErrorInfo(code=ErrorCode.START_FAILED, message=message)
 
 
-def capture(encoded: object, truncated: object, limit: int, attached: bool) -> tuple[bytes, int]:
-    """Decode one captured stream, capped at ``limit``; the rest counts as dropped.
+@dataclass(frozen=True, slots=True)
+class Streams:
+    """What qemu-ga captured of an exec, decoded (at most 16 MiB per stream)."""
+
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any]) -> Streams:
+        return cls(
+            decode_output(status.get("out-data")),
+            decode_output(status.get("err-data")),
+            bool(status.get("out-truncated")),
+            bool(status.get("err-truncated")),
+        )
+
+
+def decode_output(encoded: object) -> bytes:
+    try:
+        return base64.b64decode(encoded if isinstance(encoded, str) else "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise AgentProtocolError("qemu-ga sent output that is not valid base64") from exc
+
+
+def capped(data: bytes, truncated: bool, limit: int, attached: bool) -> tuple[bytes, int]:
+    """One stream capped at ``limit``; the rest counts as dropped.
 
     qemu-ga itself stops capturing at 16 MiB and only says ``truncated``:
     how much it threw away is unknown, so that adds 1 to the dropped count.
     """
     if not attached:
         return b"", 0
-    try:
-        data = base64.b64decode(encoded if isinstance(encoded, str) else "", validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise AgentProtocolError("qemu-ga sent output that is not valid base64") from exc
     dropped = max(0, len(data) - limit) + (1 if truncated else 0)
     return data[:limit], dropped
 
 
-def exit_from_status(status: dict[str, Any], entry: _Exec, finished_at: float) -> ExitInfo:
+def exit_from_status(
+    status: dict[str, Any], streams: Streams, entry: _Exec, finished_at: float
+) -> ExitInfo:
     """An :class:`ExitInfo` from a ``guest-exec-status`` answer with ``exited: true``."""
     config = entry.config
-    stdout, stdout_dropped = capture(
-        status.get("out-data"),
-        status.get("out-truncated"),
-        config.output_limit,
-        config.attach_stdout,
+    limit = config.output_limit
+    stdout, stdout_dropped = capped(
+        streams.stdout, streams.stdout_truncated, limit, config.attach_stdout
     )
-    stderr, stderr_dropped = capture(
-        status.get("err-data"),
-        status.get("err-truncated"),
-        config.output_limit,
-        config.attach_stderr,
+    stderr, stderr_dropped = capped(
+        streams.stderr, streams.stderr_truncated, limit, config.attach_stderr
     )
     signum = status.get("signal")
     if isinstance(signum, int) and signum > 0:
@@ -424,6 +460,19 @@ def exit_from_status(status: dict[str, Any], entry: _Exec, finished_at: float) -
         stdout_dropped=stdout_dropped,
         stderr_dropped=stderr_dropped,
     )
+
+
+def output_chunks(config: ExecConfig, streams: Streams) -> list[tuple[str, int, bytes]]:
+    """``stream_output`` emulated at exit: the attached captures as (stream, seq, chunk)."""
+    chunks: list[tuple[str, int, bytes]] = []
+    for name, data, attached in (
+        ("stdout", streams.stdout, config.attach_stdout),
+        ("stderr", streams.stderr, config.attach_stderr),
+    ):
+        if attached:
+            pieces = (data[i : i + OUTPUT_CHUNK] for i in range(0, len(data), OUTPUT_CHUNK))
+            chunks.extend((name, seq, piece) for seq, piece in enumerate(pieces))
+    return chunks
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -469,6 +518,7 @@ class QgaConnection(AgentConnection):
         self._max_backoff = max_backoff
         self._poll_initial = poll_initial
         self._poll_max = poll_max
+        self._drain_timeout = min(call_timeout, 2.0)
         self._execs: dict[str, _Exec] = {}
         self._session: _Session | None = None
         self._ready = asyncio.Event()
@@ -499,10 +549,7 @@ class QgaConnection(AgentConnection):
     async def close(self) -> None:
         """Stop reconnecting and polling. Running guest processes are left alone."""
         self._closing = True
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        # Pollers and callbacks first: the session drains only once no call reads.
         for entry in self._execs.values():
             if entry.poller is not None:
                 entry.poller.cancel()
@@ -510,36 +557,40 @@ class QgaConnection(AgentConnection):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
         if self._session is not None:
-            await self._session.aclose()
+            await self._session.aclose(self._drain_timeout)
             self._session = None
         self._ready.clear()
 
     # -- connection lifecycle -------------------------------------------
 
     async def _run(self) -> None:
+        """Connect, serve until the session dies, and again, with backoff, until closed."""
         attempt = 0
         while not self._closing:
             try:
                 session, boot_changed = await self._connect()
             except Unsupported as exc:
+                # Reconfiguring qemu-ga (--block-rpcs) needs its restart: retry slowly.
                 self._unusable = self.last_error = exc.message
                 log.error("qemu-ga %s: %s", self.name, exc.message)
                 await asyncio.sleep(self._max_backoff)
                 continue
             except (OSError, AgentError, TimeoutError) as exc:
                 self.last_error = f"cannot connect to qga+unix://{self.path}: {exc}"
-                attempt += 1
-                await asyncio.sleep(self._backoff(attempt))
-                continue
             except Exception as exc:  # a qemu-ga answering nonsense must not end the loop
                 self.last_error = f"qemu-ga at {self.path} answered unexpectedly: {exc!r}"
                 log.exception("qemu-ga %s: connect failed", self.name)
-                attempt += 1
-                await asyncio.sleep(self._backoff(attempt))
+            else:
+                attempt = 0
+                await self._serve(session, boot_changed)
                 continue
-            attempt = 0
-            await self._serve(session, boot_changed)
+            attempt += 1
+            await asyncio.sleep(self._backoff(attempt))
 
     def _backoff(self, attempt: int) -> float:
         return float(min(self._max_backoff, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1))
@@ -560,7 +611,7 @@ class QgaConnection(AgentConnection):
             boot_changed = self._info is not None and self._info.boot_id != info.boot_id
             await self._reconcile(session, boot_changed, info)
         except BaseException:
-            await session.aclose()
+            await session.aclose(self._drain_timeout)
             raise
         self._info = info
         self._unusable = None
@@ -681,7 +732,7 @@ class QgaConnection(AgentConnection):
             heartbeat.cancel()
             self._ready.clear()
             self._session = None
-            await session.aclose()
+            await session.aclose(self._drain_timeout)
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         self.last_error = session.reason
@@ -897,9 +948,17 @@ class QgaConnection(AgentConnection):
         if entry.finished:
             return
         finished_at = time.time()
-        entry.exit = exit_from_status(status, entry, finished_at)
+        try:
+            streams = Streams.from_status(status)
+        except AgentProtocolError as exc:
+            entry.error = ErrorInfo(code=ErrorCode.INTERNAL, message=exc.message)
+            entry.finished_at = finished_at
+            self._settle(entry, "failed")
+            return
+        entry.exit = exit_from_status(status, streams, entry, finished_at)
         entry.finished_at = finished_at
-        self._settle(entry, "exited")
+        chunks = output_chunks(entry.config, streams) if entry.config.stream_output else []
+        self._settle(entry, "exited", chunks)
 
     def _forgotten(self, entry: _Exec, exc: QgaCommandError) -> str:
         return (
@@ -915,13 +974,27 @@ class QgaConnection(AgentConnection):
         entry.finished_at = time.time()
         self._settle(entry, "failed")
 
-    def _settle(self, entry: _Exec, state: str, notify: bool = True) -> None:
+    def _settle(
+        self,
+        entry: _Exec,
+        state: str,
+        chunks: list[tuple[str, int, bytes]] | None = None,
+        notify: bool = True,
+    ) -> None:
         """Finish an exec; the listener hears of it in a task (never awaited here)."""
         entry.state = state
         entry.spawned.set()
         entry.done.set()
         if notify and self._listener is not None:
-            self._spawn(self._listener.on_exit(self.name, entry.view()))
+            self._spawn(self._deliver(self._listener, entry.view(), chunks or []))
+
+    async def _deliver(
+        self, listener: AgentListener, state: AgentExec, chunks: list[tuple[str, int, bytes]]
+    ) -> None:
+        """Output chunks first, then the exit: followers end their stream at the exit."""
+        for stream, seq, data in chunks:
+            await listener.on_output(self.name, state.exec_id, stream, seq, data)
+        await listener.on_exit(self.name, state)
 
     # -- signals ------------------------------------------------------------
 

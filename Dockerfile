@@ -1,0 +1,21 @@
+# execbus image: one image, three roles (worker, agent, CLI), chosen by the command.
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /opt/execbus
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . && useradd --system --uid 10001 --home-dir /nonexistent execbus
+
+# The worker needs no privileges.
+FROM base AS worker
+USER execbus
+ENTRYPOINT ["execbus"]
+CMD ["worker"]
+
+# The agent spawns processes as other users and drives runc: it runs as root.
+FROM base AS agent
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends runc util-linux \
+ && rm -rf /var/lib/apt/lists/*
+ENTRYPOINT ["execbus"]
+CMD ["agent", "--listen", "unix:///run/execbus/agent.sock"]

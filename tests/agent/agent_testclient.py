@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import uuid
 from typing import Any
 
 from execbus.agent.protocol import Frame, encode_frame, read_frame
@@ -114,8 +115,9 @@ class TestClient:
 
     async def run(self, cmd: list[str], **args: Any) -> tuple[dict[str, Any], bytes, bytes]:
         """Start an exec and wait for it: ``(state, stdout, stderr)``."""
-        exec_id = args.pop("exec_id", None) or f"t-{next(self._ids)}-{id(self)}"
-        await self.call("start", exec_id=exec_id, cmd=cmd, **args)
+        exec_id = args.pop("exec_id", None) or uuid.uuid4().hex
+        started = await self.call("start", exec_id=exec_id, cmd=cmd, **args)
+        assert started["new"], f"exec id {exec_id} was already known"
         frame = await self.request("wait", exec_id=exec_id)
         state = result_of(frame)
         return (state, *split_captures(state, frame.payload))

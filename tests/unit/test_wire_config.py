@@ -350,7 +350,7 @@ def test_unknown_console_size_field_is_rejected() -> None:
     [
         "",
         "abc",
-        "a" * 255,
+        "a" * 160,
         "0123456789abcdef" * 4,
         "my.container",
         "ns:ctr",
@@ -387,3 +387,9 @@ def test_rejected_container_ids(container_id: str) -> None:
     msg = config_error(container_id=container_id)
     assert msg.startswith("container_id: ")
     assert "should match pattern" in msg
+
+
+@pytest.mark.parametrize("container_id", ["a" * 161, "a" + "." * 60, "a" * 255])
+def test_container_ids_too_long_for_a_routing_key(container_id: str) -> None:
+    with pytest.raises(ValidationError, match="too long for a routing key"):
+        ExecConfig(cmd=["true"], container_id=container_id)

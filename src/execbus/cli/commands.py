@@ -31,6 +31,11 @@ T = TypeVar("T")
 RUN_DESCRIPTION = """\
 Run a command on an agent, like `docker exec`: its stdout and stderr stream
 to yours as it runs, and execbus exits with the command's exit status.
+
+With -it your terminal is put in raw mode and every keystroke (Ctrl-C too)
+goes to the remote terminal, which follows your window size. Otherwise
+Ctrl-C (SIGINT), SIGTERM and SIGHUP are passed on to the command; a second
+one stops waiting and leaves the command running.
 """
 
 RUN_EPILOG = """\
@@ -77,7 +82,12 @@ def build_run_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a label on the exec and its events (repeatable)",
     )
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.add_argument(
+        "cmd",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARG...]",
+        help="the command and its arguments (argv, no shell), after `--`",
+    )
     return p
 
 

@@ -27,7 +27,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from execbus.client.agents import AgentDirectory
-from execbus.client.config import ExecOptions, build_config, model
+from execbus.client.config import ExecOptions, build_config, event_kind, model, signal_arg
 from execbus.client.connection import connect, redact_url
 from execbus.client.execution import Execution, first_of
 from execbus.client.exits import ExitWatcher
@@ -42,11 +42,10 @@ from execbus.errors import (
     ExecbusError,
     ExecTimeout,
     InternalError,
-    InvalidRequest,
 )
 from execbus.settings import Settings, load_settings
 from execbus.wire.config import ExecConfig
-from execbus.wire.events import EVENT_KINDS, Event
+from execbus.wire.events import Event
 from execbus.wire.ids import new_exec_id
 from execbus.wire.records import FINISHED_STATES, ExecInfo, ExecList
 from execbus.wire.replies import Reply
@@ -394,7 +393,7 @@ class Client:
 
     async def signal(self, agent: str, exec_id: str, signal: str | int = "SIGKILL") -> ExecInfo:
         """Send a signal (``"SIGTERM"``, ``"TERM"`` or a number) to the exec's process group."""
-        request = model(SignalRequest, agent=agent, exec_id=exec_id, signal=_signal_arg(signal))
+        request = model(SignalRequest, agent=agent, exec_id=exec_id, signal=signal_arg(signal))
         return await self._exec_call(agent, request)
 
     async def write_stdin(
@@ -454,7 +453,7 @@ class Client:
         ``async for event in client.events(...)``; enter it as a context
         (``async with``) to subscribe before doing what produces the events.
         """
-        pattern = Names.event_binding(agent, container_id, _event_kind(kind))
+        pattern = Names.event_binding(agent, container_id, event_kind(kind))
         return self._subscription([pattern])
 
     def output(
@@ -495,22 +494,3 @@ async def _settle_feeder(feeder: asyncio.Task[None]) -> None:
         feeder.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await feeder
-
-
-def _event_kind(kind: str | None) -> str | None:
-    if kind is None:
-        return None
-    short = kind.removeprefix("exec.")
-    if short not in EVENT_KINDS:
-        raise InvalidRequest(
-            f"unknown event kind {kind!r}; expected one of {', '.join(EVENT_KINDS)}"
-        )
-    return short
-
-
-def _signal_arg(signal: str | int) -> str | int:
-    """``"9"`` → 9, ``"term"`` → ``"TERM"``: what the wire's signal field accepts."""
-    if isinstance(signal, str):
-        text = signal.strip()
-        return int(text) if text.isdigit() else text.upper()
-    return signal

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from execbus.errors import InvalidRequest
 from execbus.wire.codec import describe_validation_error
 from execbus.wire.config import ExecConfig
+from execbus.wire.events import EVENT_KINDS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -70,3 +71,23 @@ def model(cls: type[M], **fields: Any) -> M:
     except ValidationError as exc:
         what = "exec config" if cls is ExecConfig else "request"
         raise InvalidRequest(f"invalid {what}: {describe_validation_error(exc)}") from None
+
+
+def event_kind(kind: str | None) -> str | None:
+    """``"exited"`` or ``"exec.exited"`` → ``"exited"``; an unknown kind is an error."""
+    if kind is None:
+        return None
+    short = kind.removeprefix("exec.")
+    if short not in EVENT_KINDS:
+        raise InvalidRequest(
+            f"unknown event kind {kind!r}; expected one of {', '.join(EVENT_KINDS)}"
+        )
+    return short
+
+
+def signal_arg(signal: str | int) -> str | int:
+    """``"9"`` → 9, ``"term"`` → ``"TERM"``: what the wire's signal field accepts."""
+    if isinstance(signal, str):
+        text = signal.strip()
+        return int(text) if text.isdigit() else text.upper()
+    return signal

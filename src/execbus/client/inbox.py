@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Callable
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from execbus.errors import InvalidRequest
+from execbus.errors import BrokerError, InvalidRequest
 from execbus.wire.codec import parse_event, parse_reply
 from execbus.wire.events import Event
 from execbus.wire.replies import Reply
@@ -58,7 +59,10 @@ class Inbox:
         """
         if pattern in self._bound or self._queue is None:
             return
-        await self._queue.bind(self._names.events_exchange, routing_key=pattern)
+        try:
+            await self._queue.bind(self._names.events_exchange, routing_key=pattern)
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BrokerError(f"cannot bind the client queue to {pattern!r}: {exc!r}") from exc
         self._bound.add(pattern)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

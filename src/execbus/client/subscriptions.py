@@ -177,7 +177,12 @@ class OutputStream:
         await self._subscription.open()
         if self._finished is not None and not self._ended:
             check, self._finished = self._finished, None
-            if await check():
+            try:
+                finished = await check()
+            except BaseException:
+                await self.close()
+                raise
+            if finished:
                 await self._finish()
 
     async def close(self) -> None:

@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Annotated
 
-from pydantic import StringConstraints
+from pydantic import AfterValidator, StringConstraints
 
 SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -24,7 +24,21 @@ CONTAINER_PATTERN = r"^$|^[A-Za-z0-9][A-Za-z0-9_.:@+/-]{0,254}$"
 ExecId = Annotated[str, StringConstraints(pattern=SAFE_ID_PATTERN)]
 AgentName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 PoolName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-ContainerId = Annotated[str, StringConstraints(pattern=CONTAINER_PATTERN)]
+MAX_ENCODED_CONTAINER = 160  # keeps exec.<agent>.<container>.<kind> within AMQP's 255 bytes
+
+
+def _check_encoded_length(value: str) -> str:
+    if len(encode_key_segment(value)) > MAX_ENCODED_CONTAINER:
+        raise ValueError(
+            f"container id is too long for a routing key once encoded "
+            f"(more than {MAX_ENCODED_CONTAINER} bytes; '.', ':', '@', '+', '/' count 3)"
+        )
+    return value
+
+
+ContainerId = Annotated[
+    str, StringConstraints(pattern=CONTAINER_PATTERN), AfterValidator(_check_encoded_length)
+]
 
 HOST_CONTAINER_SEGMENT = "~"
 _SAFE_KEY_CHARS = re.compile(r"[A-Za-z0-9_-]")

@@ -9,9 +9,9 @@ detectable; when absent the AMQP ``message_id`` is used.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 
 from execbus.wire.config import Dimension, ExecConfig, StrictModel
 from execbus.wire.ids import AgentName, ContainerId, ExecId, PoolName
@@ -20,8 +20,17 @@ WIRE_VERSION = 1
 MAX_STDIN_CHUNK = 1024 * 1024
 
 
+def _require_version(schema: dict[str, Any]) -> None:
+    """On the wire ``v`` is required (Python callers get the default)."""
+    required = schema.setdefault("required", [])
+    if "v" not in required:
+        required.insert(0, "v")
+
+
 class RequestBase(StrictModel):
     """Fields shared by every request."""
+
+    model_config = ConfigDict(**StrictModel.model_config, json_schema_extra=_require_version)
 
     v: Literal[1] = 1
     request_id: str | None = Field(default=None, max_length=128)

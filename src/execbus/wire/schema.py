@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -44,20 +44,25 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     out["reply.json"] = replies.Reply.model_json_schema(mode="serialization")
     out["event.json"] = TypeAdapter(events.Event).json_schema(mode="serialization")
     for name, model in {**REQUESTS, **EVENTS}.items():
-        mode = "validation" if name in REQUESTS else "serialization"
-        out[f"{name}.json"] = model.model_json_schema(mode=mode)
+        out[f"{name}.json"] = model.model_json_schema(mode=_mode(name))
     for doc in out.values():
         doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return out
+
+
+def _mode(name: str) -> Literal["validation", "serialization"]:
+    """Requests are documented as accepted (validation), the rest as produced."""
+    return "validation" if name in REQUESTS else "serialization"
 
 
 def asyncapi() -> dict[str, Any]:
     """An AsyncAPI 2.6 document: exchanges, routing keys and payloads."""
     schemas: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    for name, model in {**REQUESTS, **EVENTS, "reply": replies.Reply}.items():
-        mode = "validation" if name in REQUESTS else "serialization"
-        schema = model.model_json_schema(mode=mode, ref_template="#/components/schemas/{model}")
+    models: dict[str, type[BaseModel]] = {**REQUESTS, **EVENTS, "reply": replies.Reply}
+    for name, model in models.items():
+        ref = "#/components/schemas/{model}"
+        schema = model.model_json_schema(mode=_mode(name), ref_template=ref)
         for def_name, definition in schema.pop("$defs", {}).items():
             schemas[def_name] = definition
         schemas[model.__name__] = schema

@@ -253,3 +253,19 @@ async def test_max_execs_limit(agent_factory: AgentFactory) -> None:
         await c.call("signal", exec_id="a", signal=9)
     finally:
         await c.close()
+
+
+async def test_unattached_streams_are_neither_captured_nor_counted(client: TestClient) -> None:
+    script = ["sh", "-c", "echo out; echo err >&2"]
+    state, out, err = await client.run(script, attach_stdout=False)
+    assert (out, err) == (b"", b"err\n")
+    assert state["exit"]["stdout_dropped"] == 0
+    state, out, err = await client.run(script, attach_stderr=False, output_limit=2)
+    assert (out, err) == (b"ou", b"")
+    assert (state["exit"]["stdout_dropped"], state["exit"]["stderr_dropped"]) == (2, 0)
+    state, out, _ = await client.run(script, attach_stdout=False, attach_stderr=False)
+    assert out == b""
+    assert state["exit"]["exit_code"] == 0
+    state, out, _ = await client.run(["echo", "tty"], tty=True, attach_stdout=False)
+    assert out == b""
+    assert state["exit"]["exit_code"] == 0

@@ -78,6 +78,8 @@ class HostBackend:
             tty=spec.tty,
             console_size=spec.console_size,
             stdin=spec.stdin,
+            stdout=spec.attach_stdout,
+            stderr=spec.attach_stderr,
         )
         proc, stdio = spawn(plan)
         exited = self._reaper.watch_process(proc)

@@ -19,7 +19,7 @@ from execbus.agent.errors import (
     StartFailure,
 )
 from execbus.agent.execspec import ExecSpec
-from execbus.agent.output import Capture, OutputPump
+from execbus.agent.output import Capture, ChunkSink, OutputPump
 from execbus.agent.signames import signal_name
 from execbus.agent.spawn import Launched, set_winsize
 from execbus.agent.stdin import StdinWriter
@@ -56,7 +56,10 @@ class Exec:
         self.error: dict[str, Any] | None = None
         self.finished = asyncio.get_running_loop().create_future()
         self._sink = sink
-        self._captures = {name: Capture(spec.output_limit) for name in ("stdout", "stderr")}
+        self._captures = {
+            "stdout": Capture(spec.output_limit, discard=not spec.attach_stdout),
+            "stderr": Capture(spec.output_limit, discard=not spec.attach_stderr),
+        }
         self._launched: Launched | None = None
         self._pumps: list[OutputPump] = []
         self._stdin: StdinWriter | None = None
@@ -71,10 +74,9 @@ class Exec:
         loop = asyncio.get_running_loop()
         self._launched, self.pid = launched, launched.pid
         stdio = launched.stdio
-        sink = self._output if self.spec.stream_output else None
         streams = [("stdout", stdio.stdout), ("stderr", stdio.stderr)]
         self._pumps = [
-            OutputPump(fd, name, self._captures[name], sink, self._on_eof)
+            OutputPump(fd, name, self._captures[name], self._sink_for(name), self._on_eof)
             for name, fd in streams
             if fd is not None
         ]
@@ -91,6 +93,11 @@ class Exec:
         self.state = FAILED
         self.error = failure.to_wire()
         self._end()
+
+    def _sink_for(self, stream: str) -> ChunkSink | None:
+        if self.spec.stream_output and not self._captures[stream].discard:
+            return self._output
+        return None
 
     def _output(self, stream: str, seq: int, data: bytes) -> Awaitable[object] | None:
         return self._sink.output(self, stream, seq, data)

@@ -29,6 +29,8 @@ class ExecSpec:
     tty: bool = False
     console_size: tuple[int, int] = DEFAULT_CONSOLE  # (width, height)
     stdin: bool = False
+    attach_stdout: bool = True
+    attach_stderr: bool = True
     stream_output: bool = False
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     timeout: float | None = None
@@ -56,6 +58,8 @@ def parse_start(req: dict[str, Any], max_frame: int) -> ExecSpec:
         tty=_bool(req, "tty"),
         console_size=_console_size(req.get("console_size")),
         stdin=_bool(req, "stdin"),
+        attach_stdout=_bool(req, "attach_stdout", default=True),
+        attach_stderr=_bool(req, "attach_stderr", default=True),
         stream_output=_bool(req, "stream_output"),
         output_limit=limit,
         timeout=_timeout(req.get("timeout")),
@@ -103,10 +107,10 @@ def _container_id(req: dict[str, Any]) -> str:
     return value
 
 
-def _bool(req: dict[str, Any], key: str) -> bool:
-    value = req.get(key, False)
+def _bool(req: dict[str, Any], key: str, *, default: bool = False) -> bool:
+    value = req.get(key)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise _bad(f"{key} must be true or false")
     return value

@@ -20,16 +20,22 @@ ChunkSink = Callable[[str, int, bytes], Awaitable[object] | None]
 
 
 class Capture:
-    """The first ``limit`` bytes of a stream; the rest is only counted."""
+    """The first ``limit`` bytes of a stream; the rest is only counted.
 
-    __slots__ = ("data", "dropped", "limit")
+    A ``discard`` capture keeps and counts nothing (a stream not attached).
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("data", "discard", "dropped", "limit")
+
+    def __init__(self, limit: int, *, discard: bool = False) -> None:
         self.limit = limit
+        self.discard = discard
         self.data = bytearray()
         self.dropped = 0
 
     def add(self, chunk: bytes) -> None:
+        if self.discard:
+            return
         room = self.limit - len(self.data)
         if room >= len(chunk):
             self.data += chunk

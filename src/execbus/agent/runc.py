@@ -140,6 +140,8 @@ class RuncBackend:
             tty=spec.tty,
             console_size=spec.console_size,
             stdin=spec.stdin,
+            stdout=spec.attach_stdout,
+            stderr=spec.attach_stderr,
             raw_tty=True,  # see the module docstring on line endings
         )
         proc, stdio = spawn(plan)

@@ -1,7 +1,8 @@
 """Spawning real processes: pipes or a PTY, a new session, optional credentials.
 
-The pipe path passes no ``preexec_fn`` so ``subprocess`` can use its fast
-vfork path; only TTY execs run one (to make the PTY the controlling terminal).
+The pipe path passes no ``preexec_fn`` so ``subprocess`` uses its fast vfork
+path (CPython gives it up only for ``preexec_fn`` or a user/group switch);
+only TTY execs run one, to make the PTY their controlling terminal.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ProcessPlan:
     tty: bool = False
     console_size: tuple[int, int] = (80, 24)
     stdin: bool = False
+    stdout: bool = True  # False: /dev/null (pipes only; a PTY is always read)
+    stderr: bool = True
     raw_tty: bool = False  # the PTY only relays another terminal (runc's)
 
 
@@ -58,7 +61,7 @@ class ProcessPlan:
 class Stdio:
     """Our ends of a new process's standard streams (all owned by the caller)."""
 
-    stdout: int
+    stdout: int | None = None
     stderr: int | None = None
     stdin: int | None = None
     control: int | None = None  # a PTY master descriptor for resizes
@@ -96,22 +99,28 @@ def spawn(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:
 
 
 def _spawn_pipes(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    in_r, in_w = os.pipe() if plan.stdin else (None, None)
-    child_ends = [out_w, err_w] + ([in_r] if in_r is not None else [])
+    in_r, in_w = _pipe(plan.stdin)
+    out_r, out_w = _pipe(plan.stdout)
+    err_r, err_w = _pipe(plan.stderr)
+    stdio = Stdio(stdout=out_r, stderr=err_r, stdin=in_w)
     try:
-        stdin: int = subprocess.DEVNULL if in_r is None else in_r
-        proc = _popen(plan, stdin, out_w, err_w, None)
+        proc = _popen(plan, _or_devnull(in_r), _or_devnull(out_w), _or_devnull(err_w), None)
     except BaseException:
-        for fd in (out_r, err_r, in_w):
-            if fd is not None:
-                os.close(fd)
+        stdio.close()
         raise
     finally:
-        for fd in child_ends:
-            os.close(fd)
-    return proc, Stdio(stdout=out_r, stderr=err_r, stdin=in_w)
+        for fd in (in_r, out_w, err_w):
+            if fd is not None:
+                os.close(fd)
+    return proc, stdio
+
+
+def _pipe(wanted: bool) -> tuple[int, int] | tuple[None, None]:
+    return os.pipe() if wanted else (None, None)
+
+
+def _or_devnull(fd: int | None) -> int:
+    return subprocess.DEVNULL if fd is None else fd
 
 
 def _spawn_tty(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:

@@ -39,6 +39,7 @@ def exec_options(args: argparse.Namespace) -> dict[str, Any]:
         "user": args.user,
         "working_dir": args.workdir,
         "tty": args.tty,
+        "console_size": terminal_size() if args.tty else None,  # the first frame is never 0x0
         "attach_stdin": args.interactive,
         "privileged": args.privileged,
         "timeout": args.timeout,
@@ -78,13 +79,11 @@ class RunSession:
                 return await self._attached(stream)
 
     async def _attached(self, stream: OutputStream) -> int:
-        size = terminal_size() if self.args.tty else None
         execution = await self.client.submit(
             self.args.agent,
             self.args.cmd,
             exec_id=self.exec_id,
             stream_output=True,
-            console_size=size,
             **exec_options(self.args),
         )
         pump = asyncio.create_task(self._pump(stream))

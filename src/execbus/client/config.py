@@ -1,4 +1,4 @@
-"""Building a validated :class:`ExecConfig` (and requests) from friendly arguments."""
+"""Friendly arguments to validated wire values: exec configs, requests, event kinds, signals."""
 
 from __future__ import annotations
 

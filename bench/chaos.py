@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Chaos soak: a mixed load for N seconds while faults are injected at random.
+
+Starts one agent and two workers (the workers reach RabbitMQ through a fault
+proxy), drives `exec.run`s through the execbus SDK, and injects, at random
+intervals: SIGKILL of a worker (restarted), SIGTERM of a worker (restarted),
+a cut of every worker-broker connection, a broker restart
+(`rabbitmqctl stop_app` / `start_app`), and a kill + restart of the agent.
+
+Each command appends its exec id to a file (its side effect). At the end it
+prints one line of figures, then a JSON object:
+
+    requests=.. replies=.. exits=.. lost=.. duplicated=.. faults: kill_worker=.. ...
+
+`lost` counts requests that got neither a reply nor an exit event;
+`duplicated` counts side effects that happened more than once. Both must be 0.
+
+Usage: bench/chaos.py [--seconds 300] [--concurrency 8] [--amqp-url URL] [--no-broker-restart]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from execbus import Client  # noqa: E402
+from execbus.errors import BrokerError, ExecbusError, UnknownAgent  # noqa: E402
+from execbus.testing.faultproxy import FaultProxy  # noqa: E402
+
+
+class Stack:
+    """The processes under test."""
+
+    def __init__(self, amqp_url: str, ns: str, workdir: Path, proxy: FaultProxy) -> None:
+        self.amqp_url = amqp_url
+        self.ns = ns
+        self.workdir = workdir
+        self.proxy = proxy
+        self.sock = workdir / "agent.sock"
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes] | None] = [None, None]
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+    def start_agent(self) -> None:
+        log = open(self.workdir / "agent.log", "ab")  # noqa: SIM115 - the child owns it
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "execbus.agent", "--listen", f"unix://{self.sock}"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+
+    def start_worker(self, i: int) -> None:
+        proxied = self.amqp_url.replace(":5672", f":{self.proxy.port}")
+        env = dict(
+            self.env,
+            EXECBUS_AMQP_URL=proxied,
+            EXECBUS_NAMESPACE=self.ns,
+            EXECBUS_SHUTDOWN_GRACE="5",
+        )
+        log = open(self.workdir / f"worker{i}.log", "ab")  # noqa: SIM115
+        self.workers[i] = subprocess.Popen(
+            [sys.executable, "-m", "execbus", "worker", "--agent", f"a1=unix://{self.sock}"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+
+    def stop_all(self) -> None:
+        for proc in [self.agent, *self.workers]:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+async def inject(kind: str, stack: Stack) -> None:
+    """Inject one fault and bring the victim back."""
+    if kind in ("kill_worker", "term_worker"):
+        i = random.randrange(2)
+        proc = stack.workers[i]
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL if kind == "kill_worker" else signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 30)
+        stack.start_worker(i)
+    elif kind == "cut":
+        stack.proxy.cut()
+    elif kind == "broker_restart":
+        await _ctl("stop_app")
+        await asyncio.sleep(1)
+        await _ctl("start_app")
+        await _ctl("await_startup")
+    elif kind == "agent_restart":
+        if stack.agent is not None:
+            stack.agent.kill()
+            await asyncio.to_thread(stack.agent.wait, 10)
+        await asyncio.sleep(0.5)
+        stack.start_agent()
+
+
+async def _ctl(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "-q", *args, stdout=subprocess.DEVNULL
+    )
+    await proc.wait()
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.sent: set[str] = set()
+        self.replied: set[str] = set()
+        self.exits: set[str] = set()
+        self.errors: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+
+
+async def one_exec(client: Client, marker: Path, tally: Tally) -> None:
+    tag = uuid.uuid4().hex
+    sleep = random.choice([0, 0, 0.05, 0.3, 1.5])
+    cmd = ["sh", "-c", f"echo {tag} >> {marker}; sleep {sleep}"]
+    tally.sent.add(tag)
+    try:
+        async with asyncio.timeout(120):
+            while True:
+                try:
+                    await client.run("a1", cmd, exec_id=tag)
+                    break
+                except (BrokerError, UnknownAgent) as exc:
+                    # Not sent, or no worker consuming right now: send again with the same
+                    # exec id (the worker and the agent dedupe it).
+                    tally.errors[f"retried_{type(exc).__name__}"] += 1
+                    await asyncio.sleep(0.5)
+                except ExecbusError as exc:  # answered: failed (e.g. agent_lost)
+                    tally.errors[str(exc.code)] += 1
+                    break
+        tally.replied.add(tag)
+    except TimeoutError:
+        tally.errors["timeout"] += 1
+
+
+async def load(client: Client, marker: Path, tally: Tally, until: float, concurrency: int) -> None:
+    async def lane() -> None:
+        while time.monotonic() < until:
+            await one_exec(client, marker, tally)
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+
+
+async def watch_exits(client: Client, tally: Tally) -> None:
+    async for event in client.events(agent="a1"):
+        if event.type in ("exec.exited", "exec.failed"):
+            tally.exits.add(event.exec_id)
+
+
+async def chaos(stack: Stack, tally: Tally, until: float, kinds: list[str]) -> None:
+    await asyncio.sleep(5)
+    while time.monotonic() < until - 10:
+        kind = random.choice(kinds)
+        tally.faults[kind] += 1
+        print(f"[{time.strftime('%H:%M:%S')}] fault: {kind}", file=sys.stderr, flush=True)
+        await inject(kind, stack)
+        await asyncio.sleep(random.uniform(3, 9))
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    ns = f"chaos{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="execbus-chaos-"))
+    marker = workdir / "effects"
+    tally = Tally()
+    kinds = ["kill_worker", "term_worker", "cut", "agent_restart"]
+    if not args.no_broker_restart:
+        kinds.append("broker_restart")
+    with FaultProxy("127.0.0.1", 5672) as proxy:
+        stack = Stack(args.amqp_url, ns, workdir, proxy)
+        stack.start_agent()
+        stack.start_worker(0)
+        stack.start_worker(1)
+        try:
+            await asyncio.sleep(3)
+            async with Client(args.amqp_url, namespace=ns) as client:
+                watcher = asyncio.create_task(watch_exits(client, tally))
+                until = time.monotonic() + args.seconds
+                await asyncio.gather(
+                    load(client, marker, tally, until, args.concurrency),
+                    chaos(stack, tally, until, kinds),
+                )
+                await asyncio.sleep(5)  # let late exit events arrive
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        finally:
+            stack.stop_all()
+    effects = Counter(marker.read_text().split()) if marker.exists() else Counter()
+    lost = len(tally.sent - tally.replied - tally.exits)
+    duplicated = sum(1 for n in effects.values() if n > 1)
+    return {
+        "requests": len(tally.sent),
+        "replies": len(tally.replied),
+        "exits": len(tally.exits),
+        "lost": lost,
+        "duplicated": duplicated,
+        "faults": dict(tally.faults),
+        "faults_total": sum(tally.faults.values()),
+        "errors": dict(tally.errors),
+        "seconds": args.seconds,
+        "workdir": str(workdir),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seconds", type=float, default=300)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument(
+        "--amqp-url",
+        default=os.environ.get("EXECBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+    )
+    ap.add_argument("--no-broker-restart", action="store_true")
+    args = ap.parse_args()
+    result = asyncio.run(main_async(args))
+    faults = " ".join(f"{k}={v}" for k, v in sorted(result["faults"].items()))  # type: ignore[attr-defined]
+    print(
+        f"requests={result['requests']} replies={result['replies']} exits={result['exits']} "
+        f"lost={result['lost']} duplicated={result['duplicated']} faults: {faults}"
+    )
+    print(json.dumps(result))
+    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

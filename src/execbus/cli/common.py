@@ -89,11 +89,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def quiet_libraries() -> None:
-    """Keep aio-pika's own logging off the user's terminal (errors are reported by us)."""
-    level = logging.DEBUG if os.environ.get("EXECBUS_LOG_LEVEL") == "debug" else logging.CRITICAL
-    logging.basicConfig(level=logging.WARNING, format="execbus: %(name)s: %(message)s")
+    """Keep aio-pika's logging off the terminal (we report errors); all of it with
+    ``EXECBUS_LOG_LEVEL=debug``."""
+    debug = os.environ.get("EXECBUS_LOG_LEVEL") == "debug"
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="execbus: %(name)s: %(message)s",
+    )
     for name in ("aio_pika", "aiormq"):
-        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 def fail(message: str, code: int = EXIT_EXECBUS) -> int:

@@ -46,6 +46,14 @@ def with_exec_id(request: Request, ctx: RequestContext) -> Request:
     return request
 
 
+def parse_delivery(message: AbstractIncomingMessage, max_bytes: int) -> Request:
+    """Size check, then parse and validate the body."""
+    size = len(message.body)
+    if size > max_bytes:
+        raise InvalidRequest(f"message of {size} bytes exceeds the limit of {max_bytes}")
+    return parse_request(message.body)
+
+
 class RequestConsumer:
     """Consumes one agent's queue into its :class:`AgentExecs`."""
 
@@ -70,8 +78,12 @@ class RequestConsumer:
         try:
             request = self._parse(message)
         except InvalidRequest as exc:
-            self._track(self._reject(message, exc, started))
+            self._track(self.reject(message, exc, started))
             return
+        self.accept(message, request, started)
+
+    def accept(self, message: AbstractIncomingMessage, request: Request, started: float) -> None:
+        """Handle an already parsed request (also used for pool requests placed here)."""
         ctx = request_context(message, request)
         request = with_exec_id(request, ctx)
         key = getattr(request, "exec_id", None) or f"~{uuid.uuid4().hex}"
@@ -84,12 +96,7 @@ class RequestConsumer:
         task.add_done_callback(self.inflight.discard)
 
     def _parse(self, message: AbstractIncomingMessage) -> Request:
-        size = len(message.body)
-        if size > self.max_message_bytes:
-            raise InvalidRequest(
-                f"message of {size} bytes exceeds the limit of {self.max_message_bytes}"
-            )
-        request = parse_request(message.body)
+        request = parse_delivery(message, self.max_message_bytes)
         agent = self.execs.agent
         if request.agent is not None and request.agent != agent:
             raise InvalidRequest(
@@ -119,7 +126,7 @@ class RequestConsumer:
             )
         await self._finish(message, ctx, outcome, request.type, t0)
 
-    async def _reject(
+    async def reject(
         self, message: AbstractIncomingMessage, exc: InvalidRequest, t0: float
     ) -> None:
         log.warning("rejecting message %s: %s", message.message_id, exc.message)

@@ -1,0 +1,142 @@
+"""Worker membership and agent ownership (pure logic, no I/O).
+
+Workers announce themselves on ``<ns>.control`` every ``interval`` seconds
+(id, the agents they can reach, the agents they own, their load). A peer
+that has been silent for ``expiry`` seconds is dropped. From the same view
+every worker computes the same assignment: each agent goes to one live
+worker that can reach it, chosen by rendezvous hashing with bounded loads
+(each worker gets ``floor(A / W)`` or ``ceil(A / W)`` agents when all can
+reach all),
+so agents spread evenly and few move when a worker joins or leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What a worker says about itself."""
+
+    worker_id: str
+    agents: frozenset[str]
+    owned: frozenset[str] = frozenset()
+    load: int = 0
+    pools: frozenset[str] = frozenset()
+    stopping: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "worker_id": self.worker_id,
+            "agents": sorted(self.agents),
+            "owned": sorted(self.owned),
+            "load": self.load,
+            "pools": sorted(self.pools),
+            "stopping": self.stopping,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> Announcement:
+        def names(key: str) -> frozenset[str]:
+            value = doc.get(key, [])
+            return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
+
+        load = doc.get("load", 0)
+        return cls(
+            worker_id=str(doc["worker_id"]),
+            agents=names("agents"),
+            owned=names("owned"),
+            load=load if isinstance(load, int) else 0,
+            pools=names("pools"),
+            stopping=bool(doc.get("stopping", False)),
+        )
+
+
+def _score(worker_id: str, agent: str) -> int:
+    digest = hashlib.blake2b(f"{worker_id}\x00{agent}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def ranking(agent: str, workers: Iterable[str]) -> list[str]:
+    """Workers in rendezvous order for ``agent`` (best first)."""
+    return sorted(workers, key=lambda w: (_score(w, agent), w), reverse=True)
+
+
+def assign(reach: dict[str, frozenset[str]]) -> dict[str, str]:
+    """agent -> owner, for workers ``reach[worker] = agents it can reach``.
+
+    Deterministic: every worker computes the same answer from the same view.
+    """
+    agents = sorted({a for names in reach.values() for a in names}, key=lambda a: (_score("", a), a))
+    if not agents:
+        return {}
+    floor = len(agents) // max(1, len(reach))
+    ceil_slots = len(agents) - floor * len(reach)  # workers that may hold floor + 1
+    load = dict.fromkeys(reach, 0)
+    owners: dict[str, str] = {}
+
+    def has_room(worker: str) -> bool:
+        return load[worker] < floor or (load[worker] == floor and ceil_slots > 0)
+
+    for agent in agents:
+        candidates = ranking(agent, [w for w, names in reach.items() if agent in names])
+        chosen = next((w for w in candidates if has_room(w)), candidates[0])
+        if load[chosen] >= floor:
+            ceil_slots -= 1
+        owners[agent] = chosen
+        load[chosen] += 1
+    return owners
+
+
+@dataclass(slots=True)
+class Membership:
+    """The live view of workers, fed with announcements."""
+
+    me: Announcement
+    expiry: float = 3.0
+    clock: Callable[[], float] = time.monotonic
+    _peers: dict[str, tuple[Announcement, float]] = field(default_factory=dict)
+
+    def observe(self, announcement: Announcement) -> None:
+        """Record a peer's announcement (our own ones are ignored)."""
+        if announcement.worker_id == self.me.worker_id:
+            return
+        if announcement.stopping:
+            self._peers.pop(announcement.worker_id, None)
+        else:
+            self._peers[announcement.worker_id] = (announcement, self.clock())
+
+    def live(self) -> dict[str, Announcement]:
+        """Peers heard from within ``expiry``, plus ourselves."""
+        now = self.clock()
+        for worker_id, (_, seen) in list(self._peers.items()):
+            if now - seen > self.expiry:
+                del self._peers[worker_id]
+        peers = {w: a for w, (a, _) in self._peers.items()}
+        peers[self.me.worker_id] = self.me
+        return peers
+
+    def owners(self) -> dict[str, str]:
+        """The assignment over the live workers."""
+        return assign({w: a.agents for w, a in self.live().items()})
+
+    def mine(self) -> set[str]:
+        """Agents this worker should own."""
+        me = self.me.worker_id
+        return {agent for agent, owner in self.owners().items() if owner == me}
+
+    def standby_for(self) -> set[str]:
+        """Agents for which this worker is next in line (it watches their locks)."""
+        live = self.live()
+        owners = self.owners()
+        out = set()
+        for agent in self.me.agents:
+            ranked = ranking(agent, [w for w, a in live.items() if agent in a.agents])
+            rest = [w for w in ranked if w != owners.get(agent)]
+            if rest and rest[0] == self.me.worker_id:
+                out.add(agent)
+        return out

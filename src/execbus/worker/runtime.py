@@ -1,0 +1,216 @@
+"""One agent served by this worker: registry, agent connection, ownership lock, consumer.
+
+Ownership of an agent is an exclusive, auto-delete queue
+``<ns>.owner.<agent>``: the broker grants it to one connection at a time and
+deletes it the moment that connection dies. A runtime is told its role by
+the membership reconciler:
+
+* ``owner``: it should own the agent: poll the lock quickly, and once held,
+  sync with the agent (takeover) and consume the agent's queue;
+* ``standby``: next in line: poll the lock too (slower), so a killed owner
+  is replaced as fast as the broker notices its dead connection;
+* ``none``: give the agent up: stop consuming, finish what is in flight,
+  release the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from aio_pika.abc import AbstractChannel, AbstractQueue
+from aiormq.exceptions import ChannelLockedResource
+
+from execbus.connections.address import AgentAddress
+from execbus.connections.base import AgentConnection
+from execbus.connections.factory import ConnectOptions, make_connection
+from execbus.connections.retry import RetryPolicy
+from execbus.registry import ExecRegistry, RegistryLimits
+from execbus.settings import Settings
+from execbus.wire.records import ExecState
+from execbus.wire.routing import Names
+from execbus.worker.consumer import RequestConsumer
+from execbus.worker.execs import AgentExecs, Outbox
+from execbus.worker.metrics import WorkerMetrics
+from execbus.worker.topology import declare_agent_queue
+
+if TYPE_CHECKING:
+    from execbus.worker.service import BrokerSession
+
+log = logging.getLogger("execbus.worker")
+OWNER_POLL = 0.1
+STANDBY_POLL = 0.25
+
+
+class Role(Enum):
+    OWNER = "owner"
+    STANDBY = "standby"
+    NONE = "none"
+
+
+class AgentRuntime:
+    """Everything this worker holds for one agent."""
+
+    def __init__(
+        self,
+        name: str,
+        address: AgentAddress,
+        settings: Settings,
+        connect: ConnectOptions,
+        outbox: Outbox,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.metrics = metrics
+        self.connection: AgentConnection = make_connection(name, address, connect)
+        self.execs = AgentExecs(
+            name, ExecRegistry(name, _limits(settings)), self.connection, outbox,
+            _retry(settings), self.names,
+        )
+        self.execs.on_retry = metrics.agent_retries.labels(name).inc
+        self.execs.on_finished = metrics.observe_finished
+        self.role = Role.NONE
+        self.owner = False
+        self.consumer: RequestConsumer | None = None
+        self._opened = False
+        self._acquirer: asyncio.Task[None] | None = None
+        self._lock_channel: AbstractChannel | None = None
+        self._queue_channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._transition = asyncio.Lock()
+
+    # -- roles ------------------------------------------------------------
+
+    async def set_role(self, role: Role, session: BrokerSession) -> None:
+        """Move to ``role`` (owner/standby contend for the lock; none releases it)."""
+        async with self._transition:
+            self.role = role
+            if role is Role.NONE:
+                await self._release()
+            elif not self.owner and (self._acquirer is None or self._acquirer.done()):
+                self._acquirer = asyncio.create_task(self._acquire_and_own(session))
+
+    async def _acquire_and_own(self, session: BrokerSession) -> None:
+        queue_name = f"{self.names.ns}.owner.{self.name}"
+        while True:
+            channel = await session.connection.channel(publisher_confirms=False)
+            try:
+                await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+                break
+            except ChannelLockedResource:
+                poll = OWNER_POLL if self.role is Role.OWNER else STANDBY_POLL
+                await asyncio.sleep(poll * random.uniform(0.8, 1.2))
+        self._lock_channel = channel
+        await self._own(session)
+
+    async def _own(self, session: BrokerSession) -> None:
+        self.owner = True
+        self.metrics.owned.inc()
+        log.info("agent %s: this worker is now the owner", self.name, extra={"agent": self.name})
+        if not self._opened:
+            self._opened = True
+            await self.connection.open(self.execs)  # its on_connected runs the sync
+        elif self.connection.connected:
+            await self.execs.sync()
+        self._queue_channel = await session.connection.channel(publisher_confirms=False)
+        await self._queue_channel.set_qos(prefetch_count=self.settings.prefetch)
+        self._queue = await declare_agent_queue(
+            self._queue_channel, self.names, self.name, self.settings.delivery_limit
+        )
+        self.consumer = RequestConsumer(
+            self.execs,
+            session.publisher,
+            self.settings.max_message_bytes,
+            observe=self.metrics.observe_request,
+        )
+        self._tag = await self._queue.consume(self.consumer.on_message)
+
+    async def _release(self) -> None:
+        """Stop consuming, finish in-flight requests, then give the lock back."""
+        if self._acquirer is not None and not self._acquirer.done():
+            self._acquirer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._acquirer
+        if not self.owner:
+            return
+        await self.stop_consuming()
+        await self.drain()
+        for channel in (self._queue_channel, self._lock_channel):
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        self._forget_session()
+        log.info("agent %s: handed over", self.name, extra={"agent": self.name})
+
+    def end_session(self) -> None:
+        """The broker connection is gone: so are the lock and the consumer."""
+        if self._acquirer is not None:
+            self._acquirer.cancel()
+        self._forget_session()
+        self.role = Role.NONE
+
+    def _forget_session(self) -> None:
+        if self.owner:
+            self.metrics.owned.dec()
+        self.owner = False
+        self.consumer = None
+        self._queue = self._tag = None
+        self._queue_channel = self._lock_channel = None
+
+    # -- work -------------------------------------------------------------
+
+    async def stop_consuming(self) -> None:
+        """Stop taking new requests from the agent's queue."""
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+            self._tag = None
+
+    async def drain(self) -> None:
+        """Wait for in-flight requests."""
+        if self.consumer is not None and self.consumer.inflight:
+            await asyncio.gather(*self.consumer.inflight, return_exceptions=True)
+
+    def load(self) -> int:
+        """Running execs plus requests in flight (for pool placement and announcements)."""
+        running = sum(1 for r in self.execs.registry.list(include_finished=False)
+                      if r.state is ExecState.RUNNING)
+        inflight = len(self.consumer.inflight) if self.consumer is not None else 0
+        return running + inflight
+
+    def sweep(self) -> None:
+        for exec_id in self.execs.registry.sweep():
+            self.execs.waiters.pop(exec_id, None)
+        for state, count in self.execs.registry.counts_by_state().items():
+            self.metrics.registry_size.labels(self.name, state.value).set(count)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "address": str(self.address),
+            "role": self.role.value,
+            "owner": self.owner,
+            "connected": self.connection.connected if self._opened else None,
+            "execs": len(self.execs.registry),
+        }
+
+
+def _limits(settings: Settings) -> RegistryLimits:
+    return RegistryLimits(
+        settings.registry_max_records, settings.registry_retention, settings.registry_created_ttl
+    )
+
+
+def _retry(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        attempts=settings.agent_retry_attempts,
+        max_elapsed=settings.agent_retry_max_elapsed,
+        attempt_timeout=settings.agent_call_timeout,
+    )

@@ -37,6 +37,17 @@ class Settings(BaseSettings):
         "(unix:///path, tcp://host:port, vsock://cid:port, qga+unix:///path, local). "
         "Empty: one in-process agent named 'local'.",
     )
+    pools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Pools of agents, comma-separated POOL=AGENT[+AGENT...]; requests "
+        "routed to pool.<POOL> go to the least-loaded agent of the pool.",
+    )
+    control_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between worker membership announcements."
+    )
+    peer_expiry: float = Field(
+        default=3.0, gt=0, description="Seconds of silence before a worker is considered gone."
+    )
     agent_token_file: Path | None = Field(
         default=None, description="File holding the token for tcp:// agents."
     )
@@ -86,7 +97,7 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
 
-    @field_validator("agents", mode="before")
+    @field_validator("agents", "pools", mode="before")
     @classmethod
     def _split_agents(cls, value: object) -> object:
         if isinstance(value, str):

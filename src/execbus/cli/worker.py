@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=ADDRESS",
         help="an agent to serve (repeatable; env EXECBUS_AGENTS, comma-separated)",
     )
+    p.add_argument(
+        "--pool",
+        action="append",
+        default=None,
+        metavar="POOL=AGENT[+AGENT...]",
+        help="a pool of served agents for pool.<POOL> requests (repeatable; env EXECBUS_POOLS)",
+    )
     p.add_argument("--amqp-url", help="RabbitMQ URL (env EXECBUS_AMQP_URL)")
     p.add_argument("--namespace", help="exchange/queue prefix (env EXECBUS_NAMESPACE)")
     p.add_argument("--agent-token-file", help="token file for tcp:// agents")
@@ -80,6 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         amqp_url=args.amqp_url,
         namespace=args.namespace,
         agents=args.agent,
+        pools=args.pool,
         agent_token_file=args.agent_token_file,
         prefetch=args.prefetch,
         http_port=args.http_port,
@@ -102,6 +110,22 @@ def agents_from_settings(settings: Settings) -> dict[str, AgentAddress]:
     return agents
 
 
+def pools_from_settings(
+    settings: Settings, agents: dict[str, AgentAddress]
+) -> dict[str, list[str]]:
+    """Parse ``--pool`` specs; every member must be an agent this worker serves."""
+    from execbus.worker.pools import parse_pool_spec
+
+    pools: dict[str, list[str]] = {}
+    for spec in settings.pools:
+        pool, members = parse_pool_spec(spec)
+        unknown = [a for a in members if a not in agents]
+        if unknown:
+            raise ConfigError(f"pool {pool!r} names agents this worker does not serve: {unknown}")
+        pools[pool] = members
+    return pools
+
+
 def connect_options(settings: Settings) -> ConnectOptions:
     token = None
     if settings.agent_token_file is not None:
@@ -122,13 +146,14 @@ def main(argv: list[str]) -> int:
         if args.health:
             return health_main(settings)
         agents = agents_from_settings(settings)
+        pools = pools_from_settings(settings, agents)
         options = connect_options(settings)
     except ConfigError as exc:
         print(f"execbus worker: {exc.message}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings, agents, options))
+        asyncio.run(serve(settings, agents, options, pools))
     except ConfigError as exc:
         print(f"execbus worker: {exc.message}", file=sys.stderr)
         return 2
@@ -136,13 +161,16 @@ def main(argv: list[str]) -> int:
 
 
 async def serve(
-    settings: Settings, agents: dict[str, AgentAddress], options: ConnectOptions
+    settings: Settings,
+    agents: dict[str, AgentAddress],
+    options: ConnectOptions,
+    pools: dict[str, list[str]] | None = None,
 ) -> None:
     """Run a worker (and its HTTP endpoint) until a signal arrives."""
     from execbus.worker.http import HealthServer
     from execbus.worker.service import Worker
 
-    worker = Worker(settings, agents, options)
+    worker = Worker(settings, agents, options, pools)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,1 +1,1 @@
-"""Tools for testing execbus deployments: a TCP fault proxy (used by the fault suite and the chaos soak)."""
+"""Tools for testing execbus deployments: a TCP fault proxy (fault suite, chaos soak)."""

@@ -71,7 +71,9 @@ def assign(reach: dict[str, frozenset[str]]) -> dict[str, str]:
 
     Deterministic: every worker computes the same answer from the same view.
     """
-    agents = sorted({a for names in reach.values() for a in names}, key=lambda a: (_score("", a), a))
+    agents = sorted(
+        {a for names in reach.values() for a in names}, key=lambda a: (_score("", a), a)
+    )
     if not agents:
         return {}
     floor = len(agents) // max(1, len(reach))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
+from execbus.wire.routing import Names
 from execbus.worker.membership import Announcement, Membership
 from execbus.worker.runtime import AgentRuntime, Role
 
@@ -35,6 +36,7 @@ class OwnershipLoop:
     def __init__(
         self,
         worker_id: str,
+        names: Names,
         runtimes: dict[str, AgentRuntime],
         interval: float,
         expiry: float,
@@ -42,12 +44,13 @@ class OwnershipLoop:
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.names = names
         self.runtimes = runtimes
         self.interval = interval
         self.pools = pools
+        self.stopping = False
         self.membership = Membership(self._announcement(), expiry=expiry)
         self.on_change = on_change
-        self.stopping = False
         self._wake = asyncio.Event()
 
     def _announcement(self) -> Announcement:
@@ -64,9 +67,7 @@ class OwnershipLoop:
         """Announce, listen and reconcile until cancelled."""
         channel = await session.connection.channel(publisher_confirms=False)
         exchange = await channel.declare_exchange(
-            f"{self.membership.me.worker_id and session.publisher.names.control_exchange}",
-            aio_pika.ExchangeType.TOPIC,
-            durable=True,
+            self.names.control_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange, "worker.#")
@@ -90,9 +91,7 @@ class OwnershipLoop:
         self.stopping = True
         with contextlib.suppress(Exception):
             channel = await session.connection.channel(publisher_confirms=False)
-            exchange = await channel.get_exchange(
-                session.publisher.names.control_exchange, ensure=False
-            )
+            exchange = await channel.get_exchange(self.names.control_exchange, ensure=False)
             await self._announce(exchange)
 
     async def _on_announcement(self, message: AbstractIncomingMessage) -> None:

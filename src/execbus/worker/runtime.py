@@ -71,8 +71,12 @@ class AgentRuntime:
         self.metrics = metrics
         self.connection: AgentConnection = make_connection(name, address, connect)
         self.execs = AgentExecs(
-            name, ExecRegistry(name, _limits(settings)), self.connection, outbox,
-            _retry(settings), self.names,
+            name,
+            ExecRegistry(name, _limits(settings)),
+            self.connection,
+            outbox,
+            _retry(settings),
+            self.names,
         )
         self.execs.on_retry = metrics.agent_retries.labels(name).inc
         self.execs.on_finished = metrics.observe_finished
@@ -181,8 +185,11 @@ class AgentRuntime:
 
     def load(self) -> int:
         """Running execs plus requests in flight (for pool placement and announcements)."""
-        running = sum(1 for r in self.execs.registry.list(include_finished=False)
-                      if r.state is ExecState.RUNNING)
+        running = sum(
+            1
+            for r in self.execs.registry.list(include_finished=False)
+            if r.state is ExecState.RUNNING
+        )
         inflight = len(self.consumer.inflight) if self.consumer is not None else 0
         return running + inflight
 

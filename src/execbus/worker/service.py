@@ -1,20 +1,16 @@
-"""The worker daemon: broker sessions, agent ownership, graceful shutdown.
+"""The worker daemon: broker sessions, membership, agent ownership, graceful shutdown.
 
-Shape (after arq): connect; declare the topology; for every agent it serves,
-try to become its owner and consume its queue; on SIGTERM stop taking work,
-drain in-flight requests within the grace period, then cancel and close.
-
-Ownership of an agent is an exclusive, auto-delete queue
-``<ns>.owner.<agent>``: the broker grants it to one connection at a time and
-drops it the moment that connection dies, so a standby worker that polls
-for it takes over as fast as the broker notices the dead owner. Only the
-owner connects to the agent and consumes its queue; single active consumer
-on the queue stays on as a safety net.
+Shape (after arq): connect; declare the topology; announce this worker and
+learn the others (``worker/ownership.py``); own the agents the assignment
+gives this worker and consume their queues (``worker/runtime.py``), and the
+queues of pools it owns agents of (``worker/pools.py``); on SIGTERM tell the
+others, stop taking work, drain in-flight requests within the grace period,
+then cancel and close.
 
 The worker manages its own broker reconnection (rather than aio-pika's
 robust restore, which does not restore exclusive queues and consumers
-reliably): a lost connection ends the session, every agent runtime gives up
-ownership, and a new session starts from scratch with backoff.
+reliably): a lost connection ends the session, every agent runtime loses its
+ownership lock with it, and a new session starts from scratch with backoff.
 """
 
 from __future__ import annotations
@@ -29,28 +25,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
-from aiormq.exceptions import ChannelLockedResource
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
 
 from execbus.connections.address import AgentAddress
-from execbus.connections.base import AgentConnection
-from execbus.connections.factory import ConnectOptions, make_connection
-from execbus.connections.retry import RetryPolicy
+from execbus.connections.factory import ConnectOptions
 from execbus.errors import BrokerUnavailable, ErrorCode, PublishFailed
-from execbus.registry import ExecRegistry, RegistryLimits
 from execbus.settings import Settings
 from execbus.wire.replies import Reply
 from execbus.wire.routing import Names
 from execbus.worker.acks import Disposition, settle
-from execbus.worker.consumer import RequestConsumer
-from execbus.worker.execs import AgentExecs
 from execbus.worker.metrics import WorkerMetrics
+from execbus.worker.ownership import OwnershipLoop
+from execbus.worker.pools import PoolConsumer
 from execbus.worker.publisher import Publisher
-from execbus.worker.topology import declare_agent_queue, declare_base
+from execbus.worker.runtime import AgentRuntime
+from execbus.worker.topology import declare_agent_queue, declare_base, declare_pool_queue
 
 log = logging.getLogger("execbus.worker")
-OWNER_POLL = 0.25
 
 
 class SessionOutbox:
@@ -80,117 +72,6 @@ class BrokerSession:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class AgentRuntime:
-    """One agent served by this worker: registry, connection, ownership, consumer."""
-
-    def __init__(
-        self,
-        name: str,
-        address: AgentAddress,
-        settings: Settings,
-        connect: ConnectOptions,
-        outbox: SessionOutbox,
-        metrics: WorkerMetrics,
-    ) -> None:
-        self.name = name
-        self.address = address
-        self.settings = settings
-        self.names = Names(settings.namespace)
-        self.metrics = metrics
-        self.connection: AgentConnection = make_connection(name, address, connect)
-        limits = RegistryLimits(
-            settings.registry_max_records,
-            settings.registry_retention,
-            settings.registry_created_ttl,
-        )
-        retry = RetryPolicy(
-            attempts=settings.agent_retry_attempts,
-            max_elapsed=settings.agent_retry_max_elapsed,
-            attempt_timeout=settings.agent_call_timeout,
-        )
-        self.execs = AgentExecs(
-            name, ExecRegistry(name, limits), self.connection, outbox, retry, self.names
-        )
-        self.execs.on_retry = metrics.agent_retries.labels(name).inc
-        self.execs.on_finished = metrics.observe_finished
-        self.owner = False
-        self._opened = False
-        self._consumer: RequestConsumer | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
-
-    async def serve(self, session: BrokerSession) -> None:
-        """Become the owner (waiting as long as needed), then consume until cancelled."""
-        lock_channel = await self._acquire(session)
-        try:
-            await self._own(session)
-            await asyncio.Future()  # until the session ends (cancelled)
-        finally:
-            self.owner = False
-            self.metrics.owned.dec()
-            self._consumer = None
-            with contextlib.suppress(Exception):
-                await lock_channel.close()
-
-    async def _acquire(self, session: BrokerSession) -> AbstractChannel:
-        queue_name = f"{self.names.ns}.owner.{self.name}"
-        while True:
-            channel = await session.connection.channel(publisher_confirms=False)
-            try:
-                await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
-                return channel
-            except ChannelLockedResource:
-                await asyncio.sleep(OWNER_POLL * random.uniform(0.8, 1.2))
-
-    async def _own(self, session: BrokerSession) -> None:
-        self.owner = True
-        self.metrics.owned.inc()
-        log.info("agent %s: this worker is now the owner", self.name)
-        if not self._opened:
-            self._opened = True
-            await self.connection.open(self.execs)  # its on_connected runs the sync
-        elif self.connection.connected:
-            await self.execs.sync()
-        channel = await session.connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=self.settings.prefetch)
-        self._queue = await declare_agent_queue(
-            channel, self.names, self.name, self.settings.delivery_limit
-        )
-        self._consumer = RequestConsumer(
-            self.execs,
-            session.publisher,
-            self.settings.max_message_bytes,
-            observe=self.metrics.observe_request,
-        )
-        self._tag = await self._queue.consume(self._consumer.on_message)
-
-    async def stop_consuming(self) -> None:
-        """Stop taking new requests (graceful shutdown)."""
-        if self._queue is not None and self._tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
-            self._tag = None
-
-    async def drain(self) -> None:
-        """Wait for in-flight requests."""
-        if self._consumer is not None and self._consumer.inflight:
-            await asyncio.gather(*self._consumer.inflight, return_exceptions=True)
-
-    def sweep(self) -> None:
-        for exec_id in self.execs.registry.sweep():
-            self.execs.waiters.pop(exec_id, None)
-        for state, count in self.execs.registry.counts_by_state().items():
-            self.metrics.registry_size.labels(self.name, state.value).set(count)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "address": str(self.address),
-            "owner": self.owner,
-            "connected": self.connection.connected if self._opened else None,
-            "execs": len(self.execs.registry),
-        }
-
-
 class Worker:
     """The worker daemon. ``await run(stop)`` until ``stop`` is set."""
 
@@ -199,6 +80,7 @@ class Worker:
         settings: Settings,
         agents: dict[str, AgentAddress],
         connect: ConnectOptions | None = None,
+        pools: dict[str, list[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
@@ -212,7 +94,13 @@ class Worker:
             name: AgentRuntime(name, addr, settings, connect, self.outbox, self.metrics)
             for name, addr in agents.items()
         }
+        self.pools = {
+            pool: [a for a in members if a in self.runtimes]
+            for pool, members in (pools or {}).items()
+        }
         self.session: BrokerSession | None = None
+        self.ownership: OwnershipLoop | None = None
+        self._pool_consumers: dict[str, tuple[AbstractQueue, str]] = {}
         self.last_broker_error = "not connected yet"
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -252,6 +140,8 @@ class Worker:
             await declare_base(channel, self.names)
             for name in self.runtimes:
                 await declare_agent_queue(channel, self.names, name, self.settings.delivery_limit)
+            for pool in self.pools:
+                await declare_pool_queue(channel, self.names, pool, self.settings.delivery_limit)
             publisher = Publisher(channel, self.names, self.settings.publish_timeout)
             await publisher.setup()
         except Exception as exc:
@@ -265,9 +155,16 @@ class Worker:
         self.session = session
         self.outbox.publisher = session.publisher
         session.connection.close_callbacks.add(lambda *_: session.closed.set())
-        tasks: list[asyncio.Task[Any]] = [
-            asyncio.create_task(rt.serve(session)) for rt in self.runtimes.values()
-        ]
+        self.ownership = OwnershipLoop(
+            self.worker_id,
+            self.names,
+            self.runtimes,
+            self.settings.control_interval,
+            self.settings.peer_expiry,
+            frozenset(self.pools),
+            on_change=lambda: self._spawn_pool_update(session),
+        )
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(self.ownership.run(session))]
         tasks.append(asyncio.create_task(self._consume_unrouted(session)))
         tasks.append(asyncio.create_task(self._sweep_loop()))
         waiters: list[asyncio.Task[Any]] = [
@@ -283,6 +180,9 @@ class Worker:
         for task in tasks + waiters:
             task.cancel()
         await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+        for rt in self.runtimes.values():
+            rt.end_session()
+        self._pool_consumers.clear()
         self.outbox.publisher = None
         self.session = None
         with contextlib.suppress(Exception):
@@ -295,6 +195,11 @@ class Worker:
         log.info(
             "shutting down: no new requests, draining (grace %.0f s)", self.settings.shutdown_grace
         )
+        if self.ownership is not None and self.session is not None:
+            await self.ownership.announce_stopping(self.session)
+        for queue, tag in self._pool_consumers.values():
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
         for rt in self.runtimes.values():
             await rt.stop_consuming()
         drains = [rt.drain() for rt in self.runtimes.values()]
@@ -303,6 +208,33 @@ class Worker:
                 await asyncio.gather(*drains)
         except TimeoutError:
             log.warning("grace period over; cancelling what is still in flight")
+
+    def _spawn_pool_update(self, session: BrokerSession) -> None:
+        if self.pools:
+            asyncio.create_task(self._update_pools(session))  # noqa: RUF006
+
+    async def _update_pools(self, session: BrokerSession) -> None:
+        """Consume a pool's queue exactly while owning one of its agents."""
+        for pool, members in self.pools.items():
+            owns = any(self.runtimes[a].owner for a in members)
+            current = self._pool_consumers.get(pool)
+            if owns and current is None:
+                channel = await session.connection.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=self.settings.prefetch)
+                queue = await declare_pool_queue(
+                    channel, self.names, pool, self.settings.delivery_limit
+                )
+                consumer = PoolConsumer(
+                    pool,
+                    [self.runtimes[a] for a in members],
+                    session.publisher,
+                    self.settings.max_message_bytes,
+                )
+                self._pool_consumers[pool] = (queue, await queue.consume(consumer.on_message))
+            elif not owns and current is not None:
+                del self._pool_consumers[pool]
+                with contextlib.suppress(Exception):
+                    await current[0].cancel(current[1])
 
     async def _close_agents(self) -> None:
         for rt in self.runtimes.values():
@@ -345,6 +277,7 @@ class Worker:
         agents_ok = all(a["connected"] is not False for a in agents.values())
         detail = {
             "worker_id": self.worker_id,
+            "pools": {p: p in self._pool_consumers for p in self.pools},
             "broker": {"connected": broker, "error": None if broker else self.last_broker_error},
             "agents": agents,
         }

@@ -595,16 +595,28 @@ class RuncContainer:
         config["process"]["terminal"] = False
         config["root"]["readonly"] = False
         config_path.write_text(json.dumps(config, indent=2))
-        proc = subprocess.run(
-            ["runc", "--root", str(self.root), "run", "-d", "--bundle", str(self.bundle), self.id],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=30,
-        )
+        # The detached container inherits runc's stdio: never a pipe (EOF would never come).
         self.started = True
+        errors = self.bundle.parent / "runc-run.err"
+        with open(errors, "wb") as err:
+            proc = subprocess.run(
+                [
+                    "runc",
+                    "--root",
+                    str(self.root),
+                    "run",
+                    "-d",
+                    "--bundle",
+                    str(self.bundle),
+                    self.id,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                timeout=30,
+            )
         if proc.returncode != 0:
-            raise RuntimeError(f"runc run failed: {proc.stderr.decode(errors='replace').strip()}")
+            raise RuntimeError(f"runc run failed: {errors.read_text(errors='replace').strip()}")
 
     def exec_ms(self, n: int) -> list[float]:
         argv = ["runc", "--root", str(self.root), "exec", self.id, "true"]

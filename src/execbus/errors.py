@@ -64,9 +64,11 @@ class ExecbusError(Exception):
 
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", *, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message or self.__class__.__doc__ or self.__class__.__name__
+        #: For start failures: 127 (not found) or 126 (not executable), as shells do.
+        self.exit_code = exit_code
 
 
 class ConfigError(ExecbusError):
@@ -224,9 +226,9 @@ _BY_CODE: dict[str, type[ExecbusError]] = {
 }
 
 
-def error_for_code(code: str, message: str) -> ExecbusError:
+def error_for_code(code: str, message: str, exit_code: int | None = None) -> ExecbusError:
     """Build the exception matching a wire error ``code`` (unknown codes -> InternalError)."""
-    return _BY_CODE.get(code, InternalError)(message)
+    return _BY_CODE.get(code, InternalError)(message, exit_code=exit_code)
 
 
 def start_error_for_code(code: str, message: str) -> StartFailed:

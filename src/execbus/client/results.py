@@ -52,11 +52,7 @@ class RunResult:
 
 def exception_for(error: ErrorInfo) -> ExecbusError:
     """The typed exception of a wire error; start failures keep their ``exit_code``."""
-    exc = error_for_code(error.code, error.message)
-    # ExecbusError has no exit_code field; the attribute is set on every error
-    # from the wire so callers can rely on it (see exit_code_of).
-    exc.exit_code = error.exit_code  # type: ignore[attr-defined]
-    return exc
+    return error_for_code(error.code, error.message, error.exit_code)
 
 
 def exit_code_of(exc: BaseException) -> int | None:

@@ -69,6 +69,7 @@ class AgentRuntime:
         self.settings = settings
         self.names = Names(settings.namespace)
         self.metrics = metrics
+        self._connect_options = connect
         self.connection: AgentConnection = make_connection(name, address, connect)
         self.execs = AgentExecs(
             name,
@@ -152,7 +153,22 @@ class AgentRuntime:
                 with contextlib.suppress(Exception):
                     await channel.close()
         self._forget_session()
+        await self._drop_connection()
         log.info("agent %s: handed over", self.name, extra={"agent": self.name})
+
+    async def _drop_connection(self) -> None:
+        """Leave the agent to its new owner: some agents (qemu-ga) serve one client only.
+
+        The in-process agent stays: it lives in this worker and would take its
+        processes with it.
+        """
+        if self.address.scheme == "local" or not self._opened:
+            return
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+        self.connection = make_connection(self.name, self.address, self._connect_options)
+        self.execs.connection = self.connection
+        self._opened = False
 
     def end_session(self) -> None:
         """The broker connection is gone: so are the lock and the consumer."""

@@ -4,11 +4,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /opt/execbus
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . && useradd --system --uid 10001 --home-dir /nonexistent execbus
+# A fixed uid and gid (10001): the agent gives its Unix socket to this group
+# (--socket-group 10001 --socket-mode 0660), so unprivileged workers can use it.
+RUN pip install . \
+ && groupadd --system --gid 10001 execbus \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin execbus \
+ && install -d -m 0755 /run/execbus
 
 # The worker needs no privileges.
 FROM base AS worker
-USER execbus
+USER 10001:10001
 ENTRYPOINT ["execbus"]
 CMD ["worker"]
 

@@ -51,7 +51,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,8 @@ class Plan:
 
 
 PLANS = {
-    "quick": Plan("quick", 300, 300, 150, 800, 50, 10, 400, 50, 1500),
-    "default": Plan("default", 2000, 2000, 1000, 6000, 200, 40, 2000, 200, 8000),
+    "quick": Plan("quick", 300, 300, 150, 800, 50, 10, 400, 50, 600),
+    "default": Plan("default", 2000, 2000, 1000, 6000, 200, 40, 2000, 200, 3000),
 }
 
 
@@ -113,12 +113,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def proc_status(pid: int, field: str) -> float | None:
+def proc_status(pid: int, key: str) -> float | None:
     """A ``/proc/<pid>/status`` memory field (``VmRSS``, ``VmHWM``) in MiB."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith(field + ":"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -287,9 +287,13 @@ class Run:
     seconds: float
     latencies: list[float]
     errors: Counter[str]
+    rounds: list[float] = field(default_factory=list)
 
     @property
     def per_s(self) -> float:
+        """The best round's rate (the machine is shared: the best is the least disturbed)."""
+        if self.rounds:
+            return max(self.rounds)
         return self.n / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -316,14 +320,33 @@ async def drive(n: int, concurrency: int, op: Callable[[], Awaitable[None]]) -> 
     return Run(n, concurrency, time.perf_counter() - t0, latencies, errors)
 
 
+ROUNDS: dict[str, list[float]] = {}
+
+
 async def measure(
-    label: str, n: int, concurrency: int, op: Callable[[], Awaitable[None]], warmup: int
+    label: str,
+    n: int,
+    concurrency: int,
+    op: Callable[[], Awaitable[None]],
+    warmup: int,
+    rounds: int = 3,
 ) -> Run:
+    """A warm-up, then ``n`` ops in ``rounds`` rounds; the rate is the best round's."""
     if warmup:
         await drive(warmup, concurrency, op)
-    run = await drive(n, concurrency, op)
+    runs = [await drive(max(1, n // rounds), concurrency, op) for _ in range(rounds)]
+    run = Run(
+        sum(x.n for x in runs),
+        concurrency,
+        sum(x.seconds for x in runs),
+        [lat for x in runs for lat in x.latencies],
+        sum((x.errors for x in runs), Counter()),
+        [x.per_s for x in runs],
+    )
+    ROUNDS[f"{label} c={concurrency}"] = [round(x, 1) for x in run.rounds]
     extra = f", errors {dict(run.errors)}" if run.errors else ""
-    say(f"{label} c={concurrency}: {n} in {run.seconds:.2f} s = {run.per_s:.0f}/s{extra}")
+    rates = "/".join(f"{x:.0f}" for x in run.rounds)
+    say(f"{label} c={concurrency}: {run.n} in {run.seconds:.2f} s, rounds {rates}/s{extra}")
     return run
 
 
@@ -350,9 +373,14 @@ async def measure_spawn(plan: Plan) -> dict[str, Any]:
     """Raw asyncio spawns (the default child watcher), and with a pidfd watcher for reference."""
     by_c: dict[str, float] = {}
     await drive(plan.warmup, 16, spawn_once)
+    meter = CpuMeter({"bench": os.getpid()})
+    meter.start()
+    done = 0
     for c in LIMIT_CONCURRENCY:
         run = await measure("spawn", plan.spawn_n, c, spawn_once, plan.warmup // 4)
         by_c[str(c)] = round(run.per_s, 1)
+        done += run.n + plan.warmup // 4
+    cpu = meter.stop(done)
     pidfd = None
     if hasattr(asyncio, "PidfdChildWatcher"):
         with warnings.catch_warnings():
@@ -368,7 +396,7 @@ async def measure_spawn(plan: Plan) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 asyncio.set_child_watcher(old)
-    return {"per_s": max(by_c.values()), "by_concurrency": by_c, "pidfd_per_s": pidfd}
+    return {"per_s": max(by_c.values()), "by_concurrency": by_c, "pidfd_per_s": pidfd, "cpu": cpu}
 
 
 class ExitCollector:
@@ -393,69 +421,126 @@ class ExitCollector:
         self.connected.clear()
 
 
-async def measure_agent(sock: Path, plan: Plan) -> dict[str, Any]:
-    """Execs per second through the agent alone: start, wait for the exit event, ack."""
-    collector = ExitCollector()
-    client = AgentClient("bench", unix_dialer(str(sock)), call_timeout=30.0, heartbeat=5.0)
-    await client.open(collector)
-    config = ExecConfig(cmd=CMD)
-    loop = asyncio.get_running_loop()
+class DirectAgent:
+    """Execs through ``AgentClient`` alone: start, wait for the exit event, ack."""
 
-    async def one() -> None:
+    def __init__(self, sock: Path) -> None:
+        self.collector = ExitCollector()
+        self.client = AgentClient("bench", unix_dialer(str(sock)), call_timeout=30.0, heartbeat=5.0)
+
+    async def __aenter__(self) -> DirectAgent:
+        await self.client.open(self.collector)
+        async with asyncio.timeout(20):
+            await self.collector.connected.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def run(self, config: ExecConfig) -> AgentExec:
         exec_id = new_exec_id()
-        fut: asyncio.Future[AgentExec] = loop.create_future()
-        collector.waiters[exec_id] = fut
-        state = await client.start(exec_id, config, {})
+        fut: asyncio.Future[AgentExec] = asyncio.get_running_loop().create_future()
+        self.collector.waiters[exec_id] = fut
+        state = await self.client.start(exec_id, config, {})
         if state.finished:
-            collector.waiters.pop(exec_id, None)
+            self.collector.waiters.pop(exec_id, None)
         else:
             state = await fut
-        if state.exit is None or state.exit.exit_code != 0 or state.exit.stdout != b"hi\n":
-            raise RuntimeError(f"agent exec ended badly: {state}")
-        await client.ack(exec_id)
+        await self.client.ack(exec_id)
+        return state
 
-    try:
-        async with asyncio.timeout(20):
-            await collector.connected.wait()
+
+async def measure_agent(sock: Path, plan: Plan, agent_pid: int) -> dict[str, Any]:
+    """Execs per second through the agent alone, at several concurrencies."""
+    config = ExecConfig(cmd=CMD)
+    meter = CpuMeter({"bench": os.getpid(), "agent": agent_pid})
+    done = 0
+    async with DirectAgent(sock) as agent:
+
+        async def one() -> None:
+            state = await agent.run(config)
+            if state.exit is None or state.exit.exit_code != 0 or state.exit.stdout != b"hi\n":
+                raise RuntimeError(f"agent exec ended badly: {state}")
+
         await drive(plan.warmup, 16, one)
+        meter.start()
         by_c: dict[str, float] = {}
         for c in LIMIT_CONCURRENCY:
             run = await measure("agent", plan.agent_n, c, one, plan.warmup // 4)
             by_c[str(c)] = round(run.per_s, 1)
-    finally:
-        await client.close()
-    return {"per_s": max(by_c.values()), "by_concurrency": by_c}
+            done += run.n + plan.warmup // 4
+    return {"per_s": max(by_c.values()), "by_concurrency": by_c, "cpu": meter.stop(done)}
+
+
+async def measure_agent_runc(sock: Path, container_id: str, n: int) -> float:
+    """Median ms of ``true`` in the container through the agent alone (no broker)."""
+    config = ExecConfig(cmd=["true"], container_id=container_id)
+    async with DirectAgent(sock) as agent:
+
+        async def one() -> None:
+            state = await agent.run(config)
+            if state.exit is None or state.exit.exit_code != 0:
+                raise RuntimeError(f"container exec through the agent ended badly: {state}")
+
+        await drive(3, 1, one)
+        run = await drive(n, 1, one)
+    if not run.latencies:
+        raise RuntimeError(f"every container exec failed: {dict(run.errors)}")
+    return statistics.median(run.latencies) * 1000
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy (not idle or iowait), from ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
-    """CPU seconds spent by each component between ``start`` and ``stop``."""
+    """CPU seconds spent by each component (and by the rest of the machine) in a span.
+
+    ``broker`` is the whole RabbitMQ node: it includes whatever else uses it meanwhile.
+    """
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = {k: v for k, v in pids.items() if v is not None}
         self.before: dict[str, tuple[float, float]] = {}
+        self.machine0: float | None = None
+        self.t0 = 0.0
 
     def _read(self) -> dict[str, tuple[float, float]]:
         return {k: c for k, pid in self.pids.items() if (c := cpu_seconds(pid)) is not None}
 
     def start(self) -> None:
         self.before = self._read()
+        self.machine0 = machine_busy_seconds()
         self.t0 = time.perf_counter()
 
     def stop(self, n: int) -> dict[str, Any]:
         after = self._read()
+        machine1 = machine_busy_seconds()
         wall = time.perf_counter() - self.t0
+        cores = os.cpu_count() or 1
         per_exec: dict[str, float] = {}
         for k, (own, children) in after.items():
             own0, children0 = self.before.get(k, (own, children))
             per_exec[k] = round((own - own0) * 1000 / n, 3)
-            if k == "agent":
-                per_exec["agent_children"] = round((children - children0) * 1000 / n, 3)
-        total = sum(per_exec.values())
-        return {
+            if children > children0:  # reaped children: the spawned commands
+                per_exec[f"{k}_children"] = round((children - children0) * 1000 / n, 3)
+        ours = sum(per_exec.values()) * n / 1000
+        out: dict[str, Any] = {
             "cpu_ms_per_exec": per_exec,
-            "cpu_ms_per_exec_total": round(total, 3),
-            "cpu_busy_of_2_cores": round(total * n / 1000 / wall / (os.cpu_count() or 1), 3),
+            "cpu_ms_per_exec_total": round(sum(per_exec.values()), 3),
+            "cpu_share_ours": round(ours / wall / cores, 3),
         }
+        if self.machine0 is not None and machine1 is not None:
+            others = max(0.0, machine1 - self.machine0 - ours)
+            out["cpu_share_others"] = round(others / wall / cores, 3)
+        return out
 
 
 # -- py-spy ------------------------------------------------------------------
@@ -467,87 +552,101 @@ def find_py_spy() -> str | None:
 
 
 class Profiler:
-    """py-spy (raw, collapsed stacks) on several processes at once."""
+    """py-spy (raw, collapsed stacks, full file names) on one process."""
 
-    def __init__(self, exe: str, targets: dict[str, int], rate: int = 100) -> None:
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.files: dict[str, Path] = {}
-        for name, pid in targets.items():
-            out = OUT / f"profile-{name}.txt"
-            self.files[name] = out
-            argv = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
-            argv += ["--format", "raw", "--output", str(out)]
-            with open(OUT / f"profile-{name}.log", "wb") as log:
-                self.procs[name] = subprocess.Popen(
-                    argv, stdout=log, stderr=log, start_new_session=True
-                )
+    def __init__(self, exe: str, name: str, pid: int, rate: int = 250) -> None:
+        self.name = name
+        self.file = OUT / f"profile-{name}.txt"
+        argv = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
+        argv += ["--full-filenames", "--format", "raw", "--output", str(self.file)]
+        with open(OUT / f"profile-{name}.log", "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            kill_group(proc, signal.SIGINT)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                kill_group(proc)
-
-    def summary(self, top: int = 12) -> dict[str, Any]:
-        return {name: summarise_stacks(path, top) for name, path in self.files.items()}
+        kill_group(self.proc, signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
 
 
 def frame_name(frame: str) -> str:
-    """``func (path/to/file.py:123)`` -> ``file.py:func`` (line numbers merged)."""
+    """``func (/path/to/pkg/file.py:123)`` -> ``pkg/file.py:func`` (line numbers merged)."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    if "/execbus/" in path:
-        path = "execbus/" + path.split("/execbus/", 1)[1]
+    if "/src/execbus/" in path:
+        path = "execbus/" + path.split("/src/execbus/", 1)[1]
     elif "site-packages/" in path:
         path = path.split("site-packages/", 1)[1]
-    elif "/lib/python3" in path:
-        path = "stdlib/" + path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    elif "/lib/python3." in path:
+        path = path.split("/lib/python3.", 1)[1].split("/", 1)[-1]
     return f"{path}:{name}"
 
 
-def summarise_stacks(path: Path, top: int) -> dict[str, Any]:
-    """Self and inclusive time per function from py-spy's raw (collapsed) output."""
+# Where a sample's innermost frame is, by file: the categories of "where the time goes".
+CATEGORIES = (
+    ("idle (waiting in epoll)", ("selectors.py:",)),
+    ("socket send (syscall)", ("asyncio/selector_events.py:_SelectorSocketTransport.write",)),
+    ("AMQP client (aio-pika, aiormq, pamqp)", ("aio_pika/", "aiormq/", "pamqp/")),
+    ("pydantic", ("pydantic/", "pydantic_core/")),
+    ("json", ("json/",)),
+    ("logging", ("logging/",)),
+    ("process spawn (subprocess)", ("subprocess.py:",)),
+    ("tenacity", ("tenacity/",)),
+    ("asyncio (event loop, tasks, streams)", ("asyncio/",)),
+    ("execbus code", ("execbus/",)),
+)
+
+
+def category(frame: str) -> str:
+    for label, prefixes in CATEGORIES:
+        if frame.startswith(prefixes):
+            return label
+    return "other"
+
+
+def summarise_stacks(path: Path, top: int = 12) -> dict[str, Any]:
+    """Per-function self and inclusive shares of the busy (non-idle) samples of a py-spy
+    raw profile, and the busy samples by category (where the innermost frame is)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError as exc:
         return {"error": str(exc)}
     self_t: Counter[str] = Counter()
     incl: Counter[str] = Counter()
-    total = 0
-    idle = 0
+    cats: Counter[str] = Counter()
+    total = idle = 0
     for line in lines:
         stack, _, count_s = line.rpartition(" ")
         if not count_s.isdigit():
             continue
         count = int(count_s)
-        frames = [frame_name(f) for f in stack.split(";") if f and not f.startswith("process ")]
-        frames = [f for f in frames if not f.startswith("thread ")]
+        frames = [frame_name(f) for f in stack.split(";") if " (" in f]
         if not frames:
             continue
         total += count
-        if (
-            frames[-1].endswith((":select", ":poll", ":epoll_wait"))
-            or "selectors.py:select" in (frames[-1])
-        ):
+        cat = category(frames[-1])
+        if cat.startswith("idle"):
             idle += count
+            continue
+        cats[cat] += count
         self_t[frames[-1]] += count
         for f in set(frames):
             incl[f] += count
-    if total == 0:
-        return {"samples": 0}
+    busy = total - idle
+    if busy <= 0:
+        return {"busy_samples": 0}
 
-    def pct(c: Counter[str], only: str | None = None) -> list[list[Any]]:
-        items = [(k, v) for k, v in c.most_common() if only is None or k.startswith(only)]
-        return [[k, round(100 * v / total, 1)] for k, v in items[:top]]
+    def pct(items: list[tuple[str, int]]) -> list[list[Any]]:
+        return [[k, round(100 * v / busy, 1)] for k, v in items[:top]]
 
+    # Inclusive: execbus functions below the entry points (those are in every sample).
+    ours = [(k, v) for k, v in incl.most_common() if k.startswith("execbus/") and v < 0.75 * busy]
     return {
-        "samples": total,
-        "idle_pct": round(100 * idle / total, 1),
-        "self_pct": pct(self_t),
-        "inclusive_execbus_pct": pct(incl, "execbus/"),
+        "busy_samples": busy,
+        "busy_by_category_pct": dict(pct(cats.most_common())),
+        "busy_self_pct": pct(self_t.most_common()),
+        "busy_inclusive_execbus_pct": pct(ours),
     }
 
 
@@ -618,9 +717,12 @@ class RuncContainer:
         if proc.returncode != 0:
             raise RuntimeError(f"runc run failed: {errors.read_text(errors='replace').strip()}")
 
-    def exec_ms(self, n: int) -> list[float]:
-        argv = ["runc", "--root", str(self.root), "exec", self.id, "true"]
-        subprocess.run(argv, check=True, capture_output=True, timeout=30)  # warm-up
+    def cli_ms(self, command: str, n: int = 30) -> list[float]:
+        """Wall ms of ``runc exec <id> true`` or ``runc state <id>`` (after a warm-up)."""
+        argv = ["runc", "--root", str(self.root), command, self.id]
+        if command == "exec":
+            argv.append("true")
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
         times = []
         for _ in range(n):
             t = time.perf_counter()
@@ -884,6 +986,8 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
     res["spawn_per_s"] = spawn["per_s"]
     res["spawn_by_concurrency"] = spawn["by_concurrency"]
     res["spawn_pidfd_per_s"] = spawn["pidfd_per_s"]
+    cpu: dict[str, Any] = {"spawn": spawn["cpu"]}
+    res["cpu"] = cpu
 
     container: RuncContainer | None = None
     runc_reason = "disabled by --no-runc" if args.no_runc else RuncContainer.unavailable()
@@ -904,9 +1008,19 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
     assert stack.agent is not None
     agent_pid = stack.agent.pid
     say(f"agent alone (pid {agent_pid}): start + exit + ack through AgentClient")
-    agent = await measure_agent(stack.sock, plan)
+    agent = await measure_agent(stack.sock, plan, agent_pid)
     res["agent_per_s"] = agent["per_s"]
     res["agent_by_concurrency"] = agent["by_concurrency"]
+    cpu["agent"] = agent["cpu"]
+    if container is not None:
+        try:
+            res["agent_runc_ms"] = r(
+                await measure_agent_runc(stack.sock, container.id, plan.runc_n), 2
+            )
+            say(f"runc: container exec through the agent alone {res['agent_runc_ms']} ms")
+        except Exception as exc:
+            runc_reason = f"container exec through the agent failed: {exc!r}"
+            container = None
 
     stack.start_worker()
     await stack.wait_worker()
@@ -928,7 +1042,6 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
         records_warm = await asyncio.to_thread(stack.registry_size) or 0
 
         e2e: dict[str, float] = {}
-        cpu: dict[str, Any] = {}
         broker_pid = find_broker_pid()
         for c in E2E_CONCURRENCY:
             n = plan.e2e_serial if c == 1 else plan.e2e_n
@@ -942,7 +1055,7 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
             )
             meter.start()
             run = await measure("e2e", n, c, e2e_one, 0 if c == 1 else plan.warmup // 4)
-            cpu[str(c)] = meter.stop(n)
+            cpu[f"e2e_c{c}"] = meter.stop(n)
             e2e[str(c)] = round(run.per_s, 1)
             if run.errors:
                 res.setdefault("errors", {})[f"e2e_c{c}"] = dict(run.errors)
@@ -961,28 +1074,7 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
                 say(f"e2e latency c=1: p50 {res['e2e_p50_ms']} ms, p99 {res['e2e_p99_ms']} ms")
         res["e2e_per_s"] = e2e
         res["e2e_peak_per_s"] = max(e2e.values())
-        res["cpu"] = cpu
-        say(f"cpu ms per exec at c=64: {cpu['64']['cpu_ms_per_exec']}")
-
-        if args.profile:
-            exe = find_py_spy()
-            if exe is None:
-                res["profile"] = {"error": "py-spy is not installed (pip install py-spy)"}
-            else:
-                say("profiling an extra c=64 run with py-spy (worker, agent, this client)")
-                profiler = Profiler(
-                    exe, {"worker": worker_pid, "agent": agent_pid, "client": os.getpid()}
-                )
-                try:
-                    await asyncio.sleep(1.0)
-                    run = await measure("e2e (under py-spy)", plan.profile_n, 64, e2e_one, 0)
-                finally:
-                    await asyncio.to_thread(profiler.stop)
-                res["profile"] = {
-                    "e2e_per_s_under_profiler": round(run.per_s, 1),
-                    "files": {k: str(v.relative_to(ROOT)) for k, v in profiler.files.items()},
-                    **profiler.summary(),
-                }
+        say(f"cpu ms per exec at c=64: {cpu['e2e_c64']['cpu_ms_per_exec']}")
 
         if container is not None:
             say(f"runc: e2e exec into {container.id}, then `runc exec` alone")
@@ -998,12 +1090,21 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
                 if not run.latencies:
                     raise RuntimeError(f"every container exec failed: {dict(run.errors)}")
                 e2e_runc = statistics.median(run.latencies) * 1000
-                cli = await asyncio.to_thread(container.exec_ms, plan.runc_n)
+                cli = statistics.median(
+                    await asyncio.to_thread(container.cli_ms, "exec", plan.runc_n)
+                )
+                state_ms = statistics.median(
+                    await asyncio.to_thread(container.cli_ms, "state", plan.runc_n)
+                )
                 res["e2e_runc_ms"] = r(e2e_runc, 2)
-                res["runc_exec_ms"] = r(statistics.median(cli), 2)
+                res["runc_exec_ms"] = r(cli, 2)
+                agent_ms = res.get("agent_runc_ms")
                 res["runc"] = {
                     "n": plan.runc_n,
-                    "e2e_overhead_ms": r(e2e_runc - statistics.median(cli), 2),
+                    "runc_state_ms": r(state_ms, 2),
+                    "agent_runc_ms": agent_ms,
+                    "agent_overhead_ms": r(agent_ms - cli, 2) if agent_ms else None,
+                    "bus_overhead_ms": r(e2e_runc - agent_ms, 2) if agent_ms else None,
                 }
                 say(f"runc exec {res['runc_exec_ms']} ms alone, {res['e2e_runc_ms']} ms end to end")
             except Exception as exc:
@@ -1013,10 +1114,39 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
             res["runc"] = {"reason": runc_reason}
             say(f"runc skipped: {runc_reason}")
 
+        if args.profile:
+            res["profile"] = await profile_run(
+                plan, {"worker": worker_pid, "agent": agent_pid, "client": os.getpid()}, e2e_one
+            )
+
         await measure_worker_rss(args, plan, stack, e2e_one, res, rss_start, rss_warm, records_warm)
         await measure_flood(client, agent_pid, res)
 
     return res
+
+
+async def profile_run(
+    plan: Plan, pids: dict[str, int], e2e_one: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
+    """One extra c=64 run per process, each sampled by py-spy alone (less perturbation)."""
+    exe = find_py_spy()
+    if exe is None:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    out: dict[str, Any] = {}
+    for name, pid in pids.items():
+        say(f"profiling the {name} (pid {pid}) with py-spy during a c=64 run")
+        profiler = Profiler(exe, name, pid)
+        try:
+            await asyncio.sleep(1.0)  # py-spy attaches
+            run = await measure(f"e2e (py-spy on the {name})", plan.profile_n, 64, e2e_one, 0, 1)
+        finally:
+            await asyncio.to_thread(profiler.stop)
+        out[name] = {
+            "e2e_per_s_under_profiler": round(run.per_s, 1),
+            "file": str(profiler.file.relative_to(ROOT)),
+            **summarise_stacks(profiler.file),
+        }
+    return out
 
 
 async def measure_worker_rss(
@@ -1176,11 +1306,12 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             say(f"logs kept in {workdir}")
-    if isinstance(failed, KeyboardInterrupt | asyncio.CancelledError):
-        return 130
 
     if args.with_celery and failed is None:
-        celery = run_celery(args.celery_script, args.amqp_url, plan)
+        try:
+            celery = run_celery(args.celery_script, args.amqp_url, plan)
+        except KeyboardInterrupt:
+            celery = {"error": "interrupted"}
         result["celery"] = celery
         if "per_s" in celery and "p50_ms" in celery:
             result["e2e_vs_celery_throughput"] = r(result["e2e_peak_per_s"] / celery["per_s"], 2)
@@ -1191,19 +1322,23 @@ def main() -> int:
             )
         else:
             say(f"celery baseline failed: {celery.get('error')}")
+    interrupted = isinstance(failed, KeyboardInterrupt | asyncio.CancelledError)
     if failed is not None:
-        result["error"] = repr(failed)
+        result["error"] = "interrupted" if interrupted else repr(failed)
     else:
         result["targets"] = targets(result)
         svg = svg_plot(result)
         (OUT / "throughput.svg").write_text(svg)
         if args.update_docs:
             (DOCS / "performance-throughput.svg").write_text(svg)
+    result["rounds_per_s"] = ROUNDS
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["elapsed_s"] = round(time.monotonic() - T0, 1)
     text = json.dumps(result, indent=2)
     (OUT / "e2e.json").write_text(text + "\n")
     print(text)
+    if interrupted:
+        return 130
     return 1 if failed is not None else 0
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from execbus.errors import ConfigError
+from execbus.wire.config import MAX_ARG_BYTES, MAX_ARGS, MAX_ENV, MAX_OUTPUT_LIMIT
 
 
 class Settings(BaseSettings):
@@ -25,6 +26,17 @@ class Settings(BaseSettings):
     amqp_url: str = Field(
         default="amqp://guest:guest@localhost:5672/",
         description="RabbitMQ URL (amqp:// or amqps://).",
+    )
+    amqp_ca_file: Path | None = Field(
+        default=None,
+        description="amqps://: CA bundle (PEM) that signed the broker's certificate "
+        "(default: the system's trust store).",
+    )
+    amqp_cert_file: Path | None = Field(
+        default=None, description="amqps://: client certificate (PEM) for broker mTLS."
+    )
+    amqp_key_file: Path | None = Field(
+        default=None, description="amqps://: private key (PEM) of the client certificate."
     )
     namespace: str = Field(
         default="execbus",
@@ -51,6 +63,22 @@ class Settings(BaseSettings):
     agent_token_file: Path | None = Field(
         default=None, description="File holding the token for tcp:// agents."
     )
+    agent_tls_ca_file: Path | None = Field(
+        default=None,
+        description="tls:// agents: CA bundle (PEM) that signed the agents' certificates "
+        "(default: the system's trust store).",
+    )
+    agent_tls_cert_file: Path | None = Field(
+        default=None, description="tls:// agents: client certificate (PEM), for agents with mTLS."
+    )
+    agent_tls_key_file: Path | None = Field(
+        default=None, description="tls:// agents: private key (PEM) of the client certificate."
+    )
+    policy_file: Path | None = Field(
+        default=None,
+        description="Authorization policy (TOML or YAML): which callers (AMQP user_id) may "
+        "run what where. Unset: every caller may do everything (a startup warning says so).",
+    )
     prefetch: int = Field(default=64, ge=1, le=10_000, description="AMQP prefetch per queue.")
     publish_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a publisher confirm."
@@ -60,6 +88,27 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted."
+    )
+    max_argv_entries: int = Field(
+        default=MAX_ARGS, ge=1, le=MAX_ARGS, description="Most arguments (cmd entries) per exec."
+    )
+    max_argv_bytes: int = Field(
+        default=MAX_ARG_BYTES,
+        ge=1,
+        le=MAX_ARG_BYTES,
+        description="Most bytes of all arguments of an exec together.",
+    )
+    max_env_entries: int = Field(
+        default=MAX_ENV, ge=0, le=MAX_ENV, description="Most env entries per exec."
+    )
+    max_env_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="Most bytes of all env entries of an exec together."
+    )
+    max_output_limit: int = Field(
+        default=MAX_OUTPUT_LIMIT,
+        ge=0,
+        le=MAX_OUTPUT_LIMIT,
+        description="Largest output_limit (bytes captured per stream) a request may ask for.",
     )
     registry_max_records: int = Field(default=100_000, ge=1, description="Exec records per agent.")
     registry_retention: float = Field(

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import grp
 import logging
+import os
+import pwd
 import shutil
 import signal
 import sys
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from execbus.agent.http import HealthServer
 from execbus.agent.listeners import ListenerSpec, parse_listen_url
 from execbus.agent.logs import setup_logging
 from execbus.agent.options import (
     DEFAULT_GRACE,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_EXECS,
     DEFAULT_SOCKET,
     AgentOptions,
 )
 from execbus.agent.protocol import DEFAULT_MAX_FRAME
-from execbus.agent.server import AgentCore, AgentServer
+from execbus.agent.server import AGENT_VERSION, AgentCore, AgentServer
 
 log = logging.getLogger("execbus.agent")
 
@@ -34,14 +40,18 @@ described in docs/agent-protocol.md. It needs nothing but python3."""
 
 EPILOG = """\
 listen addresses:
-  unix:///run/execbus/agent.sock   Unix socket (mode --socket-mode, no token)
+  unix:///run/execbus/agent.sock   Unix socket (--socket-mode/-owner/-group, no token)
   tcp://0.0.0.0:7878               TCP (always needs --token-file)
+  tls://0.0.0.0:7879               TLS over TCP (--token-file, --tls-cert, --tls-key;
+                                   --tls-client-ca requires client certificates)
   vsock://any:7878                 AF_VSOCK (needs the token if --token-file is given)
 
 examples:
   execbus agent
   execbus agent --listen unix:///run/execbus/agent.sock \\
                 --listen tcp://10.0.0.5:7878 --token-file /etc/execbus/token
+  execbus agent --listen tls://0.0.0.0:7879 --token-file /etc/execbus/token \
+                --tls-cert agent.pem --tls-key agent.key --tls-client-ca workers-ca.pem
   execbus agent --runc-root /run/containerd/runc/k8s.io --log-format json
 
 SIGTERM/SIGINT: stop accepting, give running execs --grace seconds, then kill
@@ -86,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _listening_options(parser.add_argument_group("listening"))
     _exec_options(parser.add_argument_group("execs"))
+    _http_options(parser.add_argument_group("health and metrics"))
     _logging_options(parser.add_argument_group("logging"))
     return parser
 
@@ -110,6 +121,39 @@ def _listening_options(group: argparse._ArgumentGroup) -> None:
         type=_octal,
         default=0o600,
         help="file mode of Unix sockets (default: 0600)",
+    )
+    add(
+        "--socket-owner",
+        metavar="USER",
+        help="owner (name or uid) of Unix sockets (default: the agent's user)",
+    )
+    add(
+        "--socket-group",
+        metavar="GROUP",
+        help="group (name or gid) of Unix sockets, e.g. with --socket-mode 0660 "
+        "(default: the agent's group)",
+    )
+    add("--tls-cert", metavar="PATH", help="certificate chain (PEM) of tls:// listeners")
+    add("--tls-key", metavar="PATH", help="private key (PEM) of --tls-cert")
+    add(
+        "--tls-client-ca",
+        metavar="PATH",
+        help="CA bundle (PEM); tls:// clients must present a certificate it signed (mTLS)",
+    )
+    add(
+        "--max-connections",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"connections served at once (default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    add(
+        "--handshake-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        help="a connection must say hello (and finish TLS) within this time "
+        f"(default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
     add(
         "--max-frame",
@@ -138,6 +182,14 @@ def _exec_options(group: argparse._ArgumentGroup) -> None:
         f"(default: {DEFAULT_MAX_EXECS})",
     )
     add(
+        "--max-execs-per-connection",
+        metavar="N",
+        type=int,
+        default=0,
+        help="running execs one connection may have started (default: 0, no cap "
+        "besides --max-execs)",
+    )
+    add(
         "--grace",
         metavar="SECONDS",
         type=float,
@@ -148,6 +200,33 @@ def _exec_options(group: argparse._ArgumentGroup) -> None:
         "--allow-privileged",
         action="store_true",
         help="accept privileged execs (every capability the agent has, in containers)",
+    )
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0-65535)")
+    return port
+
+
+def _http_options(group: argparse._ArgumentGroup) -> None:
+    add = group.add_argument
+    add(
+        "--http-port",
+        metavar="PORT",
+        type=_port,
+        help="serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this port "
+        "(default: off; 0 picks a free port)",
+    )
+    add(
+        "--http-host",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="address of the HTTP endpoint; it has no authentication (default: 127.0.0.1)",
     )
 
 
@@ -174,9 +253,16 @@ def make_config(args: argparse.Namespace) -> Config:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     token = _read_token(args.token_file) if args.token_file else None
-    tcp = [spec.url for spec in listeners if spec.kind == "tcp"]
+    tcp = [spec for spec in listeners if spec.kind in ("tcp", "tls")]
     if tcp and token is None:
-        raise ConfigError(f"tcp listener {tcp[0]} requires --token-file")
+        raise ConfigError(f"{tcp[0].kind} listener {tcp[0].url} requires --token-file")
+    _check_tls(args, listeners)
+    if args.max_connections < 1:
+        raise ConfigError("--max-connections must be at least 1")
+    if args.max_execs_per_connection < 0:
+        raise ConfigError("--max-execs-per-connection must be >= 0 (0: no cap)")
+    if not args.handshake_timeout > 0:
+        raise ConfigError("--handshake-timeout must be > 0")
     if args.max_frame < MIN_MAX_FRAME:
         raise ConfigError(f"--max-frame must be at least {MIN_MAX_FRAME}")
     if args.max_execs < 1:
@@ -187,7 +273,15 @@ def make_config(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--runc-root is set but runc binary {args.runc_binary!r} was not found")
     options = AgentOptions(
         socket_mode=args.socket_mode,
+        socket_owner=_uid(args.socket_owner) if args.socket_owner else None,
+        socket_group=_gid(args.socket_group) if args.socket_group else None,
         token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        max_connections=args.max_connections,
+        max_execs_per_connection=args.max_execs_per_connection,
+        handshake_timeout=args.handshake_timeout,
         runc=True if args.runc_root else None,
         runc_root=args.runc_root,
         runc_binary=args.runc_binary,
@@ -197,8 +291,56 @@ def make_config(args: argparse.Namespace) -> Config:
         allow_privileged=args.allow_privileged,
         log_level=args.log_level,
         log_format=args.log_format,
+        http_host=args.http_host,
+        http_port=args.http_port,
     )
     return Config(options, listeners, token)
+
+
+def _check_tls(args: argparse.Namespace, listeners: list[ListenerSpec]) -> None:
+    tls = [spec for spec in listeners if spec.kind == "tls"]
+    given = [
+        flag
+        for flag, value in (
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+            ("--tls-client-ca", args.tls_client_ca),
+        )
+        if value
+    ]
+    if not tls:
+        if given:
+            raise ConfigError(f"{given[0]} is given but no tls:// listener is")
+        return
+    if not args.tls_cert or not args.tls_key:
+        raise ConfigError(f"tls listener {tls[0].url} requires --tls-cert and --tls-key")
+    for flag, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
+    ):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"cannot read {flag} {path}")
+
+
+def _uid(value: str) -> int:
+    """A user name or uid (--socket-owner)."""
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise ConfigError(f"--socket-owner: no user {value!r}") from None
+
+
+def _gid(value: str) -> int:
+    """A group name or gid (--socket-group)."""
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise ConfigError(f"--socket-group: no group {value!r}") from None
 
 
 def _read_token(path: str) -> str:
@@ -218,10 +360,13 @@ async def run(config: Config) -> int:
     server = AgentServer(
         core, config.listeners, socket_mode=config.options.socket_mode, token=config.token
     )
+    http = await _start_http(config.options, core, server)
     try:
         await server.start()
     except (OSError, ValueError) as exc:
         await core.aclose(0)
+        if http is not None:
+            await http.stop()
         raise ConfigError(f"cannot listen: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -232,8 +377,45 @@ async def run(config: Config) -> int:
     log.info("shutting down", extra={"grace": config.options.grace})
     await server.stop()
     await core.aclose(config.options.grace)
+    if http is not None:  # last: /readyz says 503 while the agent drains
+        await http.stop()
     log.info("agent stopped")
     return 0
+
+
+async def _start_http(
+    options: AgentOptions, core: AgentCore, server: AgentServer
+) -> HealthServer | None:
+    """Start the health/metrics endpoint (before the listeners: /healthz answers at once)."""
+    if options.http_port is None:
+        return None
+
+    def status() -> tuple[bool, dict[str, Any]]:
+        serving, closing = server.serving, core.closing
+        detail = {
+            "listeners": {"serving": serving, "addresses": server.addresses},
+            "shutting_down": closing,
+            "boot_id": core.boot_id,
+            "execs_running": core.metrics.execs_running,
+            "connections": core.metrics.connections_open,
+        }
+        return serving and not closing, detail
+
+    info = {"version": AGENT_VERSION, "boot_id": core.boot_id}
+    http = HealthServer(
+        options.http_host, options.http_port, status, lambda: core.metrics.render(info)
+    )
+    try:
+        port = await http.start()
+    except OSError as exc:
+        await core.aclose(0)
+        raise ConfigError(
+            f"cannot serve HTTP on {options.http_host}:{options.http_port}: {exc}"
+        ) from None
+    log.info(
+        "health and metrics on http://%s:%d/", options.http_host, port, extra={"http_port": port}
+    )
+    return http
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""Listener addresses (``unix://``, ``tcp://``, ``vsock://``) and their sockets."""
+"""Listener addresses (``unix://``, ``tcp://``, ``tls://``, ``vsock://``) and their sockets."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import ssl
 import stat
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ BACKLOG = 128
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """Where to listen. ``address`` is a path (unix), a host (tcp) or a CID (vsock)."""
+    """Where to listen. ``address`` is a path (unix), a host (tcp, tls) or a CID (vsock)."""
 
     kind: str
     address: str
@@ -32,14 +33,15 @@ class ListenerSpec:
 
 
 def parse_listen_url(url: str) -> ListenerSpec:
-    """``unix:///run/x.sock``, ``tcp://127.0.0.1:7000``, ``vsock://any:7000``; ValueError."""
+    """``unix:///run/x.sock``, ``tcp://127.0.0.1:7000``, ``tls://0.0.0.0:7001``,
+    ``vsock://any:7000``; ValueError."""
     scheme, sep, rest = url.partition("://")
     if not sep or not rest:
         raise ValueError(f"listen address {url!r} must look like unix:///path, tcp://HOST:PORT")
     if scheme == "unix":
         return ListenerSpec("unix", os.path.abspath(rest))
-    if scheme not in ("tcp", "vsock"):
-        raise ValueError(f"unknown listener scheme {scheme!r} in {url!r} (unix, tcp or vsock)")
+    if scheme not in ("tcp", "tls", "vsock"):
+        raise ValueError(f"unknown listener scheme {scheme!r} in {url!r} (unix, tcp, tls or vsock)")
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -47,8 +49,8 @@ def parse_listen_url(url: str) -> ListenerSpec:
         port = None
     if port is None:
         raise ValueError(f"listen address {url!r} needs a port")
-    if scheme == "tcp":
-        return ListenerSpec("tcp", parts.hostname or "0.0.0.0", port)
+    if scheme in ("tcp", "tls"):
+        return ListenerSpec(scheme, parts.hostname or "0.0.0.0", port)
     return ListenerSpec("vsock", str(_vsock_cid(parts.hostname or "any", url)), port)
 
 
@@ -60,11 +62,15 @@ def _vsock_cid(host: str, url: str) -> int:
     return int(host)
 
 
-def bind_unix(path: str, mode: int) -> socket.socket:
+def bind_unix(
+    path: str, mode: int, owner: int | None = None, group: int | None = None
+) -> socket.socket:
     """A listening Unix socket at ``path`` that never exists with a wider mode.
 
-    The socket is bound under a temporary name, chmod-ed, then renamed into
-    place. A stale socket file is replaced; a live one is an error.
+    The socket is bound under a temporary name, chown-ed to ``owner``/``group``
+    (uid/gid; None keeps the agent's own), chmod-ed, then renamed into place,
+    so no one else can connect in between. A stale socket file is replaced; a
+    live one is an error.
     """
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
     _remove_stale(path)
@@ -74,6 +80,9 @@ def bind_unix(path: str, mode: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(tmp)
+        os.chmod(tmp, 0)  # nobody in until owner, group and mode are final
+        if owner is not None or group is not None:
+            os.chown(tmp, -1 if owner is None else owner, -1 if group is None else group)
         os.chmod(tmp, mode)
         os.rename(tmp, path)
         sock.listen(BACKLOG)
@@ -113,3 +122,19 @@ def bind_vsock(cid: int, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def server_tls_context(cert: str, key: str | None, client_ca: str | None) -> ssl.SSLContext:
+    """The TLS context of ``tls://`` listeners (TLS 1.2 or later).
+
+    ``client_ca`` turns on mutual TLS: a client must present a certificate
+    signed by that CA, or the TLS handshake fails before any frame is read.
+    Raises OSError/ssl.SSLError for unreadable or mismatched files.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=client_ca)
+    return ctx

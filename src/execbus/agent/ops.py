@@ -39,7 +39,14 @@ async def op_watch(session: Session, req: dict[str, Any], payload: bytes) -> Res
 
 async def op_start(session: Session, req: dict[str, Any], payload: bytes) -> Result:
     spec = parse_start(req, session.core.options.max_frame)
-    exe, new = await session.core.supervisor.start(spec)
+    claimed = session.claim_exec(spec.exec_id)
+    started: Exec | None = None
+    try:
+        exe, new = await session.core.supervisor.start(spec)
+        started = exe if new else None
+    finally:
+        if claimed:
+            session.settle_exec(spec.exec_id, started)
     state, captures = state_result(exe)
     return {**state, "new": new}, captures
 

@@ -9,6 +9,8 @@ from execbus.agent.protocol import DEFAULT_MAX_FRAME
 DEFAULT_SOCKET = "/run/execbus/agent.sock"
 DEFAULT_MAX_EXECS = 1024
 DEFAULT_GRACE = 10.0
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -18,16 +20,34 @@ class AgentOptions:
     ``runc`` turns the runc backend on (True), off (False) or on when
     ``runc_binary`` is found on ``PATH`` (None). ``runc_root`` is passed as
     ``runc --root``; None uses runc's own default.
+
+    Limits: ``max_connections`` connections at once (greeted or not; more are
+    answered ``limit_exceeded`` and closed); a connection must complete its
+    ``hello`` within ``handshake_timeout`` seconds; ``max_execs`` execs held
+    by the agent; ``max_execs_per_connection`` (0: no cap) running execs
+    started over one connection.
     """
 
     socket_mode: int = 0o600
+    socket_owner: int | None = None
+    socket_group: int | None = None
     token_file: str | None = None
+    # tls:// listeners: certificate chain and key (PEM); a client CA turns on mTLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     runc: bool | None = None
     runc_root: str | None = None
     runc_binary: str = "runc"
     max_frame: int = DEFAULT_MAX_FRAME
     max_execs: int = DEFAULT_MAX_EXECS
+    max_execs_per_connection: int = 0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     grace: float = DEFAULT_GRACE
     allow_privileged: bool = False
     log_level: str = "info"
     log_format: str = "text"
+    # The health/metrics HTTP endpoint (execbus.agent.http); None: off.
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None

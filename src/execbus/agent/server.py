@@ -14,14 +14,22 @@ import hmac
 import logging
 import os
 import socket
+import ssl
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from execbus.agent.errors import INVALID, UNAUTHORIZED, UNSUPPORTED_VERSION, AgentError
-from execbus.agent.listeners import ListenerSpec, bind_unix, bind_vsock
+from execbus.agent.errors import (
+    INVALID,
+    LIMIT_EXCEEDED,
+    UNAUTHORIZED,
+    UNSUPPORTED_VERSION,
+    AgentError,
+)
+from execbus.agent.listeners import ListenerSpec, bind_unix, bind_vsock, server_tls_context
+from execbus.agent.metrics import AgentMetrics
 from execbus.agent.options import AgentOptions
-from execbus.agent.protocol import PROTOCOL_VERSION
+from execbus.agent.protocol import PROTOCOL_VERSION, encode_frame
 from execbus.agent.session import Session
 from execbus.agent.supervisor import Supervisor
 
@@ -45,6 +53,16 @@ class AgentCore:
         self._sessions: dict[Session, asyncio.Future[None]] = {}
         self._closed = False
 
+    @property
+    def metrics(self) -> AgentMetrics:
+        """The agent's counters (kept by the supervisor; sessions add theirs)."""
+        return self.supervisor.metrics
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` has begun."""
+        return self._closed
+
     async def handle_stream(
         self,
         reader: asyncio.StreamReader,
@@ -54,16 +72,28 @@ class AgentCore:
     ) -> None:
         """Serve one connection until it closes. ``token``: what hello must carry."""
         if self._closed:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            await _close(writer)
+            return
+        if len(self._sessions) >= self.options.max_connections:
+            peer = str(writer.get_extra_info("peername") or "local")
+            log.warning(
+                "connection refused: too many connections",
+                extra={"peer": peer, "max_connections": self.options.max_connections},
+            )
+            message = f"the agent serves at most {self.options.max_connections} connections"
+            error = {"code": LIMIT_EXCEEDED, "message": message}
+            with contextlib.suppress(OSError):
+                writer.write(encode_frame({"re": None, "ok": False, "error": error}))
+            await _close(writer)
             return
         session = Session(self, reader, writer, token)
         done = asyncio.get_running_loop().create_future()
         self._sessions[session] = done
+        self.metrics.connection_opened()
         try:
             await session.serve()
         finally:
+            self.metrics.connection_closed()
             del self._sessions[session]
             done.set_result(None)
 
@@ -117,8 +147,11 @@ class AgentCore:
 class AgentServer:
     """Accepts connections on listeners and hands them to an :class:`AgentCore`.
 
-    TCP listeners always require ``token``; vsock listeners require it when
-    one is given; Unix sockets rely on their file mode (``socket_mode``).
+    TCP and TLS listeners always require ``token``; vsock listeners require it
+    when one is given; Unix sockets rely on their file mode (``socket_mode``)
+    and owner/group (``options.socket_owner``/``socket_group``). TLS listeners
+    use ``options.tls_cert``/``tls_key``, and require client certificates
+    signed by ``options.tls_client_ca`` when it is set (mutual TLS).
     """
 
     def __init__(
@@ -137,6 +170,11 @@ class AgentServer:
         self._servers: list[asyncio.base_events.Server] = []
         self._unix_paths: list[tuple[str, int]] = []
 
+    @property
+    def serving(self) -> bool:
+        """True while every listener is bound and accepting connections."""
+        return bool(self._servers) and all(s.is_serving() for s in self._servers)
+
     async def start(self) -> None:
         """Bind every listener (all or none); raises OSError or ValueError."""
         try:
@@ -152,24 +190,49 @@ class AgentServer:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self.core.handle_stream(reader, writer, token=token)
 
+        options = self.core.options
         if spec.kind == "unix":
-            sock = bind_unix(spec.address, self.socket_mode)
+            sock = bind_unix(
+                spec.address, self.socket_mode, options.socket_owner, options.socket_group
+            )
             self._unix_paths.append((spec.address, os.stat(spec.address).st_ino))
             server = await asyncio.start_unix_server(on_connect, sock=sock)
         elif spec.kind == "tcp":
             server = await asyncio.start_server(on_connect, spec.address, spec.port)
+        elif spec.kind == "tls":
+            server = await asyncio.start_server(
+                on_connect,
+                spec.address,
+                spec.port,
+                ssl=self._tls_context(spec),
+                ssl_handshake_timeout=options.handshake_timeout,
+            )
         else:
             server = await asyncio.start_server(
                 on_connect, sock=bind_vsock(int(spec.address), spec.port)
             )
         self._servers.append(server)
         self.addresses.extend(_addresses(spec, server))
-        log.info("listening", extra={"listen": spec.url, "auth": token is not None})
+        extra: dict[str, Any] = {"listen": spec.url, "auth": token is not None}
+        if spec.kind == "tls":
+            extra["mtls"] = options.tls_client_ca is not None
+        log.info("listening", extra=extra)
 
     def _token_for(self, spec: ListenerSpec) -> str | None:
-        if spec.kind == "tcp" and not self.token:
-            raise ValueError(f"the tcp listener {spec.url} needs a token (--token-file)")
-        return self.token if spec.kind in ("tcp", "vsock") else None
+        if spec.kind in ("tcp", "tls") and not self.token:
+            raise ValueError(f"the {spec.kind} listener {spec.url} needs a token (--token-file)")
+        return self.token if spec.kind in ("tcp", "tls", "vsock") else None
+
+    def _tls_context(self, spec: ListenerSpec) -> ssl.SSLContext:
+        options = self.core.options
+        if not options.tls_cert:
+            raise ValueError(f"the tls listener {spec.url} needs --tls-cert (and --tls-key)")
+        try:
+            return server_tls_context(options.tls_cert, options.tls_key, options.tls_client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"cannot load the TLS certificate, key or client CA for {spec.url}: {exc}"
+            ) from None
 
     async def stop(self) -> None:
         """Stop accepting; established connections stay until the core closes."""
@@ -186,10 +249,16 @@ class AgentServer:
 
 
 def _addresses(spec: ListenerSpec, server: asyncio.base_events.Server) -> list[str]:
-    if spec.kind != "tcp":
+    if spec.kind not in ("tcp", "tls"):
         return [spec.url]
     urls = []
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
-        urls.append(ListenerSpec("tcp", host, port).url)
+        urls.append(ListenerSpec(spec.kind, host, port).url)
     return urls
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.wait_closed()

@@ -7,7 +7,14 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from execbus.agent.errors import HANDSHAKE_REQUIRED, INTERNAL, INVALID, AgentError
+from execbus.agent.errors import (
+    HANDSHAKE_REQUIRED,
+    INTERNAL,
+    INVALID,
+    LIMIT_EXCEEDED,
+    AgentError,
+)
+from execbus.agent.execs import RUNNING, Exec
 from execbus.agent.ops import OPS, Handler
 from execbus.agent.protocol import Frame, FrameError, encode_frame, read_frame
 
@@ -23,6 +30,9 @@ SEND_HIGH_WATER = 1024 * 1024
 # their unsent responses exceed this (bounds memory per connection).
 INFLIGHT_LIMIT = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 5.0
+# Frames read before a successful hello (from a client not yet authenticated)
+# may be at most this large.
+HELLO_MAX_FRAME = 64 * 1024
 
 
 class _Skip:
@@ -51,7 +61,10 @@ class Session:
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
+        # Execs this connection started that may still run (None: start in progress).
+        self._execs: dict[str, Exec | None] = {}
         self.peer = str(writer.get_extra_info("peername") or "local")
+        self.tls_subject = _cert_subject(writer.get_extra_info("peercert"))
         writer.transport.set_write_buffer_limits(high=SEND_HIGH_WATER)
 
     async def serve(self) -> None:
@@ -65,8 +78,19 @@ class Session:
             await self._teardown()
 
     async def _handshake(self) -> bool:
+        """``hello`` within the handshake timeout, in frames of at most HELLO_MAX_FRAME."""
+        timeout = self.core.options.handshake_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._greet()
+        except TimeoutError:
+            log.info("handshake timed out", extra={"peer": self.peer})
+            self._error(None, HANDSHAKE_REQUIRED, f"no hello within {timeout:g} s")
+            return False
+
+    async def _greet(self) -> bool:
         while True:
-            frame = await self._read()
+            frame = await self._read(HELLO_MAX_FRAME)
             if frame is None:
                 return False
             if isinstance(frame, _Skip):
@@ -82,6 +106,10 @@ class Session:
                 self._error(rid, exc.code, exc.message)
                 return False
             self._reply(rid, result)
+            extra = {"peer": self.peer, "client": str(frame.header.get("client"))[:64]}
+            if self.tls_subject is not None:
+                extra["tls_subject"] = self.tls_subject
+            log.info("client connected", extra=extra)
             return True
 
     async def _serve_requests(self) -> None:
@@ -127,14 +155,46 @@ class Session:
         finally:
             self._release(held)
 
-    async def _read(self) -> Frame | _Skip | None:
+    async def _read(self, limit: int | None = None) -> Frame | _Skip | None:
         """The next frame; ``None`` to stop (end of stream or a fatal frame error)."""
+        max_frame = self.core.options.max_frame
         try:
-            return await read_frame(self._reader, self.core.options.max_frame)
+            return await read_frame(self._reader, min(limit or max_frame, max_frame))
         except FrameError as exc:
             log.info("bad frame: %s", exc.message, extra={"peer": self.peer, "code": exc.code})
+            self.core.metrics.frame_rejected(exc.code)
             self._error(None, exc.code, exc.message)
             return None if exc.fatal else _SKIP
+
+    # -- per-connection exec cap ------------------------------------------
+
+    def claim_exec(self, exec_id: str) -> bool:
+        """Reserve this connection a slot for a new exec (``--max-execs-per-connection``).
+
+        False when no slot is needed: no cap, or an exec the agent already
+        holds (an idempotent start never spawns). Raises ``limit_exceeded``.
+        """
+        cap = self.core.options.max_execs_per_connection
+        if cap <= 0 or self.core.supervisor.knows(exec_id):
+            return False
+        for known, exe in list(self._execs.items()):
+            if exe is not None and exe.state != RUNNING:
+                del self._execs[known]
+        if len(self._execs) >= cap:
+            raise AgentError(
+                LIMIT_EXCEEDED,
+                f"this connection already runs {cap} execs (the agent's "
+                "--max-execs-per-connection)",
+            )
+        self._execs[exec_id] = None
+        return True
+
+    def settle_exec(self, exec_id: str, exe: Exec | None) -> None:
+        """The claimed start ended: keep the slot while ``exe`` runs."""
+        if exe is None or exe.state != RUNNING:
+            self._execs.pop(exec_id, None)
+        else:
+            self._execs[exec_id] = exe
 
     # -- flow control ----------------------------------------------------
 
@@ -202,3 +262,21 @@ class Session:
 def _request_id(header: dict[str, Any]) -> int | None:
     rid = header.get("id")
     return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+
+
+def _cert_subject(cert: object) -> str | None:
+    """``CN=...,O=...`` of a TLS client certificate (mutual TLS), else None."""
+    if not isinstance(cert, dict) or not cert.get("subject"):
+        return None
+    parts = [f"{_RDN.get(key, key)}={value}" for rdn in cert["subject"] for key, value in rdn]
+    return ",".join(parts)[:256]
+
+
+_RDN = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+}

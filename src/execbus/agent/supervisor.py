@@ -19,6 +19,7 @@ from execbus.agent.errors import (
 )
 from execbus.agent.execs import RUNNING, Exec
 from execbus.agent.execspec import ExecSpec
+from execbus.agent.metrics import AgentMetrics
 from execbus.agent.options import AgentOptions
 from execbus.agent.protocol import encode_frame
 from execbus.agent.reaper import ChildReaper
@@ -47,6 +48,7 @@ class Supervisor:
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
         self.reaper = ChildReaper()
+        self.metrics = AgentMetrics()
         self.backends: dict[str, Backend] = make_backends(options, self.reaper)
         self._execs: dict[str, Exec] = {}
         self._starting: dict[str, asyncio.Future[Exec]] = {}
@@ -100,6 +102,7 @@ class Supervisor:
                 extra={"exec_id": spec.exec_id, "code": failure.code},
             )
             self._execs[spec.exec_id] = exe
+            self.metrics.exec_started(spawned=False)
             exe.fail(failure)
         except AgentError as exc:
             fut.set_exception(exc)
@@ -110,6 +113,7 @@ class Supervisor:
             return
         else:
             self._execs[spec.exec_id] = exe
+            self.metrics.exec_started(spawned=True)
             exe.attach(launched)
             log.info(
                 "exec started",
@@ -130,6 +134,10 @@ class Supervisor:
         if exe is None:
             raise AgentError(NOT_FOUND, f"no exec {exec_id!r}")
         return exe
+
+    def knows(self, exec_id: str) -> bool:
+        """True when the exec is held or being started (a start would not spawn it)."""
+        return exec_id in self._execs or exec_id in self._starting
 
     def all(self) -> list[Exec]:
         return list(self._execs.values())
@@ -160,6 +168,7 @@ class Supervisor:
         return asyncio.gather(*congested) if congested else None
 
     def finished(self, exe: Exec) -> None:
+        self.metrics.exec_finished(exe.exit)
         extra = {"exec_id": exe.exec_id, "state": exe.state}
         if exe.exit is not None:
             extra.update(exit_code=exe.exit["exit_code"], signal=exe.exit["signal"])

@@ -32,7 +32,7 @@ agent addresses:
   local                   in-process agent on this host (development, quick start)
   unix:///path.sock       execbus agent on a Unix socket
   tcp://host:port         execbus agent over TCP (needs --agent-token-file)
-  tls://host:port         the same over TLS
+  tls://host:port         the same over TLS (--agent-tls-ca; --agent-tls-cert/-key for mTLS)
   vsock://cid:port        execbus agent over AF_VSOCK
   qga+unix:///path.sock   QEMU guest agent (qemu-ga)
 
@@ -40,6 +40,10 @@ examples:
   execbus worker
   execbus worker --agent vm1=unix:///run/execbus/agent.sock --http-port 9180
   EXECBUS_AMQP_URL=amqps://user:pw@mq:5671/ execbus worker --agent vm1=vsock://3:1024
+  execbus worker --policy-file /etc/execbus/policy.toml --agent vm1=unix:///run/vm1.sock
+
+security: without --policy-file every caller that may publish to <ns>.requests
+may run anything on every agent; see docs/security.md.
 """
 
 
@@ -67,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amqp-url", help="RabbitMQ URL (env EXECBUS_AMQP_URL)")
     p.add_argument("--namespace", help="exchange/queue prefix (env EXECBUS_NAMESPACE)")
     p.add_argument("--agent-token-file", help="token file for tcp:// agents")
+    p.add_argument("--agent-tls-ca", help="CA bundle that signed the tls:// agents' certificates")
+    p.add_argument("--agent-tls-cert", help="client certificate for tls:// agents with mTLS")
+    p.add_argument("--agent-tls-key", help="private key of --agent-tls-cert")
+    p.add_argument(
+        "--policy-file",
+        help="authorization policy, TOML or YAML (env EXECBUS_POLICY_FILE; see docs/security.md)",
+    )
+    p.add_argument("--amqp-ca-file", help="amqps://: CA bundle that signed the broker's cert")
+    p.add_argument("--amqp-cert-file", help="amqps://: client certificate (broker mTLS)")
+    p.add_argument("--amqp-key-file", help="amqps://: private key of --amqp-cert-file")
     p.add_argument("--prefetch", type=int, help="AMQP prefetch per agent queue")
     p.add_argument("--http-port", type=int, help="serve /healthz, /readyz and /metrics here")
     p.add_argument("--http-host", help="address of the HTTP endpoint (default 127.0.0.1)")
@@ -89,6 +103,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         agents=args.agent,
         pools=args.pool,
         agent_token_file=args.agent_token_file,
+        agent_tls_ca_file=args.agent_tls_ca,
+        agent_tls_cert_file=args.agent_tls_cert,
+        agent_tls_key_file=args.agent_tls_key,
+        policy_file=args.policy_file,
+        amqp_ca_file=args.amqp_ca_file,
+        amqp_cert_file=args.amqp_cert_file,
+        amqp_key_file=args.amqp_key_file,
         prefetch=args.prefetch,
         http_port=args.http_port,
         http_host=args.http_host,
@@ -134,7 +155,12 @@ def connect_options(settings: Settings) -> ConnectOptions:
         except OSError as exc:
             raise ConfigError(f"cannot read the agent token file: {exc}") from exc
     return ConnectOptions(
-        call_timeout=settings.agent_call_timeout, heartbeat=settings.agent_heartbeat, token=token
+        call_timeout=settings.agent_call_timeout,
+        heartbeat=settings.agent_heartbeat,
+        token=token,
+        tls_ca_file=settings.agent_tls_ca_file,
+        tls_cert_file=settings.agent_tls_cert_file,
+        tls_key_file=settings.agent_tls_key_file,
     )
 
 

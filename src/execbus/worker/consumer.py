@@ -64,6 +64,7 @@ class RequestConsumer:
         max_message_bytes: int,
         observe: Observer | None = None,
         authorize: Callable[[Request, RequestContext], Awaitable[None]] | None = None,
+        on_inflight: Callable[[float], None] | None = None,
     ) -> None:
         self.execs = execs
         self.publisher = publisher
@@ -71,6 +72,7 @@ class RequestConsumer:
         self.observe = observe
         self.authorize = authorize
         self.inflight: set[asyncio.Task[None]] = set()
+        self.on_inflight = on_inflight  # +1 when a delivery is taken, -1 once it is settled
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """The consume callback: claim a lane now, handle in a task."""
@@ -94,6 +96,10 @@ class RequestConsumer:
         task = asyncio.ensure_future(coro_or_task)
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
+        if self.on_inflight is not None:
+            on_inflight = self.on_inflight
+            on_inflight(1)
+            task.add_done_callback(lambda _: on_inflight(-1))
 
     def _parse(self, message: AbstractIncomingMessage) -> Request:
         request = parse_delivery(message, self.max_message_bytes)

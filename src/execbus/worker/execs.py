@@ -169,6 +169,7 @@ class AgentExecs:
         self.waiters: dict[str, list[ReplyTarget]] = {}
         self.on_retry: Callable[[], None] | None = None
         self.on_finished: Callable[[str, str, str], None] | None = None
+        self.on_connect: Callable[[], None] | None = None  # each (re)connection to the agent
         self._sync_lock = asyncio.Lock()
 
     # -- requests -----------------------------------------------------
@@ -180,10 +181,26 @@ class AgentExecs:
         except (InvalidRequest, Forbidden) as exc:
             return self._error(request, exc, Disposition.dead_letter(f"{exc.code}: {exc.message}"))
         except PublishFailed as exc:
-            log.warning("agent %s: publish failed, requeueing: %s", self.agent, exc)
+            log.warning(
+                "agent %s: publish failed, requeueing: %s",
+                self.agent,
+                exc,
+                extra=self._ctx(getattr(request, "exec_id", None)),
+            )
             return Outcome(None, Disposition.requeue(str(exc)))
         except ExecbusError as exc:
             return self._error(request, exc, Disposition.ack())
+
+    def _ctx(self, exec_or_record: ExecRecord | str | None = None) -> dict[str, Any]:
+        """Log context (``extra``): the agent, and the exec and container when known."""
+        ctx: dict[str, Any] = {"agent": self.agent}
+        if isinstance(exec_or_record, ExecRecord):
+            ctx["exec_id"] = exec_or_record.exec_id
+            if exec_or_record.container_id:
+                ctx["container"] = exec_or_record.container_id
+        elif exec_or_record is not None:
+            ctx["exec_id"] = exec_or_record
+        return ctx
 
     def _error(self, request: Request, exc: ExecbusError, disposition: Disposition) -> Outcome:
         reply = Reply.failure(
@@ -309,6 +326,7 @@ class AgentExecs:
             return
         self.registry.mark_running(record.exec_id, state.pid, state.started_at)
         await self._publish(record, "started", self._started_event(record))
+        log.debug("exec %s started (pid %s)", record.exec_id, state.pid, extra=self._ctx(record))
         if state.finished:
             await self._finish(record, state)
 
@@ -405,6 +423,14 @@ class AgentExecs:
             await self._publish(record, "exited", self._exited_event(record))
             result = _exit_result(record)
         record.final_published = True
+        log.log(
+            logging.INFO if record.state is ExecState.FAILED else logging.DEBUG,
+            "exec %s %s: %s",
+            record.exec_id,
+            record.state.value,
+            result,
+            extra=self._ctx(record),
+        )
         if self.on_finished is not None:
             self.on_finished(self.agent, record.state.value, result)
         await self._reply_waiters(record)
@@ -413,7 +439,13 @@ class AgentExecs:
         try:
             await self.connection.ack(exec_id)
         except ExecbusError as exc:  # the next sync acks it
-            log.info("agent %s: ack of %s deferred: %s", self.agent, exec_id, exc)
+            log.info(
+                "agent %s: ack of %s deferred: %s",
+                self.agent,
+                exec_id,
+                exc,
+                extra=self._ctx(exec_id),
+            )
 
     async def _reply_waiters(self, record: ExecRecord) -> None:
         targets = self.waiters.pop(record.exec_id, [])
@@ -475,7 +507,14 @@ class AgentExecs:
         try:
             await self._publish(record, "output", event)
         except PublishFailed as exc:
-            log.warning("exec %s: output chunk %s/%d lost: %s", exec_id, stream, seq, exc)
+            log.warning(
+                "exec %s: output chunk %s/%d lost: %s",
+                exec_id,
+                stream,
+                seq,
+                exc,
+                extra=self._ctx(exec_id),
+            )
 
     async def on_exit(self, agent: str, state: AgentExec) -> None:
         await self.lanes.submit(state.exec_id, lambda: self._on_exit(state))
@@ -488,13 +527,21 @@ class AgentExecs:
         try:
             await self._finish(record, state)
         except PublishFailed as exc:  # not acked: the next sync publishes it again
-            log.warning("exec %s: exit not published yet: %s", state.exec_id, exc)
+            log.warning(
+                "exec %s: exit not published yet: %s",
+                state.exec_id,
+                exc,
+                extra=self._ctx(state.exec_id),
+            )
 
     def _adopt(self, state: AgentExec) -> ExecRecord | None:
         record = record_from_agent(self.agent, state)
         if record is None:
             log.warning(
-                "agent %s: exec %s has no execbus meta; ignoring", self.agent, state.exec_id
+                "agent %s: exec %s has no execbus meta; ignoring",
+                self.agent,
+                state.exec_id,
+                extra=self._ctx(state.exec_id),
             )
             return None
         self.registry.adopt(record)
@@ -502,10 +549,12 @@ class AgentExecs:
         return record
 
     async def on_connected(self, agent: str, boot_changed: bool) -> None:
+        if self.on_connect is not None:
+            self.on_connect()
         await self.sync(boot_changed)
 
     async def on_disconnected(self, agent: str, reason: str) -> None:
-        log.warning("agent %s: connection lost: %s", agent, reason)
+        log.warning("agent %s: connection lost: %s", agent, reason, extra=self._ctx())
 
     async def sync(self, boot_changed: bool = False) -> None:
         """Takeover: rebuild records from the agent, publish exits nobody published."""
@@ -513,7 +562,7 @@ class AgentExecs:
             try:
                 states = await self.connection.list()
             except ExecbusError as exc:
-                log.warning("agent %s: sync failed: %s", self.agent, exc)
+                log.warning("agent %s: sync failed: %s", self.agent, exc, extra=self._ctx())
                 return
             known = {s.exec_id for s in states}
             for state in states:
@@ -528,7 +577,12 @@ class AgentExecs:
                 if r.state is ExecState.RUNNING and r.exec_id not in known
             ]
             await asyncio.gather(*tasks, return_exceptions=True)
-            log.info("agent %s: synced %d execs from the agent", self.agent, len(states))
+            log.info(
+                "agent %s: synced %d execs from the agent",
+                self.agent,
+                len(states),
+                extra=self._ctx(),
+            )
 
     def _sync_finished(self, state: AgentExec) -> Callable[[], Awaitable[None]]:
         async def work() -> None:

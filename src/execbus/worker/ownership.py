@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
@@ -50,6 +50,9 @@ class OwnershipLoop:
         self.pools = pools
         self.stopping = False
         self.membership = Membership(self._announcement(), expiry=expiry)
+        # A standby that took an agent over keeps it until a dead owner has expired.
+        self.handover_grace = expiry + interval
+        self._tasks: set[asyncio.Task[None]] = set()
         self.on_change = on_change
         self._wake = asyncio.Event()
 
@@ -65,7 +68,7 @@ class OwnershipLoop:
 
     async def run(self, session: BrokerSession) -> None:
         """Announce, listen and reconcile until cancelled."""
-        channel = await session.connection.channel(publisher_confirms=False)
+        channel = await session.channel()
         exchange = await channel.declare_exchange(
             self.names.control_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -79,6 +82,11 @@ class OwnershipLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _announce(self, exchange: AbstractExchange) -> None:
         self.membership.me = self._announcement()
         body = json.dumps(self.membership.me.to_json()).encode()
@@ -90,7 +98,7 @@ class OwnershipLoop:
         """Tell the others we are leaving, so they take over without waiting for expiry."""
         self.stopping = True
         with contextlib.suppress(Exception):
-            channel = await session.connection.channel(publisher_confirms=False)
+            channel = await session.channel()
             exchange = await channel.get_exchange(self.names.control_exchange, ensure=False)
             await self._announce(exchange)
 
@@ -111,9 +119,19 @@ class OwnershipLoop:
             return
         mine = self.membership.mine()
         standby = self.membership.standby_for()
+        log.debug(
+            "membership: %d live workers; should own %d agents, standby for %d",
+            len(self.membership.live()),
+            len(mine),
+            len(standby),
+        )
         for name, rt in self.runtimes.items():
             role = Role.OWNER if name in mine else Role.STANDBY if name in standby else Role.NONE
-            if role is not rt.role or (role is not Role.NONE and not rt.owner):
-                asyncio.create_task(rt.set_role(role, session))  # noqa: RUF006 - bounded by lock
+            if role is Role.STANDBY and rt.owner and rt.owned_for() > self.handover_grace:
+                # We took it over (its owner died, or we won a race); once the view
+                # has settled, the designated owner gets it back.
+                self._spawn(rt.hand_over(session, quiet=self.interval))
+            elif role is not rt.role or (role is not Role.NONE and not rt.owner):
+                self._spawn(rt.set_role(role, session))
         if self.on_change is not None:
             self.on_change()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from execbus.wire.routing import Names
 from execbus.worker.consumer import RequestConsumer
 from execbus.worker.execs import AgentExecs, Outbox
 from execbus.worker.metrics import WorkerMetrics
+from execbus.worker.policy import RequestGuard
 from execbus.worker.topology import declare_agent_queue
 
 if TYPE_CHECKING:
@@ -63,8 +65,10 @@ class AgentRuntime:
         connect: ConnectOptions,
         outbox: Outbox,
         metrics: WorkerMetrics,
+        guard: RequestGuard | None = None,
     ) -> None:
         self.name = name
+        self.guard = guard  # authorization policy and request limits (worker/policy.py)
         self.address = address
         self.settings = settings
         self.names = Names(settings.namespace)
@@ -81,6 +85,7 @@ class AgentRuntime:
         )
         self.execs.on_retry = metrics.agent_retries.labels(name).inc
         self.execs.on_finished = metrics.observe_finished
+        self.execs.on_connect = metrics.agent_reconnects.labels(name).inc
         self.role = Role.NONE
         self.owner = False
         self.consumer: RequestConsumer | None = None
@@ -91,33 +96,92 @@ class AgentRuntime:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._transition = asyncio.Lock()
+        self.owned_since = 0.0
+        self._lock_name = f"{self.names.ns}.owner.{name}"
+        self._quiet_until = 0.0
 
     # -- roles ------------------------------------------------------------
 
     async def set_role(self, role: Role, session: BrokerSession) -> None:
-        """Move to ``role`` (owner/standby contend for the lock; none releases it)."""
-        async with self._transition:
-            self.role = role
-            if role is Role.NONE:
+        """Move to ``role``: owner/standby contend for the lock; none releases it.
+
+        The lock attempt is never cancelled mid-call (aiormq does not survive a
+        channel RPC cancelled halfway); it notices the role change at its next
+        poll instead.
+        """
+        self.role = role
+        if role is Role.NONE:
+            async with self._transition:
                 await self._release()
-            elif not self.owner and (self._acquirer is None or self._acquirer.done()):
-                self._acquirer = asyncio.create_task(self._acquire_and_own(session))
+        elif not self.owner and (self._acquirer is None or self._acquirer.done()):
+            self._acquirer = asyncio.create_task(self._acquire_and_own(session))
+
+    def owned_for(self) -> float:
+        """Seconds since this worker took the agent (0 when it does not own it)."""
+        return time.monotonic() - self.owned_since if self.owner else 0.0
+
+    async def hand_over(self, session: BrokerSession, quiet: float) -> None:
+        """Release an agent we hold as standby to its designated owner, then stand by again.
+
+        ``quiet`` seconds without contending give the designated owner the lock.
+        """
+        async with self._transition:
+            if not self.owner:
+                return
+            await self._release()
+        self._quiet_until = time.monotonic() + quiet
+        await self.set_role(Role.STANDBY, session)
 
     async def _acquire_and_own(self, session: BrokerSession) -> None:
-        queue_name = f"{self.names.ns}.owner.{self.name}"
-        while True:
-            channel = await session.connection.channel(publisher_confirms=False)
+        try:
+            channel = await self._acquire(session)
+            if channel is None:
+                return
+            async with self._transition:
+                if self.role is Role.NONE or session.closed.is_set():
+                    await self._give_back(channel)
+                    return
+                self._lock_channel = channel
+                try:
+                    await self._own(session)
+                except Exception:
+                    await self._release()
+                    raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("agent %s: taking ownership failed", self.name)
+
+    async def _give_back(self, lock_channel: AbstractChannel) -> None:
+        """Release the lock: an exclusive queue lives as long as its connection, not its
+        channel, so it must be deleted."""
+        with contextlib.suppress(Exception):
+            await lock_channel.queue_delete(self._lock_name)
+        with contextlib.suppress(Exception):
+            await lock_channel.close()
+
+    async def _acquire(self, session: BrokerSession) -> AbstractChannel | None:
+        """Poll the lock until it is ours (a channel holding it) or the role is none."""
+        queue_name = self._lock_name
+        while self.role is not Role.NONE and not session.closed.is_set():
+            if time.monotonic() < self._quiet_until:
+                await asyncio.sleep(STANDBY_POLL)
+                continue
             try:
-                await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
-                break
+                async with session.lock_attempts:
+                    log.debug("agent %s: lock attempt", self.name)
+                    channel = await session.channel()
+                    log.debug("agent %s: lock channel %s open", self.name, channel.number)
+                    await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+                return channel
             except ChannelLockedResource:
                 poll = OWNER_POLL if self.role is Role.OWNER else STANDBY_POLL
                 await asyncio.sleep(poll * random.uniform(0.8, 1.2))
-        self._lock_channel = channel
-        await self._own(session)
+        return None
 
     async def _own(self, session: BrokerSession) -> None:
         self.owner = True
+        self.owned_since = time.monotonic()
         self.metrics.owned.inc()
         log.info("agent %s: this worker is now the owner", self.name, extra={"agent": self.name})
         if not self._opened:
@@ -125,7 +189,7 @@ class AgentRuntime:
             await self.connection.open(self.execs)  # its on_connected runs the sync
         elif self.connection.connected:
             await self.execs.sync()
-        self._queue_channel = await session.connection.channel(publisher_confirms=False)
+        self._queue_channel = await session.channel()
         await self._queue_channel.set_qos(prefetch_count=self.settings.prefetch)
         self._queue = await declare_agent_queue(
             self._queue_channel, self.names, self.name, self.settings.delivery_limit
@@ -135,23 +199,24 @@ class AgentRuntime:
             session.publisher,
             self.settings.max_message_bytes,
             observe=self.metrics.observe_request,
+            authorize=(
+                self.guard.for_agent(self.name, self.execs.registry) if self.guard else None
+            ),
+            on_inflight=self.metrics.inflight.inc,
         )
         self._tag = await self._queue.consume(self.consumer.on_message)
 
     async def _release(self) -> None:
         """Stop consuming, finish in-flight requests, then give the lock back."""
-        if self._acquirer is not None and not self._acquirer.done():
-            self._acquirer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._acquirer
         if not self.owner:
-            return
+            return  # a running lock attempt sees the role and gives up by itself
         await self.stop_consuming()
         await self.drain()
-        for channel in (self._queue_channel, self._lock_channel):
-            if channel is not None:
-                with contextlib.suppress(Exception):
-                    await channel.close()
+        if self._queue_channel is not None:
+            with contextlib.suppress(Exception):
+                await self._queue_channel.close()
+        if self._lock_channel is not None:
+            await self._give_back(self._lock_channel)
         self._forget_session()
         await self._drop_connection()
         log.info("agent %s: handed over", self.name, extra={"agent": self.name})
@@ -220,6 +285,7 @@ class AgentRuntime:
             "address": str(self.address),
             "role": self.role.value,
             "owner": self.owner,
+            "contending": self._acquirer is not None and not self._acquirer.done(),
             "connected": self.connection.connected if self._opened else None,
             "execs": len(self.execs.registry),
         }

@@ -25,11 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from pydantic import BaseModel
 
 from execbus.connections.address import AgentAddress
-from execbus.connections.factory import ConnectOptions
+from execbus.connections.factory import ConnectOptions, broker_tls_context
 from execbus.errors import BrokerUnavailable, ErrorCode, PublishFailed
 from execbus.settings import Settings
 from execbus.wire.replies import Reply
@@ -37,6 +42,7 @@ from execbus.wire.routing import Names
 from execbus.worker.acks import Disposition, settle
 from execbus.worker.metrics import WorkerMetrics
 from execbus.worker.ownership import OwnershipLoop
+from execbus.worker.policy import RequestGuard
 from execbus.worker.pools import PoolConsumer
 from execbus.worker.publisher import Publisher
 from execbus.worker.runtime import AgentRuntime
@@ -63,6 +69,9 @@ class SessionOutbox:
         await self._require().reply(reply_to, correlation_id, reply)
 
 
+CHANNEL_NUMBERS = range(1, 2000)  # below RabbitMQ's default channel_max of 2047
+
+
 @dataclass(slots=True)
 class BrokerSession:
     """One live broker connection and what hangs off it."""
@@ -70,6 +79,39 @@ class BrokerSession:
     connection: AbstractConnection
     publisher: Publisher
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Ownership-lock attempts run one at a time: each failed attempt has the
+    #: broker close its channel, and aiormq silently drops the Channel.CloseOk
+    #: when its write queue is full, which later kills the whole connection.
+    lock_attempts: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _cursor: int = 0
+
+    async def channel(self, publisher_confirms: bool = False) -> AbstractChannel:
+        """Open a channel, never reusing a recently closed channel number.
+
+        Failed ownership-lock attempts have the broker close their channel
+        several times a second; aiormq may hand that number out again before
+        the close handshake is over, and the broker then closes the whole
+        connection ("second 'channel.open' seen"). Cycling through the whole
+        range keeps a number unused for thousands of opens.
+        """
+        return await open_channel(self, self.connection, publisher_confirms)
+
+
+async def open_channel(
+    session: BrokerSession | None, connection: AbstractConnection, publisher_confirms: bool
+) -> AbstractChannel:
+    """Open a channel with the next free number of the session's cycle."""
+    underlay = getattr(connection.transport, "connection", None)
+    used: set[int] = set(getattr(underlay, "channels", {}) or {})
+    cursor = session._cursor if session is not None else 0
+    for _ in range(len(CHANNEL_NUMBERS)):
+        number = CHANNEL_NUMBERS[cursor % len(CHANNEL_NUMBERS)]
+        cursor += 1
+        if number not in used:
+            break
+    if session is not None:
+        session._cursor = cursor
+    return await connection.channel(number, publisher_confirms=publisher_confirms)
 
 
 class Worker:
@@ -90,8 +132,20 @@ class Worker:
         connect = connect or ConnectOptions(
             call_timeout=settings.agent_call_timeout, heartbeat=settings.agent_heartbeat
         )
+        # Authorization policy and request limits, shared by every agent (ConfigError).
+        self.guard = RequestGuard.from_settings(settings)
+        if (warning := self.guard.startup_warning()) is not None:
+            log.warning("%s", warning)
+        self._amqp_tls = broker_tls_context(
+            settings.amqp_url,
+            settings.amqp_ca_file,
+            settings.amqp_cert_file,
+            settings.amqp_key_file,
+        )
         self.runtimes = {
-            name: AgentRuntime(name, addr, settings, connect, self.outbox, self.metrics)
+            name: AgentRuntime(
+                name, addr, settings, connect, self.outbox, self.metrics, guard=self.guard
+            )
             for name, addr in agents.items()
         }
         self.pools = {
@@ -128,6 +182,7 @@ class Worker:
         try:
             connection = await aio_pika.connect(
                 url,
+                ssl_context=self._amqp_tls,
                 timeout=10,
                 client_properties={"connection_name": f"execbus-worker-{self.worker_id}"},
             )
@@ -136,7 +191,7 @@ class Worker:
                 f"cannot connect to the broker at {_redact(url)}: {exc}"
             ) from exc
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await open_channel(None, connection, publisher_confirms=True)
             await declare_base(channel, self.names)
             for name in self.runtimes:
                 await declare_agent_queue(channel, self.names, name, self.settings.delivery_limit)
@@ -149,7 +204,7 @@ class Worker:
             raise BrokerUnavailable(f"broker session setup failed: {exc}") from exc
         self.metrics.broker_reconnects.inc()
         log.info("worker %s connected to %s", self.worker_id, _redact(url))
-        return BrokerSession(connection, publisher)
+        return BrokerSession(connection, publisher, _cursor=1)
 
     async def _serve(self, session: BrokerSession, stop: asyncio.Event) -> None:
         self.session = session
@@ -219,7 +274,7 @@ class Worker:
             owns = any(self.runtimes[a].owner for a in members)
             current = self._pool_consumers.get(pool)
             if owns and current is None:
-                channel = await session.connection.channel(publisher_confirms=False)
+                channel = await session.channel()
                 await channel.set_qos(prefetch_count=self.settings.prefetch)
                 queue = await declare_pool_queue(
                     channel, self.names, pool, self.settings.delivery_limit
@@ -248,7 +303,7 @@ class Worker:
                 rt.sweep()
 
     async def _consume_unrouted(self, session: BrokerSession) -> None:
-        channel = await session.connection.channel(publisher_confirms=False)
+        channel = await session.channel()
         await channel.set_qos(prefetch_count=16)
         queue = await channel.get_queue(self.names.unrouted_queue, ensure=False)
         await queue.consume(lambda m: self._unrouted(m, session.publisher))

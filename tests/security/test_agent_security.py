@@ -1,0 +1,368 @@
+"""The guest agent's defences: tokens, TLS and mTLS, socket ownership, limits, privileged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import stat
+import struct
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from execbus.agent.cli import main as agent_main
+from execbus.connections.address import AgentAddress
+from execbus.connections.base import AgentExec
+from execbus.connections.factory import ConnectOptions, make_connection
+from execbus.errors import ConfigError, Forbidden
+from execbus.wire.config import ExecConfig
+from tests.security.support import AgentDaemon, AgentRefused, Certs, RawClient, client_context
+
+TOKEN = "correct-horse-battery-staple"
+Daemon = Callable[..., AgentDaemon]
+
+
+class Quiet:
+    """An AgentListener that records exits."""
+
+    def __init__(self) -> None:
+        self.exits: list[AgentExec] = []
+
+    async def on_output(self, agent: str, exec_id: str, stream: str, seq: int, data: bytes) -> None:
+        pass
+
+    async def on_exit(self, agent: str, state: AgentExec) -> None:
+        self.exits.append(state)
+
+    async def on_connected(self, agent: str, boot_changed: bool) -> None:
+        pass
+
+    async def on_disconnected(self, agent: str, reason: str) -> None:
+        pass
+
+
+async def wait_connected(conn: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not conn.connected:
+            await asyncio.sleep(0.02)
+
+
+def tls_agent(daemon: Daemon, certs: Certs, token_file: Path, *, mtls: bool) -> AgentDaemon:
+    args = [
+        "--listen", "tls://127.0.0.1:0", "--token-file", str(token_file),
+        "--tls-cert", str(certs.pem("server")), "--tls-key", str(certs.key("server")),
+    ]  # fmt: skip
+    if mtls:
+        args += ["--tls-client-ca", str(certs.pem("ca"))]
+    return daemon(*args)
+
+
+# -- tokens ------------------------------------------------------------------
+
+
+async def test_tcp_agent_refuses_a_missing_or_wrong_token(daemon: Daemon, token_file: Path) -> None:
+    agent = daemon("--listen", "tcp://127.0.0.1:0", "--token-file", str(token_file))
+    port = agent.port("tcp")
+    for token in (None, "", "wrong", TOKEN[:-1], TOKEN + "x"):
+        client = await RawClient.open("127.0.0.1", port)
+        try:
+            with pytest.raises(AgentRefused) as refused:
+                await client.hello(token)
+            assert refused.value.code == "unauthorized"
+            assert await client.closed()
+        finally:
+            await client.close()
+    # no request is served before a successful hello
+    client = await RawClient.open("127.0.0.1", port)
+    try:
+        with pytest.raises(AgentRefused) as refused:
+            await client.call("start", exec_id="x", cmd=["true"])
+        assert refused.value.code == "handshake_required"
+    finally:
+        await client.close()
+    client = await RawClient.open("127.0.0.1", port)
+    try:
+        assert (await client.hello(TOKEN))["version"] == 1
+        assert "time" in await client.call("ping")
+    finally:
+        await client.close()
+    assert TOKEN not in agent.log_text()
+
+
+def test_tcp_and_tls_listeners_need_a_token_file(capsys: pytest.CaptureFixture[str]) -> None:
+    for url in ("tcp://127.0.0.1:0", "tls://127.0.0.1:0"):
+        assert agent_main(["--listen", url]) == 2
+        assert "--token-file" in capsys.readouterr().err
+
+
+# -- TLS ---------------------------------------------------------------------
+
+
+async def test_tls_agent_serves_the_worker_client(
+    daemon: Daemon, certs: Certs, token_file: Path, tmp_path: Path
+) -> None:
+    agent = tls_agent(daemon, certs, token_file, mtls=False)
+    port = agent.port("tls")
+    options = ConnectOptions(token=TOKEN, tls_ca_file=certs.pem("ca"), call_timeout=5)
+    conn = make_connection("vm1", AgentAddress("tls", host="127.0.0.1", port=port), options)
+    listener = Quiet()
+    await conn.open(listener)
+    try:
+        await wait_connected(conn)
+        marker = tmp_path / "ran-over-tls"
+        exec_id = uuid.uuid4().hex
+        await conn.start(exec_id, ExecConfig(cmd=["touch", str(marker)]), {})
+        state = await conn.wait(exec_id)
+        assert state.exit is not None and state.exit.exit_code == 0
+        assert marker.exists()
+    finally:
+        await conn.close()
+    # plain TCP to the TLS port gets nowhere
+    client = await RawClient.open("127.0.0.1", port)
+    try:
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
+            await asyncio.wait_for(client.hello(TOKEN), 5)
+    finally:
+        await client.close()
+
+
+async def test_tls_client_refuses_an_agent_it_does_not_trust(
+    daemon: Daemon, certs: Certs, token_file: Path
+) -> None:
+    agent = tls_agent(daemon, certs, token_file, mtls=False)
+    options = ConnectOptions(token=TOKEN, tls_ca_file=certs.pem("rogue"), call_timeout=2)
+    address = AgentAddress("tls", host="127.0.0.1", port=agent.port("tls"))
+    conn = make_connection("vm1", address, options)
+    await conn.open(Quiet())
+    try:
+        await asyncio.sleep(1.0)
+        assert not conn.connected
+        assert "certificate verify failed" in conn.last_error.lower()  # type: ignore[attr-defined]
+    finally:
+        await conn.close()
+
+
+async def test_mtls_agent_requires_a_client_certificate_from_its_ca(
+    daemon: Daemon, certs: Certs, token_file: Path
+) -> None:
+    agent = tls_agent(daemon, certs, token_file, mtls=True)
+    port = agent.port("tls")
+    for cert in (None, "rogueclient"):
+        refused = False
+        try:
+            client = await RawClient.open("127.0.0.1", port, client_context(certs, cert=cert))
+        except (OSError, asyncio.IncompleteReadError):
+            refused = True  # TLS 1.2: the handshake itself fails
+        else:
+            try:  # TLS 1.3: the server's alert arrives with the first read
+                await client.hello(TOKEN)
+            except (OSError, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+                refused = True
+            finally:
+                await client.close()
+        assert refused, f"the agent accepted a client with certificate {cert!r}"
+    # the worker's client with the right certificate
+    options = ConnectOptions(
+        token=TOKEN,
+        tls_ca_file=certs.pem("ca"),
+        tls_cert_file=certs.pem("client"),
+        tls_key_file=certs.key("client"),
+        call_timeout=5,
+    )
+    conn = make_connection("vm1", AgentAddress("tls", host="127.0.0.1", port=port), options)
+    await conn.open(Quiet())
+    try:
+        await wait_connected(conn)
+        await conn.ping()
+    finally:
+        await conn.close()
+    connected = [e for e in agent.log_lines() if e.get("msg") == "client connected"]
+    assert any("CN=worker-1" in str(e.get("tls_subject")) for e in connected), connected
+    # a client certificate does not replace the token
+    client = await RawClient.open("127.0.0.1", port, client_context(certs, cert="client"))
+    try:
+        with pytest.raises(AgentRefused) as wrong:
+            await client.hello("wrong")
+        assert wrong.value.code == "unauthorized"
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "requires --tls-cert and --tls-key"),
+        (["--tls-cert", "/no/such.pem", "--tls-key", "/no/such.key"], "cannot read --tls-cert"),
+    ],
+)
+def test_tls_listener_config_errors(
+    extra: list[str], message: str, token_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--listen", "tls://127.0.0.1:0", "--token-file", str(token_file), *extra]
+    assert agent_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_tls_flags_without_a_tls_listener_are_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--listen", f"unix://{tmp_path}/a.sock", "--tls-client-ca", "/etc/ssl/ca.pem"]
+    assert agent_main(argv) == 2
+    assert "no tls:// listener" in capsys.readouterr().err
+
+
+def test_worker_side_tls_files_must_be_readable(tmp_path: Path) -> None:
+    options = ConnectOptions(token=TOKEN, tls_ca_file=tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="cannot load the agent TLS files"):
+        make_connection("vm1", AgentAddress("tls", host="127.0.0.1", port=1), options)
+
+
+# -- Unix socket ownership ---------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+async def test_unix_socket_owner_group_and_mode(daemon: Daemon) -> None:
+    nobody = pwd.getpwnam("nobody")
+    agent = daemon(
+        "--socket-owner", "nobody", "--socket-group", str(nobody.pw_gid), "--socket-mode", "0660"
+    )
+    st = os.stat(agent.socket)
+    assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    default = daemon()
+    st = os.stat(default.socket)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.geteuid(), 0o600)
+
+
+def test_unknown_socket_owner_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent_main(["--socket-owner", "no-such-user-xyz"]) == 2
+    assert "no user 'no-such-user-xyz'" in capsys.readouterr().err
+
+
+# -- connection and frame limits ------------------------------------------------
+
+
+async def test_connection_limit(daemon: Daemon) -> None:
+    agent = daemon("--max-connections", "2")
+    sock = str(agent.socket)
+    first = await RawClient.open("", 0, unix=sock)
+    second = await RawClient.open("", 0, unix=sock)
+    await first.hello()
+    await second.hello()
+    third = await RawClient.open("", 0, unix=sock)
+    try:
+        frame = await third.frame()
+        assert frame is not None and frame.header["error"]["code"] == "limit_exceeded"
+        assert "at most 2 connections" in frame.header["error"]["message"]
+        assert await third.closed()
+    finally:
+        await third.close()
+    await first.close()
+    async with asyncio.timeout(5):  # a freed slot is usable again
+        while True:
+            again = await RawClient.open("", 0, unix=sock)
+            try:
+                await again.hello()
+                break
+            except (AgentRefused, ConnectionError):
+                await asyncio.sleep(0.05)
+            finally:
+                await again.close()
+    await second.close()
+
+
+async def test_silent_connections_are_closed_after_the_handshake_timeout(daemon: Daemon) -> None:
+    agent = daemon("--handshake-timeout", "0.3")
+    client = await RawClient.open("", 0, unix=str(agent.socket))
+    try:
+        frame = await client.frame(timeout=5)
+        assert frame is not None
+        assert frame.header["error"]["code"] == "handshake_required"
+        assert "no hello within 0.3 s" in frame.header["error"]["message"]
+        assert await client.closed()
+    finally:
+        await client.close()
+
+
+async def test_large_frames_before_hello_are_refused(daemon: Daemon) -> None:
+    agent = daemon()
+    client = await RawClient.open("", 0, unix=str(agent.socket))
+    try:
+        client.writer.write(struct.pack(">I", 1024 * 1024))  # announce a 1 MiB frame
+        await client.writer.drain()
+        frame = await client.frame()
+        assert frame is not None and frame.header["error"]["code"] == "frame_too_large"
+        assert await client.closed()
+    finally:
+        await client.close()
+
+
+async def test_per_connection_exec_cap(daemon: Daemon) -> None:
+    agent = daemon("--max-execs-per-connection", "1")
+    sock = str(agent.socket)
+    one = await RawClient.open("", 0, unix=sock)
+    two = await RawClient.open("", 0, unix=sock)
+    try:
+        await one.hello()
+        await two.hello()
+        first = uuid.uuid4().hex
+        assert (await one.call("start", exec_id=first, cmd=["sleep", "30"]))["new"]
+        with pytest.raises(AgentRefused) as capped:
+            await one.call("start", exec_id=uuid.uuid4().hex, cmd=["true"])
+        assert capped.value.code == "limit_exceeded"
+        assert "--max-execs-per-connection" in capped.value.message
+        # an idempotent start of a known exec spawns nothing and needs no slot
+        assert not (await one.call("start", exec_id=first, cmd=["sleep", "30"]))["new"]
+        # the cap is per connection
+        assert (await two.call("start", exec_id=uuid.uuid4().hex, cmd=["true"]))["new"]
+        # a finished exec frees its slot
+        await one.call("signal", exec_id=first, signal="SIGKILL")
+        await one.call("wait", exec_id=first)
+        assert (await one.call("start", exec_id=uuid.uuid4().hex, cmd=["true"]))["new"]
+    finally:
+        await one.close()
+        await two.close()
+
+
+# -- privileged ------------------------------------------------------------------
+
+
+async def test_privileged_is_refused_unless_allowed(daemon: Daemon) -> None:
+    agent = daemon()
+    client = await RawClient.open("", 0, unix=str(agent.socket))
+    try:
+        await client.hello()
+        with pytest.raises(AgentRefused) as refused:
+            await client.call("start", exec_id=uuid.uuid4().hex, cmd=["true"], privileged=True)
+        assert refused.value.code == "forbidden"
+        assert "--allow-privileged" in refused.value.message
+    finally:
+        await client.close()
+    allowed = daemon("--allow-privileged")
+    client = await RawClient.open("", 0, unix=str(allowed.socket))
+    try:
+        await client.hello()
+        exec_id = uuid.uuid4().hex
+        await client.call("start", exec_id=exec_id, cmd=["true"], privileged=True)
+        assert (await client.call("wait", exec_id=exec_id))["exit"]["exit_code"] == 0
+    finally:
+        await client.close()
+
+
+async def test_privileged_refusal_reaches_the_worker_client_as_forbidden(daemon: Daemon) -> None:
+    agent = daemon()
+    conn = make_connection(
+        "vm1", AgentAddress("unix", path=str(agent.socket)), ConnectOptions(call_timeout=5)
+    )
+    await conn.open(Quiet())
+    try:
+        await wait_connected(conn)
+        with pytest.raises(Forbidden):
+            await conn.start(uuid.uuid4().hex, ExecConfig(cmd=["true"], privileged=True), {})
+    finally:
+        await conn.close()

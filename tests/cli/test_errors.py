@@ -69,5 +69,10 @@ def test_every_command_has_help(offline_execbus: Execbus, command: str) -> None:
 def test_status_tells_served_agents(execbus: Execbus, local_worker: Any) -> None:
     done = execbus("status", "--agent", "local", "--agent", "ghost")
     assert done.returncode == 1
-    assert "agent local: served" in done.stdout.decode()
-    assert "agent ghost: NOT served" in done.stdout.decode()
+    out = done.stdout.decode()
+    assert "1 live worker(s)" in out
+    owner_line = next(line for line in out.splitlines() if line.startswith("local "))
+    assert owner_line.split()[1] != "-", "the local agent has an owner"
+    assert owner_line.split()[3] == "1", "and one consumer on its queue"
+    assert "agent ghost: NOT served" in done.stderr.decode()
+    assert "agent local" not in done.stderr.decode()

@@ -183,6 +183,49 @@ async def test_policy_allows_and_denies_by_verified_caller(
     assert "no authorization policy" not in log
 
 
+async def test_pool_requests_are_authorized_against_the_agent_chosen(
+    amqp_url: str,
+    namespace: str,
+    broker_users: BrokerUsers,
+    start_agent: Any,
+    start_worker: Any,
+    tmp_path: Path,
+) -> None:
+    alice, mallory = broker_users.alice, broker_users.mallory
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"""
+[[rule]]
+callers = ["{alice}"]
+agents = ["a1"]             # the pool's member
+containers = [""]
+users = [""]
+
+[[rule]]
+callers = ["{mallory}"]
+agents = ["p"]              # the pool's name is not an agent
+containers = [""]
+users = [""]
+"""
+    )
+    agent = start_agent("a1")
+    worker = start_worker(
+        "--agent", f"a1={agent.address}", "--pool", "p=a1", "--policy-file", str(policy)
+    )  # fmt: skip
+    worker.wait_owner("a1")
+    marker = tmp_path / "mallory-ran"
+    async with CallerBus(broker_users.url(alice), namespace, alice) as as_alice:
+        corr = await as_alice.publish("pool.p", {"v": 1, **run_body(["true"])})
+        reply = await as_alice.reply(corr)
+        assert reply["ok"] and reply["agent"] == "a1", reply
+    async with CallerBus(broker_users.url(mallory), namespace, mallory) as as_mallory:
+        body = {"v": 1, **run_body(["touch", str(marker)])}
+        reply = await as_mallory.reply(await as_mallory.publish("pool.p", body))
+        assert reply["error"]["code"] == "forbidden", reply
+        assert f"caller {mallory!r} may not use agent 'a1'" in reply["error"]["message"]
+    assert not marker.exists()
+
+
 # -- limits -------------------------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import signal
 import sys
 from collections.abc import Awaitable
@@ -19,7 +21,7 @@ from execbus.cli.common import add_agent_arg, execute, key_value, new_parser
 from execbus.cli.render import list_json, ps_table, to_json
 from execbus.cli.run import RunSession, exec_options
 from execbus.client import Client, Subscription
-from execbus.errors import UnknownAgent
+from execbus.client.cluster import ClusterStatus
 from execbus.settings import Settings
 from execbus.wire.events import EVENT_KINDS
 from execbus.wire.records import ExecState
@@ -258,7 +260,9 @@ def events_main(argv: list[str]) -> int:
 def build_status_parser() -> argparse.ArgumentParser:
     p = new_parser(
         "status",
-        "Check that the broker answers and, for each --agent, that a worker serves it.",
+        "Show the live workers, the agents each owns, and the depth of every agent "
+        "queue (listens to worker announcements for --listen seconds). With --agent, "
+        "also check that a worker serves each named agent (exit 1 if one is not).",
     )
     p.add_argument(
         "--agent",
@@ -268,21 +272,36 @@ def build_status_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="an agent to check (repeatable)",
     )
+    p.add_argument("--listen", type=float, default=2.5, help="seconds to listen (default 2.5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
 
 async def status_command(args: argparse.Namespace, settings: Settings) -> int:
     async with Client(settings=settings) as client:
-        print(f"broker: connected (namespace {settings.namespace!r})")
-        unserved = 0
-        for agent in args.agent:
-            try:
-                await client.check_agent(agent)
-                print(f"agent {agent}: served")
-            except UnknownAgent as exc:
-                unserved += 1
-                print(f"agent {agent}: NOT served ({exc.message})")
+        status = await client.cluster_status(args.listen, args.agent)
+        unserved = [a for a in args.agent if not (status.queues[a].consumers or 0)]
+        if args.json:
+            print(json.dumps(dataclasses.asdict(status), indent=2))
+        else:
+            print_status(status, settings.namespace)
+        for agent in unserved:
+            print(f"agent {agent}: NOT served (no worker consumes its queue)", file=sys.stderr)
     return 1 if unserved else 0
+
+
+def print_status(status: ClusterStatus, namespace: str) -> None:
+    print(f"namespace {namespace!r}: {len(status.workers)} live worker(s)")
+    print(f"{'WORKER':<14} {'OWNS':>4} {'LOAD':>5}  AGENTS OWNED")
+    for w in status.workers:
+        print(f"{w.worker_id:<14} {len(w.owned):>4} {w.load:>5}  {' '.join(sorted(w.owned))}")
+    print()
+    print(f"{'QUEUE':<24} {'OWNER':<14} {'QUEUED':>7} {'CONSUMERS':>9}")
+    for name, q in status.queues.items():
+        owner = status.owner_of(name) or "-"
+        queued = "-" if q.messages is None else str(q.messages)
+        consumers = "-" if q.consumers is None else str(q.consumers)
+        print(f"{name:<24} {owner:<14} {queued:>7} {consumers:>9}")
 
 
 def status_main(argv: list[str]) -> int:

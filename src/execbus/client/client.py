@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from execbus.client.agents import AgentDirectory
+from execbus.client.cluster import ClusterStatus, cluster_status
 from execbus.client.config import ExecOptions, build_config, event_kind, model, signal_arg
 from execbus.client.connection import connect, redact_url
 from execbus.client.execution import Execution, first_of
@@ -198,6 +199,14 @@ class Client:
             await asyncio.sleep(RECHECK_DELAY * (attempt + 1))
 
     # -- requests ---------------------------------------------------------
+
+    async def cluster_status(
+        self, listen: float = 2.5, agents: builtins.list[str] | None = None
+    ) -> ClusterStatus:
+        """Live workers (heard within ``listen`` seconds), who owns which agent, queue depths."""
+        if self._connection is None:
+            raise BrokerError("client is not connected")
+        return await cluster_status(self._connection, self.names, listen, agents or [])
 
     async def check_agent(self, agent: str) -> None:
         """Return if a worker serves ``agent``; :class:`~execbus.errors.UnknownAgent` if not."""

@@ -1,0 +1,105 @@
+"""What the cluster looks like: live workers (from their announcements), owners, queue depths."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aio_pika.exceptions import ChannelNotFoundEntity
+
+from execbus.wire.routing import Names
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One live worker as it announced itself."""
+
+    worker_id: str
+    agents: list[str]
+    owned: list[str]
+    load: int
+    pools: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """An agent (or pool) queue: messages waiting and consumers."""
+
+    name: str
+    messages: int | None
+    consumers: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    workers: list[WorkerStatus]
+    queues: dict[str, QueueStatus]
+
+    def owner_of(self, agent: str) -> str | None:
+        return next((w.worker_id for w in self.workers if agent in w.owned), None)
+
+
+async def cluster_status(
+    connection: AbstractConnection, names: Names, listen: float, extra_agents: list[str]
+) -> ClusterStatus:
+    """Listen to worker announcements for ``listen`` seconds, then read the queue depths."""
+    workers = await _listen(connection, names, listen)
+    agents = sorted({a for w in workers.values() for a in w.agents} | set(extra_agents))
+    pools = sorted({p for w in workers.values() for p in w.pools})
+    queues = {a: await _queue(connection, names.agent_queue(a)) for a in agents}
+    queues.update({f"pool:{p}": await _queue(connection, names.pool_queue(p)) for p in pools})
+    return ClusterStatus(sorted(workers.values(), key=lambda w: w.worker_id), queues)
+
+
+async def _listen(
+    connection: AbstractConnection, names: Names, listen: float
+) -> dict[str, WorkerStatus]:
+    seen: dict[str, WorkerStatus] = {}
+
+    def on_message(message: AbstractIncomingMessage) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            doc: dict[str, Any] = json.loads(message.body)
+            if doc.get("stopping"):
+                return
+            seen[str(doc["worker_id"])] = WorkerStatus(
+                worker_id=str(doc["worker_id"]),
+                agents=[str(a) for a in doc.get("agents", [])],
+                owned=[str(a) for a in doc.get("owned", [])],
+                load=int(doc.get("load", 0)),
+                pools=[str(p) for p in doc.get("pools", [])],
+            )
+
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        exchange = await channel.declare_exchange(
+            names.control_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, "worker.#")
+
+        async def consume(message: AbstractIncomingMessage) -> None:
+            on_message(message)
+
+        await queue.consume(consume, no_ack=True)
+        await asyncio.sleep(listen)
+    finally:
+        await channel.close()
+    return seen
+
+
+async def _queue(connection: AbstractConnection, name: str) -> QueueStatus:
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        result = queue.declaration_result
+        return QueueStatus(name, result.message_count, result.consumer_count)
+    except ChannelNotFoundEntity:
+        return QueueStatus(name, None, None)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()

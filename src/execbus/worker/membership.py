@@ -102,6 +102,8 @@ class Membership:
     expiry: float = 3.0
     clock: Callable[[], float] = time.monotonic
     _peers: dict[str, tuple[Announcement, float]] = field(default_factory=dict)
+    _cache_key: tuple[tuple[str, int], ...] = ()
+    _cache: tuple[dict[str, str], set[str]] = field(default_factory=lambda: ({}, set()))
 
     def observe(self, announcement: Announcement) -> None:
         """Record a peer's announcement (our own ones are ignored)."""
@@ -123,8 +125,16 @@ class Membership:
         return peers
 
     def owners(self) -> dict[str, str]:
-        """The assignment over the live workers."""
-        return assign({w: a.agents for w, a in self.live().items()})
+        """The assignment over the live workers (recomputed only when the view changes)."""
+        return self._cached()[0]
+
+    def _cached(self) -> tuple[dict[str, str], set[str]]:
+        live = self.live()
+        key = tuple(sorted((w, hash(a.agents)) for w, a in live.items()))
+        if self._cache_key != key:
+            owners = assign({w: a.agents for w, a in live.items()})
+            self._cache_key, self._cache = key, (owners, self._standby(live, owners))
+        return self._cache
 
     def mine(self) -> set[str]:
         """Agents this worker should own."""
@@ -133,8 +143,9 @@ class Membership:
 
     def standby_for(self) -> set[str]:
         """Agents for which this worker is next in line (it watches their locks)."""
-        live = self.live()
-        owners = self.owners()
+        return self._cached()[1]
+
+    def _standby(self, live: dict[str, Announcement], owners: dict[str, str]) -> set[str]:
         out = set()
         for agent in self.me.agents:
             ranked = ranking(agent, [w for w, a in live.items() if agent in a.agents])

@@ -134,14 +134,14 @@ class Worker:
         )
         # Authorization policy and request limits, shared by every agent (ConfigError).
         self.guard = RequestGuard.from_settings(settings)
-        if (warning := self.guard.startup_warning()) is not None:
-            log.warning("%s", warning)
         self._amqp_tls = broker_tls_context(
             settings.amqp_url,
             settings.amqp_ca_file,
             settings.amqp_cert_file,
             settings.amqp_key_file,
         )
+        if (warning := self.guard.startup_warning()) is not None:
+            log.warning("%s", warning)
         self.runtimes = {
             name: AgentRuntime(
                 name, addr, settings, connect, self.outbox, self.metrics, guard=self.guard

@@ -1,0 +1,92 @@
+"""Membership and the ownership assignment (pure logic)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from execbus.worker.membership import Announcement, Membership, assign, ranking
+
+AGENTS = frozenset(f"agent{i}" for i in range(30))
+
+
+def workers(n: int) -> dict[str, frozenset[str]]:
+    return {f"worker-{i}": AGENTS for i in range(n)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_workers=st.integers(1, 12), n_agents=st.integers(0, 80), seed=st.text(max_size=4))
+def test_balanced_when_every_worker_reaches_every_agent(
+    n_workers: int, n_agents: int, seed: str
+) -> None:
+    agents = frozenset(f"{seed}a{i}" for i in range(n_agents))
+    owners = assign({f"{seed}w{i}": agents for i in range(n_workers)})
+    assert set(owners) == agents
+    counts = Counter(owners.values())
+    loads = [counts.get(f"{seed}w{i}", 0) for i in range(n_workers)]
+    assert min(loads) >= n_agents // n_workers
+    assert max(loads) <= -(-n_agents // n_workers)
+
+
+def test_assignment_is_deterministic_and_order_free() -> None:
+    view = workers(4)
+    reordered = dict(reversed(list(view.items())))
+    assert assign(view) == assign(reordered)
+
+
+def test_few_agents_move_when_a_worker_joins_or_leaves() -> None:
+    before = assign(workers(3))
+    joined = assign(workers(4))
+    moved = sum(before[a] != joined[a] for a in AGENTS)
+    assert moved <= 14  # about A/W = 7.5, bounded loads add a few
+    left = assign({w: a for w, a in workers(3).items() if w != "worker-0"})
+    owned_by_leaver = sum(1 for o in before.values() if o == "worker-0")
+    moved_on_leave = sum(before[a] != left[a] for a in AGENTS)
+    assert owned_by_leaver <= moved_on_leave <= owned_by_leaver + 4
+
+
+def test_only_workers_that_reach_an_agent_own_it() -> None:
+    owners = assign({"w1": frozenset({"a", "b"}), "w2": frozenset({"b", "c"})})
+    assert owners["a"] == "w1"
+    assert owners["c"] == "w2"
+
+
+def test_ranking_is_stable() -> None:
+    assert ranking("a1", ["x", "y", "z"]) == ranking("a1", ["z", "y", "x"])
+
+
+def test_membership_expires_silent_peers() -> None:
+    now = [0.0]
+    me = Announcement("me", AGENTS)
+    view = Membership(me, expiry=3.0, clock=lambda: now[0])
+    view.observe(Announcement("peer", AGENTS))
+    assert set(view.live()) == {"me", "peer"}
+    assert 0 < len(view.mine()) < len(AGENTS)
+    now[0] = 3.5
+    assert set(view.live()) == {"me"}
+    assert view.mine() == set(AGENTS)
+
+
+def test_stopping_peer_leaves_at_once_and_own_announcements_are_ignored() -> None:
+    view = Membership(Announcement("me", AGENTS))
+    view.observe(Announcement("peer", AGENTS))
+    view.observe(Announcement("me", frozenset()))
+    assert set(view.live()) == {"me", "peer"}
+    view.observe(Announcement("peer", AGENTS, stopping=True))
+    assert set(view.live()) == {"me"}
+
+
+def test_standby_is_the_next_in_line() -> None:
+    view = Membership(Announcement("me", AGENTS))
+    view.observe(Announcement("peer", AGENTS))
+    standby = view.standby_for()
+    assert standby == set(AGENTS) - view.mine(), "with two workers, each stands by for the other"
+
+
+def test_announcement_round_trip_and_malformed_fields() -> None:
+    a = Announcement("w", frozenset({"x"}), owned=frozenset({"x"}), load=3, pools=frozenset({"p"}))
+    assert Announcement.from_json(a.to_json()) == a
+    odd = Announcement.from_json({"worker_id": "w", "agents": "nope", "load": "x"})
+    assert odd.agents == frozenset() and odd.load == 0

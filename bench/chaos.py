@@ -5,7 +5,8 @@ Starts one agent and two workers (the workers reach RabbitMQ through a fault
 proxy), drives `exec.run`s through the execbus SDK, and injects, at random
 intervals: SIGKILL of a worker (restarted), SIGTERM of a worker (restarted),
 a cut of every worker-broker connection, a broker restart
-(`rabbitmqctl stop_app` / `start_app`), and a kill + restart of the agent.
+(`rabbitmqctl stop_app` / `start_app` of the soak's own node), and a kill +
+restart of the agent.
 
 Each command appends its exec id to a file (its side effect). At the end it
 prints one line of figures, then a JSON object:
@@ -15,7 +16,11 @@ prints one line of figures, then a JSON object:
 `lost` counts requests that got neither a reply nor an exit event;
 `duplicated` counts side effects that happened more than once. Both must be 0.
 
-Usage: bench/chaos.py [--seconds 300] [--concurrency 8] [--amqp-url URL] [--no-broker-restart]
+By default everything runs against a private RabbitMQ node started for the
+soak (so restarting it disturbs nobody); `--shared-broker` uses --amqp-url
+and leaves broker restarts out.
+
+Usage: bench/chaos.py [--seconds 300] [--concurrency 8] [--shared-broker [--amqp-url URL]]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from execbus import Client  # noqa: E402
 from execbus.errors import BrokerError, ExecbusError, UnknownAgent  # noqa: E402
+from execbus.testing.broker import PrivateBroker  # noqa: E402
 from execbus.testing.faultproxy import FaultProxy  # noqa: E402
 
 
@@ -54,6 +60,7 @@ class Stack:
         self.sock = workdir / "agent.sock"
         self.agent: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes] | None] = [None, None]
+        self.broker: PrivateBroker | None = None
         self.env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
     def start_agent(self) -> None:
@@ -67,7 +74,8 @@ class Stack:
         )
 
     def start_worker(self, i: int) -> None:
-        proxied = self.amqp_url.replace(":5672", f":{self.proxy.port}")
+        port = self.amqp_url.rsplit(":", 1)[1].split("/")[0]
+        proxied = self.amqp_url.replace(f":{port}", f":{self.proxy.port}")
         env = dict(
             self.env,
             EXECBUS_AMQP_URL=proxied,
@@ -103,10 +111,8 @@ async def inject(kind: str, stack: Stack) -> None:
     elif kind == "cut":
         stack.proxy.cut()
     elif kind == "broker_restart":
-        await _ctl("stop_app")
-        await asyncio.sleep(1)
-        await _ctl("start_app")
-        await _ctl("await_startup")
+        assert stack.broker is not None
+        await asyncio.to_thread(stack.broker.restart)
     elif kind == "agent_restart":
         if stack.agent is not None:
             stack.agent.kill()
@@ -185,16 +191,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     marker = workdir / "effects"
     tally = Tally()
     kinds = ["kill_worker", "term_worker", "cut", "agent_restart"]
-    if not args.no_broker_restart:
-        kinds.append("broker_restart")
-    with FaultProxy("127.0.0.1", 5672) as proxy:
-        stack = Stack(args.amqp_url, ns, workdir, proxy)
+    with contextlib.ExitStack() as stack_cm:
+        broker = None
+        if not args.shared_broker:
+            broker = stack_cm.enter_context(PrivateBroker())
+            kinds.append("broker_restart")
+        url = broker.url if broker is not None else args.amqp_url
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        proxy = stack_cm.enter_context(FaultProxy("127.0.0.1", port))
+        stack = Stack(url, ns, workdir, proxy)
+        stack.broker = broker
         stack.start_agent()
         stack.start_worker(0)
         stack.start_worker(1)
         try:
             await asyncio.sleep(3)
-            async with Client(args.amqp_url, namespace=ns) as client:
+            async with Client(url, namespace=ns) as client:
                 watcher = asyncio.create_task(watch_exits(client, tally))
                 until = time.monotonic() + args.seconds
                 await asyncio.gather(
@@ -234,7 +246,11 @@ def main() -> int:
         "--amqp-url",
         default=os.environ.get("EXECBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
     )
-    ap.add_argument("--no-broker-restart", action="store_true")
+    ap.add_argument(
+        "--shared-broker",
+        action="store_true",
+        help="use --amqp-url and skip broker restarts (default: a private RabbitMQ node)",
+    )
     args = ap.parse_args()
     result = asyncio.run(main_async(args))
     faults = " ".join(f"{k}={v}" for k, v in sorted(result["faults"].items()))  # type: ignore[attr-defined]

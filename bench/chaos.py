@@ -135,6 +135,8 @@ class Tally:
         self.exits: set[str] = set()
         self.errors: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.timed_out: list[str] = []
+        self.diagnosis: dict[str, str] = {}
 
 
 async def one_exec(client: Client, marker: Path, tally: Tally) -> None:
@@ -159,6 +161,7 @@ async def one_exec(client: Client, marker: Path, tally: Tally) -> None:
         tally.replied.add(tag)
     except TimeoutError:
         tally.errors["timeout"] += 1
+        tally.timed_out.append(tag)
 
 
 async def load(client: Client, marker: Path, tally: Tally, until: float, concurrency: int) -> None:
@@ -173,6 +176,16 @@ async def watch_exits(client: Client, tally: Tally) -> None:
     async for event in client.events(agent="a1"):
         if event.type in ("exec.exited", "exec.failed"):
             tally.exits.add(event.exec_id)
+
+
+async def diagnose(client: Client, tally: Tally) -> None:
+    """What the worker says about execs whose result never came (for the report)."""
+    for tag in tally.timed_out[:20]:
+        try:
+            info = await client.inspect("a1", tag)
+            tally.diagnosis[tag] = f"{info.state.value} exit={info.exit and info.exit.exit_code}"
+        except ExecbusError as exc:
+            tally.diagnosis[tag] = f"{exc.code}: {exc.message}"
 
 
 async def chaos(stack: Stack, tally: Tally, until: float, kinds: list[str]) -> None:
@@ -214,6 +227,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                     chaos(stack, tally, until, kinds),
                 )
                 await asyncio.sleep(5)  # let late exit events arrive
+                await diagnose(client, tally)
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
@@ -231,6 +245,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "faults": dict(tally.faults),
         "faults_total": sum(tally.faults.values()),
         "errors": dict(tally.errors),
+        "not_answered": tally.diagnosis,
         "seconds": args.seconds,
         "workdir": str(workdir),
     }

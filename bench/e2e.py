@@ -19,7 +19,8 @@ against the local RabbitMQ and measures, each after a warm-up:
 ``--with-celery`` also runs the Celery baseline (``../shared/bench/celery_peer.py``) after
 the stack is stopped and prints the ratios and a ``targets`` object with pass/fail.
 ``--profile`` samples the worker, the agent and this process with py-spy (when installed)
-during an extra concurrency-64 run and summarises the hottest functions.
+during extra concurrency-64 runs (one per process) and summarises where the time goes;
+``latency_breakdown_ms`` splits a concurrency-1 exec into stages from its events.
 
 Progress goes to stderr; exactly one JSON object goes to stdout (also written to
 ``bench/out/e2e.json``). The plot is ``bench/out/throughput.svg`` (``--update-docs``
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import warnings
@@ -137,13 +139,25 @@ def cpu_seconds(pid: int) -> tuple[float, float] | None:
     return (utime + stime) / tick, (cutime + cstime) / tick
 
 
-def find_broker_pid() -> int | None:
-    """The RabbitMQ (``beam.smp``) process, to account its CPU time."""
+def find_broker_pid(port: int) -> int | None:
+    """The RabbitMQ node (``beam.smp``) listening on ``port``, to account its CPU time."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(f"socket:[{cols[9]}]")
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() == "beam.smp":
-                    return int(entry.name)
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().strip() != "beam.smp":
+                continue
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return int(entry.name)
     return None
 
 
@@ -867,7 +881,7 @@ def svg_plot(result: dict[str, Any]) -> str:
     series.append(("execbus end to end", "#1f5fbf", "", pts(result.get("e2e_per_s"))))
     celery = result.get("celery") or {}
     celery_line = celery.get("per_s") if isinstance(celery.get("per_s"), int | float) else None
-    ymax = max([v for *_, s in series for v in s.values()] + [celery_line or 0, 1.0])
+    ymax = max([v for *_, s in series for v in s.values()] + [2 * (celery_line or 0), 1.0])
     step = nice_step(ymax * 1.1)
     ytop = step * (int(ymax * 1.1 / step) + 1)
     pw, ph = w - left - right, h - top - bottom
@@ -928,12 +942,15 @@ def svg_plot(result: dict[str, Any]) -> str:
                 )
         legend.append((label, color, dash))
     if celery_line:
-        o.append(
-            f'<line x1="{left}" y1="{Y(celery_line):.1f}" x2="{left + pw}" '
-            f'y2="{Y(celery_line):.1f}" stroke="#e07b00" stroke-width="2" '
-            'stroke-dasharray="2,3"/>'
-        )
-        legend.append((f"Celery baseline ({celery.get('n', '?')} in flight)", "#e07b00", "2,3"))
+        for value, color, dash, label in (
+            (celery_line, "#e07b00", "2,3", f"Celery baseline ({celery.get('n', '?')} in flight)"),
+            (2 * celery_line, "#c0392b", "8,3,2,3", "target: 2x Celery"),
+        ):
+            o.append(
+                f'<line x1="{left}" y1="{Y(value):.1f}" x2="{left + pw}" y2="{Y(value):.1f}" '
+                f'stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>'
+            )
+            legend.append((label, color, dash))
     lx0 = left + pw + 15
     for i, (label, color, dash) in enumerate(legend):
         ly = top + 10 + i * 22
@@ -1042,7 +1059,8 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
         records_warm = await asyncio.to_thread(stack.registry_size) or 0
 
         e2e: dict[str, float] = {}
-        broker_pid = find_broker_pid()
+        broker_pid = find_broker_pid(urllib.parse.urlsplit(args.amqp_url).port or 5672)
+        res["machine"]["broker_pid"] = broker_pid
         for c in E2E_CONCURRENCY:
             n = plan.e2e_serial if c == 1 else plan.e2e_n
             meter = CpuMeter(
@@ -1114,6 +1132,17 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
             res["runc"] = {"reason": runc_reason}
             say(f"runc skipped: {runc_reason}")
 
+        say("latency breakdown of `true` at concurrency 1 (events + agent timestamps)")
+        breakdown = {"host": await latency_breakdown(client, plan.runc_n * 2)}
+        if container is not None and res.get("e2e_runc_ms") is not None:
+            breakdown["runc"] = await latency_breakdown(client, plan.runc_n, container.id)
+        breakdown["stages"] = dict(STAGES)
+        res["latency_breakdown_ms"] = breakdown
+        for where in ("host", "runc"):
+            if where in breakdown:
+                stages = ", ".join(f"{k} {breakdown[where].get(k)}" for k, _ in STAGES)
+                say(f"{where}: {stages}; total {breakdown[where].get('total')} ms")
+
         if args.profile:
             res["profile"] = await profile_run(
                 plan, {"worker": worker_pid, "agent": agent_pid, "client": os.getpid()}, e2e_one
@@ -1123,6 +1152,49 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
         await measure_flood(client, agent_pid, res)
 
     return res
+
+
+STAGES = (
+    ("client_to_worker", "request sent -> worker built exec.created"),
+    ("worker_to_agent", "exec.created -> agent began the exec (created confirm, agent call)"),
+    ("in_agent", "agent began -> process ended and output drained (spawn, run; runc state+exec)"),
+    ("agent_to_worker", "process ended -> worker built exec.exited"),
+    ("worker_to_client", "exec.exited -> client has the result (confirms, reply, delivery)"),
+)
+
+
+async def latency_breakdown(client: Client, n: int, container_id: str = "") -> dict[str, Any]:
+    """Median ms of each stage of a serial run, from the exec's events and agent times."""
+    cmd = ["true"]
+    rows: list[list[float]] = []
+    async with client.events(agent=AGENT) as sub:
+        for _ in range(n + 3):
+            t0 = time.time()
+            result = await client.run(AGENT, cmd, container_id=container_id)
+            t1 = time.time()
+            seen: dict[str, float] = {}
+            async with asyncio.timeout(10):
+                while "exec.created" not in seen or "exec.exited" not in seen:
+                    event = await sub.__anext__()
+                    if event.exec_id == result.exec_id:
+                        seen[event.type] = event.time.timestamp()
+            info = result.info
+            if info is None or info.exit is None or info.exit.started_at is None:
+                continue
+            began = info.exit.started_at.timestamp()
+            ended = (info.exit.finished_at or info.exit.started_at).timestamp()
+            created, exited = seen["exec.created"], seen["exec.exited"]
+            rows.append([created - t0, began - created, ended - began, exited - ended, t1 - exited])
+            rows[-1].append(t1 - t0)
+    rows = rows[3:]  # warm-up
+    if not rows:
+        return {"n": 0}
+    names = [name for name, _ in STAGES] + ["total"]
+    columns = list(zip(*rows, strict=True))
+    medians = {
+        k: r(statistics.median(col) * 1000, 2) for k, col in zip(names, columns, strict=True)
+    }
+    return {"n": len(rows), "cmd": cmd, **medians}
 
 
 async def profile_run(

@@ -277,9 +277,16 @@ async def test_metrics_and_health_move(amqp_url: str, namespace: str, agent_work
         corr = await bus.publish("agent.a1", b"garbage")
         await bus.reply(corr)
     url = f"http://127.0.0.1:{worker.http_port}/metrics"
-    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    dead_lettered = 'execbus_dead_lettered_total{reason="invalid"} 1.0'
+    for _ in range(50):  # the reply goes out just before the delivery is settled and counted
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        if dead_lettered in text:
+            break
+        await asyncio.sleep(0.1)
     assert 'execbus_requests_total{outcome="ack",type="exec.run"} 1.0' in text
-    assert 'execbus_dead_lettered_total{reason="invalid"} 1.0' in text
+    assert dead_lettered in text
     assert 'execbus_execs_finished_total{agent="a1",result="ok",state="exited"} 1.0' in text
     assert "execbus_request_seconds_bucket" in text
     status = worker.readyz()

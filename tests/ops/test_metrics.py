@@ -88,6 +88,13 @@ async def test_agent_health_endpoints(agent_and_worker: tuple[Any, int, Any]) ->
     assert status == 404
     status, _, _ = await asyncio.to_thread(get, port, "/metrics", "POST")
     assert status == 405
+    # A request line above the stream limit is dropped; the endpoint keeps serving.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    status, _ = await asyncio.to_thread(probe, port, "/healthz")
+    assert status == 200
 
 
 async def test_agent_and_worker_counters_move(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -79,6 +80,18 @@ max_timeout = 60
 """
     )
     return path
+
+
+def agent_ready(log_path: Path, timeout: float = 10.0) -> dict[str, Any]:
+    """The agent's "agent ready" log line (JSON logs), once it is written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text().splitlines():
+            if '"agent ready"' in line:
+                doc: dict[str, Any] = json.loads(line)
+                return doc
+        time.sleep(0.02)
+    raise AssertionError(f"agent not ready: {log_path.read_text()}")
 
 
 async def reasons(amqp_url: str, ns: str, count: int) -> list[str]:
@@ -353,11 +366,7 @@ async def test_worker_runs_on_an_mtls_agent(
         "--tls-cert", str(certs.pem("server")), "--tls-key", str(certs.key("server")),
         "--tls-client-ca", str(certs.pem("ca")), "--log-format", "json",
     )  # fmt: skip
-    ready = next(
-        json.loads(line)
-        for line in agent.log_path.read_text().splitlines()
-        if '"agent ready"' in line
-    )
+    ready = agent_ready(agent.log_path)
     port = int(next(u for u in ready["listen"] if u.startswith("tls://")).rsplit(":", 1)[1])
     worker = start_worker(
         "--agent", f"a1=tls://127.0.0.1:{port}",

@@ -67,8 +67,8 @@ class HealthServer:
             )
             writer.write(head.encode() + (b"" if method == "HEAD" else body))
             await writer.drain()
-        except (TimeoutError, ConnectionError, OSError):
-            pass
+        except (TimeoutError, ConnectionError, OSError, ValueError):
+            pass  # slow, broken or oversized (ValueError: a line above 64 KiB) requests
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from execbus.cli.common import add_agent_arg, execute, key_value, new_parser
+from execbus.cli.common import add_agent_arg, add_target_args, execute, key_value, new_parser
 from execbus.cli.render import list_json, ps_table, to_json
 from execbus.cli.run import RunSession, exec_options
 from execbus.client import Client, Subscription
@@ -34,6 +34,9 @@ RUN_DESCRIPTION = """\
 Run a command on an agent, like `docker exec`: its stdout and stderr stream
 to yours as it runs, and execbus exits with the command's exit status.
 
+With --pool instead of --agent, a worker serving the pool runs it on the
+pool's least-loaded agent (named on stderr with --detach, and in the hints).
+
 With -it your terminal is put in raw mode and every keystroke (Ctrl-C too)
 goes to the remote terminal, which follows your window size. Otherwise
 Ctrl-C (SIGINT), SIGTERM and SIGHUP are passed on to the command; a second
@@ -47,12 +50,14 @@ examples:
   echo hello | execbus run -i --agent local -- cat
   execbus run -it --agent local -- sh            (an interactive shell)
   execbus run -d --agent local -- sleep 600     (prints the exec id)
+  execbus run --pool gpu -- nvidia-smi          (on any agent of the pool)
+  execbus run -d --pool gpu -- ./train.sh       (exec id on stdout, agent on stderr)
 """
 
 
 def build_run_parser() -> argparse.ArgumentParser:
     p = new_parser("run", RUN_DESCRIPTION, RUN_EPILOG)
-    add_agent_arg(p)
+    add_target_args(p)
     p.add_argument("--container", "-c", default="", metavar="ID", help="run in this container")
     p.add_argument(
         "-e",
@@ -109,9 +114,16 @@ async def run_command(args: argparse.Namespace, settings: Settings) -> int:
     async with Client(settings=settings) as client:
         if args.detach:
             info = await client.run(
-                args.agent, args.cmd, exec_id=args.exec_id, detach=True, **exec_options(args)
+                args.agent,
+                args.cmd,
+                pool=args.pool,
+                exec_id=args.exec_id,
+                detach=True,
+                **exec_options(args),
             )
             print(info.exec_id, flush=True)
+            if args.pool is not None:  # stdout stays the exec id alone, for scripts
+                print(f"agent: {info.agent}", file=sys.stderr, flush=True)
             return 0
         return await RunSession(client, args).run()
 

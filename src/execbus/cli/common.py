@@ -73,6 +73,22 @@ def add_agent_arg(parser: argparse.ArgumentParser, required: bool = True) -> Non
     )
 
 
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    """``--agent NAME`` or ``--pool NAME`` (exactly one): where a new exec goes."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--agent",
+        "-a",
+        metavar="NAME",
+        help="the agent (guest) to run on, as its worker serves it (e.g. local)",
+    )
+    group.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="a pool of agents instead: a worker serving the pool picks its least-loaded agent",
+    )
+
+
 def key_value(text: str) -> tuple[str, str]:
     """An argparse type for ``KEY=VALUE``; a clear error without ``=`` or with an empty key."""
     key, sep, value = text.partition("=")

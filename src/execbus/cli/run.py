@@ -5,6 +5,10 @@ chunk is missed, and writes each stream's chunks in ``seq`` order as they
 arrive. The output stream ends at the exec's exit event, which the worker
 publishes after the output on the same channel: once it has been seen,
 every chunk has been written.
+
+With ``--pool`` the agent is not known in advance: the session follows the
+exec's output on every agent (``exec.*.<container>.output``, filtered by exec
+id), and stdin, resizes and signals go to the agent the pool placed it on.
 """
 
 from __future__ import annotations
@@ -70,7 +74,11 @@ class RunSession:
 
     async def run(self) -> int:
         """Run the command; its exit status (128+n when killed by signal n)."""
-        await self.client.check_agent(self.args.agent)  # fail fast, before subscribing
+        # Fail fast, before subscribing.
+        if self.args.pool is not None:
+            await self.client.check_pool(self.args.pool)
+        else:
+            await self.client.check_agent(self.args.agent)
         stream = self.client.output(
             self.args.agent, self.exec_id, container_id=self.args.container, existing=False
         )
@@ -82,6 +90,7 @@ class RunSession:
         execution = await self.client.submit(
             self.args.agent,
             self.args.cmd,
+            pool=self.args.pool,
             exec_id=self.exec_id,
             stream_output=True,
             **exec_options(self.args),
@@ -91,7 +100,7 @@ class RunSession:
         try:
             result = await self._result(execution)
             if result is None:
-                return self._abandoned()
+                return self._abandoned(execution)
             await self._drain(pump, stream)
             return result.exit_code
         finally:
@@ -108,13 +117,17 @@ class RunSession:
         await _cancel(result)
         return None
 
-    def _abandoned(self) -> int:
+    def _abandoned(self, execution: Execution) -> int:
         # In raw mode the terminal does not turn "\n" into "\r\n": do it here.
         prefix, newline = ("\r\n", "\r\n") if self.raw else ("", "\n")
+        agent = execution.agent
+        if agent is not None:
+            hint = f"stop it with `execbus kill {self.exec_id} --agent {agent}`"
+        else:  # a pool run no worker has placed yet
+            hint = f"it was sent to pool {self.args.pool!r}; no agent has taken it yet"
         sys.stderr.write(
             f"{prefix}execbus: stopped waiting; exec {self.exec_id} may "
-            f"still be running (stop it with `execbus kill {self.exec_id} --agent "
-            f"{self.args.agent}`){newline}"
+            f"still be running ({hint}){newline}"
         )
         sys.stderr.flush()
         return self._abandon.result()

@@ -1,4 +1,4 @@
-"""Is anybody serving this agent? A quick check before talking to it.
+"""Is anybody serving this agent (or pool)? A quick check before talking to it.
 
 A request to an agent whose queue nobody consumes would sit there until a
 worker shows up; callers want to hear "no worker serves agent X" at once
@@ -7,12 +7,16 @@ declares ``<ns>.agent.<agent>``: a missing queue, or one without consumers,
 means nobody serves it. Workers consume only while they own the agent, so
 an empty queue is polled for a short grace period (a standby taking over, a
 worker starting) before giving up. Positive answers are cached briefly.
+
+Pools get the same check on ``<ns>.pool.<pool>``: workers consume a pool's
+queue while they own at least one of its agents.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
@@ -28,7 +32,7 @@ POLL_INTERVAL = 0.1
 
 
 class AgentDirectory:
-    """Checks (and briefly remembers) that a worker serves an agent."""
+    """Checks (and briefly remembers) that a worker serves an agent or a pool."""
 
     def __init__(
         self,
@@ -41,51 +45,61 @@ class AgentDirectory:
         self._names = names
         self._cache_seconds = cache_seconds
         self._grace = grace
-        self._served_until: dict[str, float] = {}
+        self._served_until: dict[str, float] = {}  # by queue name
 
     async def ensure_served(self, agent: str) -> None:
         """Return if a worker serves ``agent``; raise :class:`UnknownAgent` otherwise."""
-        if not is_valid_name(agent):
-            raise UnknownAgent(f"invalid agent name {agent!r}: use letters, digits, '_' and '-'")
-        if self._served_until.get(agent, 0.0) > time.monotonic():
+        await self._ensure("agent", agent, self._names.agent_queue)
+
+    async def ensure_pool_served(self, pool: str) -> None:
+        """Return if a worker consumes ``pool``'s queue; :class:`UnknownAgent` otherwise."""
+        await self._ensure("pool", pool, self._names.pool_queue)
+
+    def forget(self, agent: str) -> None:
+        """Drop the cached answer (e.g. after an ``unknown_agent`` reply)."""
+        self._served_until.pop(self._names.agent_queue(agent), None)
+
+    def forget_pool(self, pool: str) -> None:
+        """Drop the cached answer for ``pool``."""
+        self._served_until.pop(self._names.pool_queue(pool), None)
+
+    async def _ensure(self, kind: str, name: str, queue_of: Callable[[str], str]) -> None:
+        if not is_valid_name(name):
+            raise UnknownAgent(f"invalid {kind} name {name!r}: use letters, digits, '_' and '-'")
+        queue = queue_of(name)
+        if self._served_until.get(queue, 0.0) > time.monotonic():
             return
         deadline = time.monotonic() + self._grace
         while True:
-            consumers = await self._consumers(agent)
+            consumers = await self._consumers(kind, name, queue)
             if consumers is None:
                 raise UnknownAgent(
-                    f"no worker serves agent {agent!r} in namespace {self._names.ns!r} "
-                    f"(queue {self._names.agent_queue(agent)!r} does not exist)"
+                    f"no worker serves {kind} {name!r} in namespace {self._names.ns!r} "
+                    f"(queue {queue!r} does not exist)"
                 )
             if consumers > 0:
-                self._served_until[agent] = time.monotonic() + self._cache_seconds
+                self._served_until[queue] = time.monotonic() + self._cache_seconds
                 return
             if time.monotonic() >= deadline:
                 raise UnknownAgent(
-                    f"no worker serves agent {agent!r} in namespace {self._names.ns!r} "
+                    f"no worker serves {kind} {name!r} in namespace {self._names.ns!r} "
                     "(its queue exists but no worker consumes it)"
                 )
             await asyncio.sleep(POLL_INTERVAL)
 
-    def forget(self, agent: str) -> None:
-        """Drop the cached answer (e.g. after an ``unknown_agent`` reply)."""
-        self._served_until.pop(agent, None)
-
-    async def _consumers(self, agent: str) -> int | None:
-        """The consumer count of the agent's queue; ``None`` when it does not exist."""
+    async def _consumers(self, kind: str, name: str, queue_name: str) -> int | None:
+        """The consumer count of the queue; ``None`` when it does not exist."""
         try:
             # A passive declare that fails closes its channel: use a throwaway one.
             channel = await self._connection.channel(publisher_confirms=False)
         except CONNECTION_EXCEPTIONS as exc:
-            raise BrokerError(f"cannot open a channel to check agent {agent!r}: {exc!r}") from exc
+            raise BrokerError(f"cannot open a channel to check {kind} {name!r}: {exc!r}") from exc
         try:
-            queue = await channel.declare_queue(
-                self._names.agent_queue(agent), passive=True, robust=False
-            )
+            queue = await channel.declare_queue(queue_name, passive=True, robust=False)
         except ChannelNotFoundEntity:
             return None
         except CONNECTION_EXCEPTIONS as exc:
-            raise BrokerError(f"cannot check agent {agent!r}: {exc!r}") from exc
+            raise BrokerError(f"cannot check {kind} {name!r}: {exc!r}") from exc
         finally:
             await close_quietly(channel)
         result = queue.declaration_result

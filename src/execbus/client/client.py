@@ -11,6 +11,12 @@ reply's error code (a missing executable raises ``CommandNotFound`` with
 ``exit_code`` 127). A pending ``run`` survives the death of the worker that
 handles it: the exit event, published by whichever worker owns the agent,
 completes it (see :mod:`execbus.client.exits`).
+
+``run``, ``submit`` and ``create`` may go to a pool of agents instead
+(``agent=None, pool="gpu"``): a worker serving the pool places the exec on
+its least-loaded agent, and the result (``RunResult.agent``,
+``Execution.agent``, ``ExecInfo.agent``) names that agent, which every
+later call about the exec addresses.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from execbus.client.cluster import ClusterStatus, cluster_status
 from execbus.client.config import ExecOptions, build_config, event_kind, model, signal_arg
 from execbus.client.connection import connect, redact_url
 from execbus.client.execution import Execution, first_of
-from execbus.client.exits import ExitWatcher
+from execbus.client.exits import ExitWatcher, Watch
 from execbus.client.inbox import Inbox
 from execbus.client.results import RunResult, info_of
 from execbus.client.rpc import Rpc
@@ -43,6 +49,9 @@ from execbus.errors import (
     ExecbusError,
     ExecTimeout,
     InternalError,
+    InvalidRequest,
+    NotFound,
+    UnknownAgent,
 )
 from execbus.settings import Settings, load_settings
 from execbus.wire.config import ExecConfig
@@ -70,6 +79,19 @@ log = logging.getLogger("execbus.client")
 
 RECHECK_ATTEMPTS = 5
 RECHECK_DELAY = 1.0
+# After a reconnect, how long to listen to worker announcements to find the
+# agents of a pool whose run was placed while we were away.
+PLACEMENT_LISTEN = 2.0
+
+
+def check_destination(agent: str | None, pool: str | None) -> None:
+    """Exactly one of ``agent`` and ``pool``; :class:`InvalidRequest` otherwise."""
+    if agent is not None and pool is not None:
+        raise InvalidRequest(
+            f"name an agent or a pool, not both (got agent {agent!r} and pool {pool!r})"
+        )
+    if agent is None and pool is None:
+        raise InvalidRequest("no agent and no pool: name the agent, or pass pool='NAME'")
 
 
 def client_settings(
@@ -188,15 +210,51 @@ class Client:
         _, exits, _ = self._require()
         for attempt in range(RECHECK_ATTEMPTS):
             failed = False
+            unplaced: builtins.list[Watch] = []
             for watch in exits.pending():
+                if watch.agent is None:
+                    unplaced.append(watch)
+                    continue
                 try:
                     exits.deliver_record(await self.inspect(watch.agent, watch.exec_id))
                 except ExecbusError as exc:
                     log.info("re-check of exec %s failed: %s", watch.exec_id, exc.message)
                     failed = True
+            if unplaced:
+                failed = not await self._find_placements(exits, unplaced) or failed
             if not failed:
                 return
             await asyncio.sleep(RECHECK_DELAY * (attempt + 1))
+
+    async def _find_placements(self, exits: ExitWatcher, watches: builtins.list[Watch]) -> bool:
+        """Pool runs not placed when we lost the connection: ask the agents of the workers
+        serving their pool. An exec found nowhere is still queued (its events will come).
+        False if some agent could not be asked."""
+        if self._connection is None:
+            return True
+        try:
+            status = await cluster_status(self._connection, self.names, PLACEMENT_LISTEN, [])
+        except CONNECTION_EXCEPTIONS as exc:
+            log.info("re-check of pool runs failed: %r", exc)
+            return False
+        complete = True
+        for watch in watches:
+            candidates = sorted(
+                {a for w in status.workers if watch.pool in w.pools for a in w.agents}
+            )
+            for agent in candidates:
+                try:
+                    info = await self.inspect(agent, watch.exec_id)
+                except (NotFound, UnknownAgent):
+                    continue
+                except ExecbusError as exc:
+                    log.info("re-check of exec %s on %s failed: %s", watch.exec_id, agent, exc)
+                    complete = False
+                    continue
+                exits.place(watch, agent)
+                exits.deliver_record(info)
+                break
+        return complete
 
     # -- requests ---------------------------------------------------------
 
@@ -213,29 +271,52 @@ class Client:
         _, _, agents = self._require()
         await agents.ensure_served(agent)
 
-    async def _call(self, agent: str, request: RequestBase) -> Reply:
+    async def check_pool(self, pool: str) -> None:
+        """Return if a worker serves ``pool``; :class:`~execbus.errors.UnknownAgent` if not."""
+        _, _, agents = self._require()
+        await agents.ensure_pool_served(pool)
+
+    async def _call(
+        self, agent: str | None, request: RequestBase, pool: str | None = None
+    ) -> Reply:
         rpc, _, agents = self._require()
-        await agents.ensure_served(agent)
-        reply = await rpc.call(agent, request, self.settings.request_timeout)
+        if pool is None:
+            assert agent is not None
+            await agents.ensure_served(agent)
+        else:
+            await agents.ensure_pool_served(pool)
+        reply = await rpc.call(agent, request, self.settings.request_timeout, pool=pool)
         if reply.error is not None and reply.error.code == ErrorCode.UNKNOWN_AGENT:
-            agents.forget(agent)
+            if pool is not None:
+                agents.forget_pool(pool)
+            if agent is not None:
+                agents.forget(agent)
         return reply
 
-    async def _exec_call(self, agent: str, request: RequestBase) -> ExecInfo:
-        return info_of(await self._call(agent, request))
+    async def _exec_call(
+        self, agent: str | None, request: RequestBase, pool: str | None = None
+    ) -> ExecInfo:
+        return info_of(await self._call(agent, request, pool))
 
     async def create(
         self,
-        agent: str,
+        agent: str | None,
         cmd: Sequence[str] | ExecConfig,
         *,
         exec_id: str | None = None,
+        pool: str | None = None,
         **options: Unpack[ExecOptions],
     ) -> ExecInfo:
-        """Register an exec without starting it (idempotent by ``exec_id``)."""
+        """Register an exec without starting it (idempotent by ``exec_id``).
+
+        With ``pool`` (and ``agent=None``) a worker of the pool picks the agent:
+        the record's ``agent`` names it; start it there.
+        """
+        check_destination(agent, pool)
         config = build_config(cmd, **options)
-        request = model(CreateRequest, agent=agent, exec_id=exec_id or new_exec_id(), config=config)
-        return await self._exec_call(agent, request)
+        exec_id = exec_id or new_exec_id()
+        request = model(CreateRequest, agent=agent, pool=pool, exec_id=exec_id, config=config)
+        return await self._exec_call(agent, request, pool)
 
     @overload
     async def start(
@@ -277,38 +358,45 @@ class Client:
     @overload
     async def run(
         self,
-        agent: str,
+        agent: str | None,
         cmd: Sequence[str] | ExecConfig,
         *,
         stdin: bytes | None = None,
         exec_id: str | None = None,
         detach: Literal[False] = False,
+        pool: str | None = None,
         **options: Unpack[ExecOptions],
     ) -> RunResult: ...
 
     @overload
     async def run(
         self,
-        agent: str,
+        agent: str | None,
         cmd: Sequence[str] | ExecConfig,
         *,
         stdin: bytes | None = None,
         exec_id: str | None = None,
         detach: Literal[True],
+        pool: str | None = None,
         **options: Unpack[ExecOptions],
     ) -> ExecInfo: ...
 
     async def run(
         self,
-        agent: str,
+        agent: str | None,
         cmd: Sequence[str] | ExecConfig,
         *,
         stdin: bytes | None = None,
         exec_id: str | None = None,
         detach: bool = False,
+        pool: str | None = None,
         **options: Unpack[ExecOptions],
     ) -> RunResult | ExecInfo:
         """Run ``cmd`` on ``agent`` and return how it ended (its record at once if ``detach``).
+
+        ``pool="NAME"`` (with ``agent=None``) sends it to a pool of agents
+        instead: ``result.agent`` (or the record's ``agent``) names the agent
+        it ran on.
 
         Options: ``container_id``, ``env`` (dict or ``K=V`` list), ``user``,
         ``working_dir``, ``tty``, ``console_size``, ``timeout`` (seconds; the
@@ -319,50 +407,68 @@ class Client:
         the idempotency key (a fresh one by default). A start failure raises
         the :class:`~execbus.errors.StartFailed` subclass of its cause.
         """
+        check_destination(agent, pool)
         if stdin is not None:
             options["attach_stdin"] = True
         config = build_config(cmd, detach=detach, **options)
         if stdin is not None and not config.attach_stdin:
             config = config.model_copy(update={"attach_stdin": True})
         exec_id = exec_id or new_exec_id()
-        request = model(RunRequest, agent=agent, exec_id=exec_id, config=config)
+        request = model(RunRequest, agent=agent, pool=pool, exec_id=exec_id, config=config)
         if not detach:
-            return await self._until_exit(agent, exec_id, request, stdin)
-        info = await self._exec_call(agent, request)
+            return await self._until_exit(agent, exec_id, request, stdin, pool)
+        info = await self._exec_call(agent, request, pool)
         if stdin is not None:
-            await self.write_stdin(agent, exec_id, stdin, close=True)
+            await self.write_stdin(info.agent, exec_id, stdin, close=True)
         return info
 
     async def submit(
         self,
-        agent: str,
+        agent: str | None,
         cmd: Sequence[str] | ExecConfig,
         *,
         exec_id: str | None = None,
+        pool: str | None = None,
         **options: Unpack[ExecOptions],
     ) -> Execution:
         """Send a run and return once it is published: ``await execution.result()`` for the
-        end. Subscribe to :meth:`output` first to stream its output."""
+        end. Subscribe to :meth:`output` first to stream its output.
+
+        With ``pool`` (and ``agent=None``) ``execution.agent`` is ``None`` until a
+        worker placed the run; ``await execution.placed()`` gives the agent."""
+        check_destination(agent, pool)
         config = build_config(cmd, **options)
         exec_id = exec_id or new_exec_id()
-        request = model(RunRequest, agent=agent, exec_id=exec_id, config=config)
-        return await self._send_watched(agent, exec_id, request)
+        request = model(RunRequest, agent=agent, pool=pool, exec_id=exec_id, config=config)
+        return await self._send_watched(agent, exec_id, request, pool)
 
-    async def _send_watched(self, agent: str, exec_id: str, request: RequestBase) -> Execution:
+    async def _send_watched(
+        self, agent: str | None, exec_id: str, request: RequestBase, pool: str | None = None
+    ) -> Execution:
         rpc, exits, agents = self._require()
-        await agents.ensure_served(agent)
-        watch = await exits.watch(agent, exec_id)  # before the request: never miss the end
+        if pool is None:
+            assert agent is not None
+            await agents.ensure_served(agent)
+        else:
+            await agents.ensure_pool_served(pool)
+        # Before the request: never miss the end (nor, for a pool, the placement).
+        watch = await exits.watch(agent, exec_id, pool=pool)
         try:
-            pending = await rpc.send(agent, request)
+            pending = await rpc.send(agent, request, pool=pool)
         except BaseException:
             exits.unwatch(watch)
             raise
-        return Execution(self, agent, exec_id, rpc, exits, pending, watch)
+        return Execution(self, agent, exec_id, rpc, exits, pending, watch, pool)
 
     async def _until_exit(
-        self, agent: str, exec_id: str, request: RequestBase, stdin: bytes | None
+        self,
+        agent: str | None,
+        exec_id: str,
+        request: RequestBase,
+        stdin: bytes | None,
+        pool: str | None = None,
     ) -> RunResult:
-        execution = await self._send_watched(agent, exec_id, request)
+        execution = await self._send_watched(agent, exec_id, request, pool)
         feeder = asyncio.create_task(self._feed(execution, stdin)) if stdin is not None else None
         try:
             return await execution.result()
@@ -467,7 +573,7 @@ class Client:
 
     def output(
         self,
-        agent: str,
+        agent: str | None,
         exec_id: str,
         *,
         container_id: str | None = None,
@@ -479,12 +585,16 @@ class Client:
         ``existing`` the exec must exist (:class:`~execbus.errors.NotFound`
         otherwise) and a finished one gives an empty stream (its captured
         output is in :meth:`inspect`); ``existing=False`` subscribes for an
-        exec about to be created: enter the stream, then run it.
+        exec about to be created: enter the stream, then run it. ``agent=None``
+        follows the exec on any agent (a run about to be sent to a pool; needs
+        ``existing=False``).
         """
+        if agent is None and existing:
+            raise InvalidRequest("following an existing exec needs its agent (or existing=False)")
         patterns = [
             Names.event_binding(agent, container_id, k) for k in ("output", "exited", "failed")
         ]
-        check = (lambda: self._finished(agent, exec_id)) if existing else None
+        check = (lambda: self._finished(agent, exec_id)) if agent is not None and existing else None
         return OutputStream(self._subscription(patterns), exec_id, check)
 
     async def _finished(self, agent: str, exec_id: str) -> bool:

@@ -4,6 +4,11 @@ The worker that started the exec replies at its exit; if that worker dies,
 the one that takes the agent over publishes the exit (and replies as well).
 An :class:`Execution` takes whichever comes first, so a result is never lost
 while the client stays connected.
+
+A run sent to a pool starts without an agent: :attr:`Execution.agent` is
+``None`` until the ``exec.created`` event (or the reply, or the exit) tells
+where a worker placed it; :meth:`Execution.placed` waits for that, and the
+calls that address the exec (stdin, signal, resize) go to that agent.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from execbus.client.exits import ExitWatcher, Final, Watch
 from execbus.client.results import RunResult, exception_for, info_of, result_of
 from execbus.client.rpc import PendingReply, Rpc
-from execbus.errors import InternalError
+from execbus.errors import BrokerError, InternalError
 from execbus.wire.events import FailedEvent
 from execbus.wire.records import ExecInfo
 from execbus.wire.replies import Reply
@@ -52,30 +57,74 @@ def run_result(exec_id: str, reply: Reply | None, final: Final | None) -> RunRes
     if final is None:
         raise InternalError(f"exec {exec_id}: neither a reply nor an exit")
     info = reply.result if reply is not None and isinstance(reply.result, ExecInfo) else None
-    return RunResult.from_exit(exec_id, final.exit, info)
+    return RunResult.from_exit(exec_id, final.exit, info, final.agent)
 
 
 class Execution:
-    """A started (or starting) exec; ``await execution.result()`` for how it ended."""
+    """A started (or starting) exec; ``await execution.result()`` for how it ended.
+
+    ``agent`` is the agent running it; for a run sent to ``pool``, ``None``
+    until a worker placed it (``await execution.placed()`` waits for it).
+    """
 
     def __init__(
         self,
         client: Client,
-        agent: str,
+        agent: str | None,
         exec_id: str,
         rpc: Rpc,
         exits: ExitWatcher,
         pending: PendingReply,
         watch: Watch,
+        pool: str | None = None,
     ) -> None:
         self.client = client
-        self.agent = agent
         self.exec_id = exec_id
+        self.pool = pool
+        self._agent = agent
         self._rpc = rpc
         self._exits = exits
         self._pending = pending
         self._watch = watch
         self._result: RunResult | None = None
+
+    @property
+    def agent(self) -> str | None:
+        """The agent running the exec (``None`` while a pool run is not placed yet)."""
+        if self._agent is None:
+            self._agent = self._learned()
+        return self._agent
+
+    def _learned(self) -> str | None:
+        """The agent, if the watch or the reply has told it by now."""
+        placed = self._watch.placed
+        if placed.done() and not placed.cancelled():
+            return placed.result()
+        if self._watch.agent is not None:
+            return self._watch.agent
+        future = self._pending.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            agent = future.result().agent
+            if agent is not None:
+                self._exits.place(self._watch, agent)  # a re-check can now ask it
+            return agent
+        return None
+
+    async def placed(self) -> str:
+        """The agent running the exec, once known (at once unless it was sent to a pool)."""
+        if self.agent is None:
+            waiting: list[asyncio.Future[Any]] = [self._watch.placed, self._pending.future]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        agent = self.agent
+        if agent is not None:
+            return agent
+        future = self._pending.future
+        if future.done() and not future.cancelled():
+            exc = future.exception()
+            if exc is not None:
+                raise exc
+            info_of(future.result())  # raises the reply's error
+        raise BrokerError(f"exec {self.exec_id}: no worker of pool {self.pool!r} placed it")
 
     async def result(self) -> RunResult:
         """How the exec ended; raises the typed error if it failed to start."""
@@ -85,25 +134,33 @@ class Execution:
             finally:
                 self.forget()
             self._result = run_result(self.exec_id, reply, final)
+            if self._agent is None:
+                self._agent = self._result.agent
         return self._result
 
     def forget(self) -> None:
         """Stop waiting for the end (the exec itself goes on)."""
+        if self._agent is None:  # what was learned so far outlives the watch
+            self._agent = self._learned()
         self._rpc.discard(self._pending)
         self._exits.unwatch(self._watch)
 
     async def write_stdin(self, data: bytes, *, close: bool = False) -> ExecInfo:
         """Write to the exec's stdin (it must have been run with ``attach_stdin``)."""
-        return await self.client.write_stdin(self.agent, self.exec_id, data, close=close)
+        return await self.client.write_stdin(await self.placed(), self.exec_id, data, close=close)
 
     async def close_stdin(self) -> ExecInfo:
         """Close the exec's stdin."""
-        return await self.client.close_stdin(self.agent, self.exec_id)
+        return await self.client.close_stdin(await self.placed(), self.exec_id)
 
     async def resize(self, width: int, height: int) -> ExecInfo:
         """Resize the exec's terminal (TTY execs)."""
-        return await self.client.resize(self.agent, self.exec_id, width, height)
+        return await self.client.resize(await self.placed(), self.exec_id, width, height)
 
     async def signal(self, signal: str | int = "SIGKILL") -> ExecInfo:
         """Send a signal to the exec's process group."""
-        return await self.client.signal(self.agent, self.exec_id, signal)
+        return await self.client.signal(await self.placed(), self.exec_id, signal)
+
+    async def inspect(self) -> ExecInfo:
+        """The exec's record, from the agent running it."""
+        return await self.client.inspect(await self.placed(), self.exec_id)

@@ -16,7 +16,8 @@ class RunResult:
     ``exit_code`` is 128+n when the process was killed by signal n (``signal``
     names it). ``info`` is the worker's record of the exec when its reply
     arrived; ``None`` when only the exit event did (the worker handling the
-    exec died before it could answer).
+    exec died before it could answer). ``agent`` is the agent that ran it
+    (for a run sent to a pool, the one the pool placed it on).
     """
 
     exec_id: str
@@ -28,6 +29,7 @@ class RunResult:
     stdout_dropped: int
     stderr_dropped: int
     info: ExecInfo | None = None
+    agent: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -35,7 +37,13 @@ class RunResult:
         return self.exit_code == 0
 
     @classmethod
-    def from_exit(cls, exec_id: str, exit: ExitInfo, info: ExecInfo | None = None) -> RunResult:
+    def from_exit(
+        cls,
+        exec_id: str,
+        exit: ExitInfo,
+        info: ExecInfo | None = None,
+        agent: str | None = None,
+    ) -> RunResult:
         """Build a result from an exit (of a reply's record or of an ``exec.exited`` event)."""
         return cls(
             exec_id=exec_id,
@@ -47,6 +55,7 @@ class RunResult:
             stdout_dropped=exit.stdout_dropped,
             stderr_dropped=exit.stderr_dropped,
             info=info,
+            agent=agent if agent is not None or info is None else info.agent,
         )
 
 

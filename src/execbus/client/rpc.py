@@ -1,7 +1,8 @@
 """Requests out, replies back: confirmed publishing and correlation of replies.
 
-Every request goes to ``<ns>.requests`` with routing key ``agent.<agent>``, a
-fresh ``correlation_id`` and ``message_id``, and ``reply_to`` set to the
+Every request goes to ``<ns>.requests`` with routing key ``agent.<agent>``
+(``pool.<pool>`` for a run or create sent to a pool of agents), a fresh
+``correlation_id`` and ``message_id``, and ``reply_to`` set to the
 client's private queue (see :mod:`execbus.client.inbox`). A request is not
 sent until the broker confirmed it. The publishing channel is separate from
 the inbox's, so a channel error on publish never disturbs the consumer.
@@ -19,7 +20,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 
-from execbus.errors import BrokerError, ExecTimeout, PublishFailed
+from execbus.errors import BrokerError, ExecTimeout, InvalidRequest, PublishFailed
 from execbus.wire.codec import dump
 from execbus.wire.replies import Reply
 from execbus.wire.requests import RequestBase
@@ -35,10 +36,16 @@ class PendingReply:
 
     correlation_id: str
     request_type: str
-    agent: str
+    agent: str | None
+    pool: str | None = None
     future: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    @property
+    def target(self) -> str:
+        """Whom the request went to, for messages: ``agent 'a1'`` or ``pool 'gpu'``."""
+        return f"pool {self.pool!r}" if self.pool is not None else f"agent {self.agent!r}"
 
 
 class Rpc:
@@ -60,25 +67,36 @@ class Rpc:
             self._names.requests_exchange, ensure=False
         )
 
-    async def send(self, agent: str, request: RequestBase) -> PendingReply:
-        """Publish ``request`` (confirmed); the caller awaits, then :meth:`discard`\\ s it."""
-        pending = PendingReply(uuid.uuid4().hex, str(getattr(request, "type", "?")), agent)
+    async def send(
+        self, agent: str | None, request: RequestBase, *, pool: str | None = None
+    ) -> PendingReply:
+        """Publish ``request`` (confirmed) to ``agent``, or to ``pool`` when given; the
+        caller awaits, then :meth:`discard`\\ s it."""
+        request_type = str(getattr(request, "type", "?"))
+        pending = PendingReply(uuid.uuid4().hex, request_type, agent, pool)
         self._pending[pending.correlation_id] = pending  # before publishing: replies can be fast
         try:
-            await self._publish(agent, request, pending)
+            await self._publish(request, pending)
         except BaseException:
             self.discard(pending)
             raise
         return pending
 
-    async def call(self, agent: str, request: RequestBase, timeout: float | None) -> Reply:
+    async def call(
+        self,
+        agent: str | None,
+        request: RequestBase,
+        timeout: float | None,
+        *,
+        pool: str | None = None,
+    ) -> Reply:
         """Publish ``request``; its reply within ``timeout`` seconds (``None``: no limit)."""
-        pending = await self.send(agent, request)
+        pending = await self.send(agent, request, pool=pool)
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
         except TimeoutError:
             raise ExecTimeout(
-                f"no reply to {pending.request_type} from agent {agent!r} within {timeout:g} s"
+                f"no reply to {pending.request_type} from {pending.target} within {timeout:g} s"
             ) from None
         finally:
             self.discard(pending)
@@ -106,7 +124,7 @@ class Rpc:
                 pending.future.exception()
         self._pending.clear()
 
-    async def _publish(self, agent: str, request: RequestBase, pending: PendingReply) -> None:
+    async def _publish(self, request: RequestBase, pending: PendingReply) -> None:
         if self._exchange is None:
             raise BrokerError("the client is not connected")
         message = aio_pika.Message(
@@ -118,7 +136,12 @@ class Rpc:
             type=pending.request_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        key = self._names.agent_routing_key(agent)
+        if pending.pool is not None:
+            key = self._names.pool_routing_key(pending.pool)
+        elif pending.agent is not None:
+            key = self._names.agent_routing_key(pending.agent)
+        else:
+            raise InvalidRequest("a request needs an agent or a pool to go to")
         try:
             await self._exchange.publish(message, key, timeout=self._publish_timeout)
         except DeliveryError as exc:

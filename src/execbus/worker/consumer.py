@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from execbus.errors import ErrorCode, InvalidRequest, PublishFailed
+from execbus.errors import ErrorCode, Forbidden, InvalidRequest, LimitExceeded, PublishFailed
 from execbus.wire.codec import parse_request
 from execbus.wire.ids import new_exec_id
 from execbus.wire.replies import Reply
@@ -117,7 +117,7 @@ class RequestConsumer:
             if self.authorize is not None:
                 await self.authorize(request, ctx)
             outcome = await self.execs.handle(request, ctx)
-        except InvalidRequest as exc:  # authorization denials are dead-lettered too
+        except (InvalidRequest, Forbidden, LimitExceeded) as exc:  # policy and limit denials
             outcome = Outcome(
                 Reply.failure(exc.code, exc.message, request_type=request.type),
                 Disposition.dead_letter(f"{exc.code}: {exc.message}"),

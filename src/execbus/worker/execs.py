@@ -32,6 +32,7 @@ from execbus.errors import (
     ExecbusError,
     Forbidden,
     InvalidRequest,
+    NotFound,
     PublishFailed,
 )
 from execbus.registry import ExecRecord, ExecRegistry, StartAction
@@ -438,6 +439,8 @@ class AgentExecs:
     async def _ack_agent(self, exec_id: str) -> None:
         try:
             await self.connection.ack(exec_id)
+        except NotFound:
+            pass  # the agent never held it (the start never reached it)
         except ExecbusError as exc:  # the next sync acks it
             log.info(
                 "agent %s: ack of %s deferred: %s",

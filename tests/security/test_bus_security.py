@@ -381,3 +381,27 @@ async def test_worker_runs_on_an_mtls_agent(
         assert reply["ok"], reply
         assert unb64(reply["result"]["exit"]["stdout"]) == b"over mutual tls\n"
     assert "CN=worker-1" in agent.log_path.read_text()
+
+
+async def test_sdk_requests_carry_the_callers_verified_identity(
+    namespace: str,
+    broker_users: BrokerUsers,
+    start_agent: Any,
+    start_worker: Any,
+    tmp_path: Path,
+) -> None:
+    from execbus import Client
+    from execbus.errors import Forbidden
+
+    policy = write_policy(tmp_path / "policy.toml", broker_users)
+    agent = start_agent("a1")
+    worker = start_worker("--agent", f"a1={agent.address}", "--policy-file", str(policy))
+    worker.wait_owner("a1")
+    async with Client(broker_users.url(broker_users.alice), namespace=namespace) as client:
+        result = await client.run("a1", ["echo", "hi"], timeout=30)
+        assert result.stdout == b"hi\n"
+    marker = tmp_path / "mallory-ran"
+    async with Client(broker_users.url(broker_users.mallory), namespace=namespace) as client:
+        with pytest.raises(Forbidden, match="mallory|may not"):
+            await client.run("a1", ["touch", str(marker)], timeout=30)
+    assert not marker.exists()

@@ -103,6 +103,13 @@ def client_settings(
     return load_settings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
+def amqp_user(url: str) -> str:
+    """The user an AMQP URL authenticates as (``guest`` when it names none)."""
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url).username or "guest")
+
+
 class Client:
     """A connection to execbus: requests to agents, their replies, and events."""
 
@@ -147,7 +154,13 @@ class Client:
         inbox_channel = await connection.channel(publisher_confirms=False)
         inbox = Inbox(inbox_channel, self.names, self._on_reply, self._on_event)
         publish_channel = await connection.channel(publisher_confirms=True)
-        rpc = Rpc(publish_channel, self.names, inbox.name, self.settings.publish_timeout)
+        rpc = Rpc(
+            publish_channel,
+            self.names,
+            inbox.name,
+            self.settings.publish_timeout,
+            user_id=amqp_user(self.settings.amqp_url),
+        )
         await rpc.setup()
         self._rpc, self._exits = rpc, ExitWatcher(inbox)
         self._agents = AgentDirectory(connection, self.names)

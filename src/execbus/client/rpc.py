@@ -52,9 +52,17 @@ class Rpc:
     """Publishes requests and matches replies to them by ``correlation_id``."""
 
     def __init__(
-        self, channel: AbstractChannel, names: Names, reply_to: str, publish_timeout: float
+        self,
+        channel: AbstractChannel,
+        names: Names,
+        reply_to: str,
+        publish_timeout: float,
+        user_id: str | None = None,
     ) -> None:
         self._channel = channel
+        # RabbitMQ checks user_id against the connection's user, so workers can trust
+        # it as the caller's identity (authorization policies key on it).
+        self._user_id = user_id
         self._names = names
         self._reply_to = reply_to
         self._publish_timeout = publish_timeout
@@ -133,6 +141,7 @@ class Rpc:
             correlation_id=pending.correlation_id,
             message_id=uuid.uuid4().hex,
             reply_to=self._reply_to,
+            user_id=self._user_id,
             type=pending.request_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )

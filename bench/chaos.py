@@ -66,7 +66,15 @@ class Stack:
     def start_agent(self) -> None:
         log = open(self.workdir / "agent.log", "ab")  # noqa: SIM115 - the child owns it
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "execbus.agent", "--listen", f"unix://{self.sock}"],
+            [
+                sys.executable,
+                "-m",
+                "execbus.agent",
+                "--listen",
+                f"unix://{self.sock}",
+                "--state-dir",
+                str(self.workdir / "agent-state"),
+            ],
             env=self.env,
             stdout=log,
             stderr=log,

@@ -272,3 +272,27 @@ async def test_broker_restart_under_load(
         assert [r.exit_code for r in after] == [0] * 10, "consumers are really consuming again"
     effects = side_effects(marker)
     assert len(effects) == 20 and max(effects.values()) == 1, effects
+
+
+async def test_worker_and_agent_killed_together_still_answer(
+    amqp_url: str, namespace: str, start_agent: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    """The agent's journal (--state-dir) reports what a killed agent lost to any new owner."""
+    state = tmp_path / "agent-state"
+    agent = start_agent("a1", "--state-dir", str(state))
+    first = start_worker("--agent", f"a1={agent.address}")
+    first.wait_owner("a1")
+    second = start_worker("--agent", f"a1={agent.address}")
+    async with Bus(amqp_url, namespace) as bus:
+        body = {"v": 1, "type": "exec.run", "exec_id": "both1", "config": {"cmd": ["sleep", "30"]}}
+        corr = await bus.publish("agent.a1", body)
+        await bus.wait_event("both1", "started")
+        first.kill()
+        agent.kill()
+        start_agent("a1", "--state-dir", str(state), socket_path=agent.socket_path)
+        second.wait_owner("a1", timeout=20)
+        reply = await bus.reply(corr, timeout=30)
+        assert reply["ok"] is False and reply["error"]["code"] == "agent_lost", reply
+        event = await bus.wait_event("both1", "failed")
+        assert "restarted" in event["error"]["message"]
+    assert list(state.glob("*.exec.json")) == [], "acknowledged: the journal is empty again"

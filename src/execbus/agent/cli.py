@@ -201,6 +201,12 @@ def _exec_options(group: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="accept privileged execs (every capability the agent has, in containers)",
     )
+    add(
+        "--state-dir",
+        metavar="DIR",
+        help="journal held execs here, so that after the agent is killed and restarted "
+        "the execs it lost are reported failed (agent_lost) instead of vanishing",
+    )
 
 
 def _port(value: str) -> int:
@@ -289,6 +295,7 @@ def make_config(args: argparse.Namespace) -> Config:
         max_execs=args.max_execs,
         grace=args.grace,
         allow_privileged=args.allow_privileged,
+        state_dir=args.state_dir,
         log_level=args.log_level,
         log_format=args.log_format,
         http_host=args.http_host,

@@ -27,6 +27,7 @@ INVALID_WORKING_DIR = "invalid_working_dir"
 CONTAINER_NOT_FOUND = "container_not_found"
 CONTAINER_NOT_RUNNING = "container_not_running"
 START_FAILED = "start_failed"
+AGENT_LOST = "agent_lost"
 
 
 class AgentError(Exception):

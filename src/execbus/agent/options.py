@@ -46,6 +46,9 @@ class AgentOptions:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     grace: float = DEFAULT_GRACE
     allow_privileged: bool = False
+    # The exec journal (execbus.agent.journal): execs of a killed agent are
+    # reported lost by its next life. None: off.
+    state_dir: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     # The health/metrics HTTP endpoint (execbus.agent.http); None: off.

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from execbus.agent.containers import Backend, backend_for, make_backends
 from execbus.agent.errors import (
+    AGENT_LOST,
     FORBIDDEN,
     INTERNAL,
     LIMIT_EXCEEDED,
@@ -19,6 +20,7 @@ from execbus.agent.errors import (
 )
 from execbus.agent.execs import RUNNING, Exec
 from execbus.agent.execspec import ExecSpec
+from execbus.agent.journal import Journal
 from execbus.agent.metrics import AgentMetrics
 from execbus.agent.options import AgentOptions
 from execbus.agent.protocol import encode_frame
@@ -55,6 +57,25 @@ class Supervisor:
         self._watchers: set[Watcher] = set()
         self._launches: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.journal = Journal(options.state_dir)
+        self._recover()
+
+    def _recover(self) -> None:
+        """Execs journaled by a previous life of the agent: report them lost."""
+        for doc in self.journal.leftovers():
+            meta = doc.get("meta")
+            spec = ExecSpec(
+                exec_id=doc["exec_id"],
+                cmd=["?"],
+                tty=bool(doc.get("tty", False)),
+                container_id=str(doc.get("container_id") or ""),
+                meta=meta if isinstance(meta, dict) else {},
+            )
+            exe = Exec(spec, self)
+            exe.started_at = float(doc.get("started_at") or exe.started_at)
+            self._execs[spec.exec_id] = exe
+            exe.fail(StartFailure(AGENT_LOST, "the agent restarted; the process is gone"))
+            log.warning("exec lost in an agent restart", extra={"exec_id": spec.exec_id})
 
     # -- start -----------------------------------------------------------
 
@@ -113,6 +134,7 @@ class Supervisor:
             return
         else:
             self._execs[spec.exec_id] = exe
+            self.journal.record(spec, exe.started_at)
             self.metrics.exec_started(spawned=True)
             exe.attach(launched)
             log.info(
@@ -150,6 +172,7 @@ class Supervisor:
         if exe.state == RUNNING:
             raise AgentError(NOT_FINISHED, f"exec {exec_id!r} is still running")
         del self._execs[exec_id]
+        self.journal.forget(exec_id)
 
     # -- events (ExecSink) -------------------------------------------------
 

@@ -20,7 +20,9 @@ against the local RabbitMQ and measures, each after a warm-up:
 the stack is stopped and prints the ratios and a ``targets`` object with pass/fail.
 ``--profile`` samples the worker, the agent and this process with py-spy (when installed)
 during extra concurrency-64 runs (one per process) and summarises where the time goes;
-``latency_breakdown_ms`` splits a concurrency-1 exec into stages from its events.
+``latency_breakdown_ms`` splits a concurrency-1 exec into stages from its events, and
+``cpu`` gives the CPU ms per exec of each process (and the share other work took).
+Rates are the best of 3 rounds (``rounds_per_s`` has them all). See docs/performance.md.
 
 Progress goes to stderr; exactly one JSON object goes to stdout (also written to
 ``bench/out/e2e.json``). The plot is ``bench/out/throughput.svg`` (``--update-docs``
@@ -759,19 +761,25 @@ class RuncContainer:
 
 
 def list_queues(prefix: str) -> list[str]:
+    """Queue names starting with ``prefix`` (``rabbitmqctl``; empty, with a note, if it fails)."""
     if shutil.which("rabbitmqctl") is None:
         return []
-    try:
-        out = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "name"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [q for q in out.split() if q.startswith(prefix)]
+    for _ in range(3):
+        try:
+            proc = subprocess.run(
+                ["rabbitmqctl", "-q", "list_queues", "name"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            say(f"rabbitmqctl list_queues failed: {exc}")
+            continue
+        if proc.returncode == 0:
+            return [q for q in proc.stdout.split() if q.startswith(prefix)]
+        say(f"rabbitmqctl list_queues failed: {proc.stderr.strip()[-200:]}")
+    return []
 
 
 async def delete_names(amqp_url: str, queues: list[str], exchanges: list[str]) -> int:
@@ -840,8 +848,11 @@ def run_celery(script: Path, amqp_url: str, plan: Plan) -> dict[str, Any]:
     finally:
         leftover = sorted(set(list_queues("celery-peer-")) - before)
         if leftover:  # the peer leaves its (durable) task queue behind
-            with contextlib.suppress(Exception):
+            try:
                 asyncio.run(delete_names(amqp_url, leftover, []))
+                say(f"deleted the baseline's queue(s) {', '.join(leftover)}")
+            except Exception as exc:
+                say(f"could not delete the baseline's queue(s) {leftover}: {exc!r}")
     for line in reversed(proc.stdout.splitlines()):
         with contextlib.suppress(ValueError):
             result = json.loads(line)
@@ -866,7 +877,7 @@ def nice_step(span: float) -> float:
 
 def svg_plot(result: dict[str, Any]) -> str:
     """A hand-made SVG line chart of execs/s against concurrency (log2 x axis)."""
-    w, h, left, right, top, bottom = 720, 420, 70, 200, 50, 55
+    w, h, left, right, top, bottom = 740, 420, 70, 215, 50, 55
     xs = sorted({*LIMIT_CONCURRENCY, *E2E_CONCURRENCY})
     lx = {c: c.bit_length() - 1 for c in xs}  # log2 of powers of two
     series: list[tuple[str, str, str, dict[int, float]]] = []
@@ -943,7 +954,7 @@ def svg_plot(result: dict[str, Any]) -> str:
         legend.append((label, color, dash))
     if celery_line:
         for value, color, dash, label in (
-            (celery_line, "#e07b00", "2,3", f"Celery baseline ({celery.get('n', '?')} in flight)"),
+            (celery_line, "#e07b00", "2,3", f"Celery, {celery.get('n', '?')} in flight"),
             (2 * celery_line, "#c0392b", "8,3,2,3", "target: 2x Celery"),
         ):
             o.append(

@@ -7,6 +7,7 @@ from typing import Any
 # Request errors (``ok: false``).
 INVALID = "invalid"
 NOT_FOUND = "not_found"
+CONFLICT = "conflict"
 NOT_RUNNING = "not_running"
 NOT_TTY = "not_tty"
 STDIN_CLOSED = "stdin_closed"

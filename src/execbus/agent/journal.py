@@ -22,6 +22,8 @@ from execbus.agent.execspec import ExecSpec
 
 log = logging.getLogger("execbus.agent")
 SUFFIX = ".exec.json"
+ACKED_LOG = "acked.log"
+MAX_TOMBSTONES = 100_000
 
 
 class Journal:
@@ -56,10 +58,35 @@ class Journal:
             log.warning("cannot journal exec: %s", exc, extra={"exec_id": spec.exec_id})
 
     def forget(self, exec_id: str) -> None:
-        """The exit was acknowledged: nothing to report after a restart."""
+        """Nothing to report after a restart (acknowledged, or never spawned)."""
         if self.directory is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._path(exec_id).unlink()
+
+    def acknowledged(self, exec_id: str) -> None:
+        """Remember an acknowledged exec id for good (a tombstone), then forget the exec."""
+        if self.directory is not None:
+            try:
+                with open(self.directory / ACKED_LOG, "a") as log_file:
+                    log_file.write(exec_id + "\n")
+            except OSError as exc:
+                log.warning("cannot record tombstone: %s", exc, extra={"exec_id": exec_id})
+        self.forget(exec_id)
+
+    def tombstones(self) -> list[str]:
+        """The most recent acknowledged exec ids (compacting the log to them)."""
+        if self.directory is None:
+            return []
+        path = self.directory / ACKED_LOG
+        try:
+            ids = path.read_text().split()[-MAX_TOMBSTONES:]
+        except FileNotFoundError:
+            return []
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text("".join(f"{i}\n" for i in ids))
+            os.replace(tmp, path)
+        return ids
 
     def leftovers(self) -> list[dict[str, Any]]:
         """Execs journaled by a previous life of the agent."""

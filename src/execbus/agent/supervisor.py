@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Protocol
 
 from execbus.agent.containers import Backend, backend_for, make_backends
 from execbus.agent.errors import (
     AGENT_LOST,
+    CONFLICT,
     FORBIDDEN,
     INTERNAL,
     LIMIT_EXCEEDED,
@@ -20,7 +22,7 @@ from execbus.agent.errors import (
 )
 from execbus.agent.execs import RUNNING, Exec
 from execbus.agent.execspec import ExecSpec
-from execbus.agent.journal import Journal
+from execbus.agent.journal import MAX_TOMBSTONES, Journal
 from execbus.agent.metrics import AgentMetrics
 from execbus.agent.options import AgentOptions
 from execbus.agent.protocol import encode_frame
@@ -58,6 +60,10 @@ class Supervisor:
         self._launches: set[asyncio.Task[None]] = set()
         self._closing = False
         self.journal = Journal(options.state_dir)
+        # Exec ids already acknowledged: a late or redelivered start for one of
+        # them must not run the command again (bounded; kept across restarts
+        # with --state-dir).
+        self._acked: OrderedDict[str, None] = OrderedDict.fromkeys(self.journal.tombstones())
         self._recover()
 
     def _recover(self) -> None:
@@ -84,6 +90,12 @@ class Supervisor:
         known = self._execs.get(spec.exec_id)
         if known is not None:
             return known, False
+        if spec.exec_id in self._acked:
+            raise AgentError(
+                CONFLICT,
+                f"exec {spec.exec_id!r} already ran here and was acknowledged; "
+                "use a new exec id to run the command again",
+            )
         pending = self._starting.get(spec.exec_id)
         if pending is not None:
             return await asyncio.shield(pending), False
@@ -114,6 +126,9 @@ class Supervisor:
 
     async def _launch(self, spec: ExecSpec, backend: Backend, fut: asyncio.Future[Exec]) -> None:
         exe = Exec(spec, self)
+        # Journal before spawning: killed between the spawn and the journal, the
+        # next life of the agent would not know the exec and would run it again.
+        self.journal.record(spec, exe.started_at)
         try:
             launched = await backend.launch(spec)
         except StartFailure as failure:
@@ -126,15 +141,16 @@ class Supervisor:
             self.metrics.exec_started(spawned=False)
             exe.fail(failure)
         except AgentError as exc:
+            self.journal.forget(spec.exec_id)
             fut.set_exception(exc)
             return
         except Exception as exc:
+            self.journal.forget(spec.exec_id)
             log.exception("exec start crashed", extra={"exec_id": spec.exec_id})
             fut.set_exception(AgentError(INTERNAL, f"starting the exec failed: {exc}"))
             return
         else:
             self._execs[spec.exec_id] = exe
-            self.journal.record(spec, exe.started_at)
             self.metrics.exec_started(spawned=True)
             exe.attach(launched)
             log.info(
@@ -172,7 +188,10 @@ class Supervisor:
         if exe.state == RUNNING:
             raise AgentError(NOT_FINISHED, f"exec {exec_id!r} is still running")
         del self._execs[exec_id]
-        self.journal.forget(exec_id)
+        self.journal.acknowledged(exec_id)
+        self._acked[exec_id] = None
+        if len(self._acked) > MAX_TOMBSTONES:
+            self._acked.popitem(last=False)
 
     # -- events (ExecSink) -------------------------------------------------
 

@@ -172,6 +172,7 @@ class AgentExecs:
         self.on_finished: Callable[[str, str, str], None] | None = None
         self.on_connect: Callable[[], None] | None = None  # each (re)connection to the agent
         self._sync_lock = asyncio.Lock()
+        self._created_confirms: dict[str, asyncio.Future[None]] = {}
 
     # -- requests -----------------------------------------------------
 
@@ -234,18 +235,38 @@ class AgentExecs:
         record = await self._create_record(req.config, req.exec_id)
         return self._ok(req, record.info(), record.exec_id)
 
-    async def _create_record(self, config: ExecConfig, exec_id: str | None) -> ExecRecord:
+    async def _create_record(
+        self, config: ExecConfig, exec_id: str | None, *, pipelined: bool = False
+    ) -> ExecRecord:
+        """Register the exec and publish ``exec.created``.
+
+        ``pipelined``: do not wait for the broker's confirm here (the start goes
+        to the agent meanwhile); :meth:`_created_confirmed` waits for it before
+        anything that must come after it.
+        """
         record, created = self.registry.create(config, exec_id)
         if created:
-            await self._publish(record, "created", self._created_event(record))
+            publish = self._publish(record, "created", self._created_event(record))
+            if pipelined:
+                self._created_confirms[record.exec_id] = asyncio.ensure_future(publish)
+            else:
+                await publish
         return record
+
+    async def _created_confirmed(self, record: ExecRecord) -> None:
+        task = self._created_confirms.pop(record.exec_id, None)
+        if task is not None:
+            await task
 
     async def _run(self, req: RunRequest, ctx: RequestContext) -> Outcome:
         exec_id = req.exec_id
         if exec_id is None and ctx.request_id is not None:
             exec_id = derive_exec_id(ctx.request_id)
-        record = await self._create_record(req.config, exec_id)
-        return await self._start_record(req, record, ctx, req.config.detach, None)
+        record = await self._create_record(req.config, exec_id, pipelined=True)
+        try:
+            return await self._start_record(req, record, ctx, req.config.detach, None)
+        finally:
+            await self._created_confirmed(record)
 
     async def _start(self, req: StartRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.get(req.exec_id)
@@ -326,6 +347,7 @@ class AgentExecs:
             await self._finish(record, state)
             return
         self.registry.mark_running(record.exec_id, state.pid, state.started_at)
+        await self._created_confirmed(record)
         await self._publish(record, "started", self._started_event(record))
         log.debug("exec %s started (pid %s)", record.exec_id, state.pid, extra=self._ctx(record))
         if state.finished:
@@ -417,12 +439,22 @@ class AgentExecs:
         by the next call (the agent keeps the exit until it is acked)."""
         if record.final_published or not record.finished:
             return
+        await self._created_confirmed(record)
+        event: ev.EventBase
         if record.state is ExecState.FAILED and record.error is not None:
-            await self._publish(record, "failed", self._failed_event(record, record.error))
-            result = record.error.code
+            kind, event, result = (
+                "failed",
+                self._failed_event(record, record.error),
+                record.error.code,
+            )
         else:
-            await self._publish(record, "exited", self._exited_event(record))
-            result = _exit_result(record)
+            kind, event, result = "exited", self._exited_event(record), _exit_result(record)
+        # The replies go out with the event, not after its confirm: one round trip less.
+        published, _ = await asyncio.gather(
+            self._publish(record, kind, event), self._reply_waiters(record), return_exceptions=True
+        )
+        if isinstance(published, BaseException):
+            raise published
         record.final_published = True
         log.log(
             logging.INFO if record.state is ExecState.FAILED else logging.DEBUG,
@@ -434,7 +466,6 @@ class AgentExecs:
         )
         if self.on_finished is not None:
             self.on_finished(self.agent, record.state.value, result)
-        await self._reply_waiters(record)
 
     async def _ack_agent(self, exec_id: str) -> None:
         try:

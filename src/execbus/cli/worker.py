@@ -193,7 +193,7 @@ async def serve(
     pools: dict[str, list[str]] | None = None,
 ) -> None:
     """Run a worker (and its HTTP endpoint) until a signal arrives."""
-    from execbus.worker.http import HealthServer
+    from execbus.agent.http import HealthServer  # standard library only: shared with the agent
     from execbus.worker.service import Worker
 
     worker = Worker(settings, agents, options, pools)

@@ -98,6 +98,7 @@ class AgentRuntime:
         self._transition = asyncio.Lock()
         self.owned_since = 0.0
         self._lock_name = f"{self.names.ns}.owner.{name}"
+        self._holder_name = f"{self.names.ns}.holder.{name}"
         self._quiet_until = 0.0
 
     # -- roles ------------------------------------------------------------
@@ -143,6 +144,7 @@ class AgentRuntime:
                     return
                 self._lock_channel = channel
                 try:
+                    await self._mark_held(channel)
                     await self._own(session)
                 except Exception:
                     await self._release()
@@ -164,8 +166,9 @@ class AgentRuntime:
         """Poll the lock until it is ours (a channel holding it) or the role is none."""
         queue_name = self._lock_name
         while self.role is not Role.NONE and not session.closed.is_set():
-            if time.monotonic() < self._quiet_until:
-                await asyncio.sleep(STANDBY_POLL)
+            if time.monotonic() < self._quiet_until or await self._held(session):
+                poll = OWNER_POLL if self.role is Role.OWNER else STANDBY_POLL
+                await asyncio.sleep(poll * random.uniform(0.8, 1.2))
                 continue
             try:
                 async with session.lock_attempts:
@@ -178,6 +181,25 @@ class AgentRuntime:
                 poll = OWNER_POLL if self.role is Role.OWNER else STANDBY_POLL
                 await asyncio.sleep(poll * random.uniform(0.8, 1.2))
         return None
+
+    async def _held(self, session: BrokerSession) -> bool:
+        """Does someone hold the lock? Asked without an error on the broker.
+
+        A failed exclusive declare makes the broker close the channel and log an
+        error report; polled several times a second by every standby, those
+        reports swamp the broker. The holder also consumes from a plain queue,
+        whose consumer count a (non-passive, idempotent) declare reads for free.
+        """
+        probe = await session.probe_channel()
+        queue = await probe.declare_queue(self._holder_name, durable=False, auto_delete=False)
+        return (queue.declaration_result.consumer_count or 0) > 0
+
+    async def _mark_held(self, lock_channel: AbstractChannel) -> None:
+        """Consume (nothing) from the holder queue while the lock channel lives."""
+        holder = await lock_channel.declare_queue(
+            self._holder_name, durable=False, auto_delete=False
+        )
+        await holder.consume(_ignore, no_ack=True)
 
     async def _own(self, session: BrokerSession) -> None:
         self.owner = True
@@ -289,6 +311,10 @@ class AgentRuntime:
             "connected": self.connection.connected if self._opened else None,
             "execs": len(self.execs.registry),
         }
+
+
+async def _ignore(message: object) -> None:
+    """The holder queue never gets messages; its consumer only marks the lock held."""
 
 
 def _limits(settings: Settings) -> RegistryLimits:

@@ -84,6 +84,15 @@ class BrokerSession:
     #: when its write queue is full, which later kills the whole connection.
     lock_attempts: asyncio.Lock = field(default_factory=asyncio.Lock)
     _cursor: int = 0
+    _probe: AbstractChannel | None = None
+    _probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def probe_channel(self) -> AbstractChannel:
+        """One channel for harmless lock probes (opened on first use)."""
+        async with self._probe_lock:
+            if self._probe is None or self._probe.is_closed:
+                self._probe = await self.channel()
+            return self._probe
 
     async def channel(self, publisher_confirms: bool = False) -> AbstractChannel:
         """Open a channel, never reusing a recently closed channel number.

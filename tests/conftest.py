@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -144,17 +141,9 @@ class WorkerProcess:
 
     def readyz(self) -> dict[str, object] | None:
         """The worker's readiness document (also when it answers 503), or None."""
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            exc.close()
-        except OSError:
-            return None
-        doc: dict[str, object] = json.loads(body)
-        return doc
+        from execbus.testing.cluster import fetch_readyz
+
+        return fetch_readyz(self.http_port)
 
     def wait_owner(self, agent: str, timeout: float = 15.0) -> None:
         """Wait until this worker owns ``agent`` and is connected to it."""

@@ -27,6 +27,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def fetch_readyz(port: int) -> dict[str, object] | None:
+    """A worker's readiness document (also when it answers 503), or None."""
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        exc.close()
+    except OSError:
+        return None
+    doc: dict[str, object] = json.loads(body)
+    return doc
+
+
 @dataclass
 class ClusterWorker:
     """One worker process."""
@@ -37,17 +52,7 @@ class ClusterWorker:
     log_path: Path
 
     def readyz(self) -> dict[str, object] | None:
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            exc.close()
-        except OSError:
-            return None
-        doc: dict[str, object] = json.loads(body)
-        return doc
+        return fetch_readyz(self.http_port)
 
     def owned(self) -> set[str]:
         doc = self.readyz()

@@ -21,9 +21,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 class Bus:
     """Publish requests to ``<ns>.requests`` and watch ``<ns>.events``."""
 
-    def __init__(self, amqp_url: str, ns: str) -> None:
+    def __init__(self, amqp_url: str, ns: str, user_id: str | None = None) -> None:
         self.amqp_url = amqp_url
         self.ns = ns
+        self.user_id = user_id  # AMQP user_id on every request (the broker verifies it)
         self.connection: AbstractConnection | None = None
         self.channel: AbstractChannel | None = None
         self.replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -83,6 +84,7 @@ class Bus:
             correlation_id=corr,
             message_id=message_id or uuid.uuid4().hex,
             reply_to=self.reply_queue.name if reply else None,
+            user_id=self.user_id,
         )
         await exchange.publish(message, routing_key, timeout=10)
         return corr

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiormq
 import pytest
 
@@ -33,33 +32,7 @@ class CallerBus(Bus):
     """A :class:`Bus` that publishes with an AMQP ``user_id`` (or none)."""
 
     def __init__(self, url: str, ns: str, user_id: str | None) -> None:
-        super().__init__(url, ns)
-        self.user_id = user_id
-
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes | dict[str, Any],
-        *,
-        reply: bool = True,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        assert self.channel is not None and self.reply_queue is not None
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        corr = correlation_id or uuid.uuid4().hex
-        self.replies[corr] = asyncio.get_running_loop().create_future()
-        exchange = await self.channel.get_exchange(f"{self.ns}.requests", ensure=False)
-        message = aio_pika.Message(
-            raw,
-            content_type="application/json",
-            correlation_id=corr,
-            message_id=message_id or uuid.uuid4().hex,
-            reply_to=self.reply_queue.name if reply else None,
-            user_id=self.user_id,
-        )
-        await exchange.publish(message, routing_key, timeout=10)
-        return corr
+        super().__init__(url, ns, user_id)
 
 
 def run_body(cmd: list[str], **config: Any) -> dict[str, Any]:

@@ -45,6 +45,20 @@ async def test_run_replies_and_publishes_exit(
         assert len({e["event_id"] for e in bus.events_of(body["exec_id"])}) == 3
 
 
+async def test_events_keep_their_order_under_concurrency(
+    amqp_url: str, namespace: str, agent_worker: Any
+) -> None:
+    """Events are published without waiting for each other's confirms; order must hold."""
+    async with Bus(amqp_url, namespace) as bus:
+        bodies = [run_body(["true"]) for _ in range(40)]
+        replies = await asyncio.gather(*(bus.call("a1", body) for body in bodies))
+        assert all(r["ok"] and r["result"]["exit"]["exit_code"] == 0 for r in replies)
+        for body in bodies:
+            await bus.wait_event(body["exec_id"], "exited")
+            kinds = [e["type"] for e in bus.events_of(body["exec_id"])]
+            assert kinds == ["exec.created", "exec.started", "exec.exited"], kinds
+
+
 async def test_lifecycle_through_the_bus(amqp_url: str, namespace: str, agent_worker: Any) -> None:
     async with Bus(amqp_url, namespace) as bus:
         exec_id = uuid.uuid4().hex

@@ -89,8 +89,8 @@ class RequestConsumer:
         ctx = request_context(message, request)
         request = with_exec_id(request, ctx)
         key = getattr(request, "exec_id", None) or f"~{uuid.uuid4().hex}"
-        task = self.execs.lanes.submit(key, lambda: self._handle(message, request, ctx, started))
-        self._track(task)
+        decided = self.execs.lanes.submit(key, lambda: self._decide(request, ctx))
+        self._track(self._complete(message, decided, ctx, request.type, started))
 
     def _track(self, coro_or_task: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro_or_task)
@@ -110,27 +110,39 @@ class RequestConsumer:
             )
         return request
 
-    async def _handle(
-        self, message: AbstractIncomingMessage, request: Request, ctx: RequestContext, t0: float
-    ) -> None:
+    async def _decide(self, request: Request, ctx: RequestContext) -> Outcome:
+        """The request's effect, in its exec's lane."""
         try:
             if self.authorize is not None:
                 await self.authorize(request, ctx)
-            outcome = await self.execs.handle(request, ctx)
+            return await self.execs.handle(request, ctx)
         except (InvalidRequest, Forbidden, LimitExceeded) as exc:  # policy and limit denials
-            outcome = Outcome(
+            return Outcome(
                 Reply.failure(exc.code, exc.message, request_type=request.type),
                 Disposition.dead_letter(f"{exc.code}: {exc.message}"),
             )
         except Exception as exc:
             log.exception("internal error handling %s", request.type)
-            outcome = Outcome(
+            return Outcome(
                 Reply.failure(
                     ErrorCode.INTERNAL, f"internal error: {exc}", request_type=request.type
                 ),
                 Disposition.dead_letter(f"internal: {type(exc).__name__}"),
             )
-        await self._finish(message, ctx, outcome, request.type, t0)
+
+    async def _complete(
+        self,
+        message: AbstractIncomingMessage,
+        decided: Awaitable[Outcome],
+        ctx: RequestContext,
+        request_type: str,
+        t0: float,
+    ) -> None:
+        """Outside the lane: wait for the decision and its confirms, then reply and settle."""
+        outcome = await decided
+        if outcome.confirms:
+            outcome = await outcome.after_confirms()
+        await self._finish(message, ctx, outcome, request_type, t0)
 
     async def reject(
         self, message: AbstractIncomingMessage, exc: InvalidRequest, t0: float

@@ -36,6 +36,7 @@ from execbus.errors import (
     PublishFailed,
 )
 from execbus.registry import ExecRecord, ExecRegistry, StartAction
+from execbus.registry.records import utc
 from execbus.wire import events as ev
 from execbus.wire.config import ExecConfig
 from execbus.wire.records import ErrorInfo, ExecList, ExecState
@@ -88,10 +89,26 @@ class RequestContext:
 
 @dataclass(slots=True)
 class Outcome:
-    """The reply to send now (``None``: none, or deferred) and how to settle."""
+    """The reply to send now (``None``: none, or deferred) and how to settle.
+
+    ``confirms``: events sent while handling the request whose broker confirms
+    must arrive before the delivery is settled (awaited outside the exec's
+    lane, so the exit of a quick command need not wait for them).
+    """
 
     reply: Reply | None
     disposition: Disposition = field(default_factory=Disposition.ack)
+    confirms: list[asyncio.Future[None]] = field(default_factory=list)
+
+    async def after_confirms(self) -> Outcome:
+        """This outcome once the confirms are in; a failed one requeues, without a reply."""
+        for result in await asyncio.gather(*self.confirms, return_exceptions=True):
+            if isinstance(result, PublishFailed):
+                log.warning("an event was not confirmed, requeueing the request: %s", result)
+                return Outcome(None, Disposition.requeue(str(result)))
+            if isinstance(result, BaseException):
+                raise result
+        return self
 
 
 def derive_exec_id(request_id: str) -> str:
@@ -172,7 +189,8 @@ class AgentExecs:
         self.on_finished: Callable[[str, str, str], None] | None = None
         self.on_connect: Callable[[], None] | None = None  # each (re)connection to the agent
         self._sync_lock = asyncio.Lock()
-        self._created_confirms: dict[str, asyncio.Future[None]] = {}
+        # Events sent but not yet confirmed, per exec (see _send and _confirmed).
+        self._unconfirmed: dict[str, list[asyncio.Future[None]]] = {}
 
     # -- requests -----------------------------------------------------
 
@@ -241,37 +259,69 @@ class AgentExecs:
         """Register the exec and publish ``exec.created``.
 
         ``pipelined``: do not wait for the broker's confirm here (the start goes
-        to the agent meanwhile); :meth:`_created_confirmed` waits for it before
-        anything that must come after it.
+        to the agent meanwhile); :meth:`_confirmed` waits for it before the
+        delivery is settled.
         """
         record, created = self.registry.create(config, exec_id)
         if created:
-            publish = self._publish(record, "created", self._created_event(record))
-            if pipelined:
-                self._created_confirms[record.exec_id] = asyncio.ensure_future(publish)
-            else:
-                await publish
+            self._send(record, "created", self._created_event(record))
+            if not pipelined:
+                await self._confirmed(record)
         return record
 
-    async def _created_confirmed(self, record: ExecRecord) -> None:
-        task = self._created_confirms.pop(record.exec_id, None)
-        if task is not None:
-            await task
+    def _send(
+        self, record: ExecRecord, kind: str, event: ev.EventBase, *, track: bool = True
+    ) -> asyncio.Future[None]:
+        """Start publishing an event of ``record``; returns its confirm.
+
+        Every event of an exec goes through here, as a task: tasks take their
+        first step in creation order, and a publish queues its frames in its
+        first step (or queues behind the channel lock in that order), so the
+        events of an exec reach the broker in the order they were sent while
+        nobody waits for a confirm in between. ``track``: keep the confirm for
+        :meth:`_confirmed` (output chunks are awaited by their sender instead).
+        """
+        task = asyncio.ensure_future(self._publish(record, kind, event))
+        if track:
+            self._unconfirmed.setdefault(record.exec_id, []).append(task)
+        return task
+
+    async def _confirmed(self, record: ExecRecord) -> None:
+        """Wait until every event sent for ``record`` so far is confirmed."""
+        tasks = self._unconfirmed.pop(record.exec_id, None)
+        if not tasks:
+            return
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
 
     async def _run(self, req: RunRequest, ctx: RequestContext) -> Outcome:
         exec_id = req.exec_id
         if exec_id is None and ctx.request_id is not None:
             exec_id = derive_exec_id(ctx.request_id)
         record = await self._create_record(req.config, exec_id, pipelined=True)
-        try:
-            return await self._start_record(req, record, ctx, req.config.detach, None)
-        finally:
-            await self._created_confirmed(record)
+        return await self._settled_after_confirms(
+            record, self._start_record(req, record, ctx, req.config.detach, None)
+        )
 
     async def _start(self, req: StartRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.get(req.exec_id)
         detach = record.config.detach if req.detach is None else req.detach
-        return await self._start_record(req, record, ctx, detach, req.console_size)
+        return await self._settled_after_confirms(
+            record, self._start_record(req, record, ctx, detach, req.console_size)
+        )
+
+    async def _settled_after_confirms(
+        self, record: ExecRecord, work: Awaitable[Outcome]
+    ) -> Outcome:
+        """Run ``work``; the events it sent are confirmed before its delivery is settled."""
+        try:
+            outcome = await work
+        except BaseException:
+            await self._confirmed(record)
+            raise
+        outcome.confirms = self._unconfirmed.pop(record.exec_id, [])
+        return outcome
 
     async def _start_record(
         self,
@@ -347,8 +397,7 @@ class AgentExecs:
             await self._finish(record, state)
             return
         self.registry.mark_running(record.exec_id, state.pid, state.started_at)
-        await self._created_confirmed(record)
-        await self._publish(record, "started", self._started_event(record))
+        self._send(record, "started", self._started_event(record))  # confirmed before the ack
         log.debug("exec %s started (pid %s)", record.exec_id, state.pid, extra=self._ctx(record))
         if state.finished:
             await self._finish(record, state)
@@ -439,7 +488,6 @@ class AgentExecs:
         by the next call (the agent keeps the exit until it is acked)."""
         if record.final_published or not record.finished:
             return
-        await self._created_confirmed(record)
         event: ev.EventBase
         if record.state is ExecState.FAILED and record.error is not None:
             kind, event, result = (
@@ -450,12 +498,14 @@ class AgentExecs:
         else:
             kind, event, result = "exited", self._exited_event(record), _exit_result(record)
         # The replies go out with the event, not after its confirm: one round trip less.
+        self._send(record, kind, event)
         published, _ = await asyncio.gather(
-            self._publish(record, kind, event), self._reply_waiters(record), return_exceptions=True
+            self._confirmed(record), self._reply_waiters(record), return_exceptions=True
         )
         if isinstance(published, BaseException):
             raise published
         record.final_published = True
+        record.compact()  # nothing on the hot path reads its config or exit again
         log.log(
             logging.INFO if record.state is ExecState.FAILED else logging.DEBUG,
             "exec %s %s: %s",
@@ -514,9 +564,8 @@ class AgentExecs:
         )
 
     def _started_event(self, record: ExecRecord) -> ev.StartedEvent:
-        info = record.info()
         return ev.StartedEvent(
-            **self._base(record, "started"), pid=record.pid, started_at=info.started_at
+            **self._base(record, "started"), pid=record.pid, started_at=utc(record.started_at)
         )
 
     def _exited_event(self, record: ExecRecord) -> ev.ExitedEvent:
@@ -539,7 +588,7 @@ class AgentExecs:
             data=data,
         )
         try:
-            await self._publish(record, "output", event)
+            await self._send(record, "output", event, track=False)
         except PublishFailed as exc:
             log.warning(
                 "exec %s: output chunk %s/%d lost: %s",

@@ -161,7 +161,6 @@ class Client:
             self.settings.publish_timeout,
             user_id=amqp_user(self.settings.amqp_url),
         )
-        await rpc.setup()
         self._rpc, self._exits = rpc, ExitWatcher(inbox)
         self._agents = AgentDirectory(connection, self.names)
         await inbox.open()

@@ -16,11 +16,10 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
+from aio_pika.abc import AbstractChannel
 
-from execbus.errors import BrokerError, ExecTimeout, InvalidRequest, PublishFailed
+from execbus.errors import ExecTimeout, InvalidRequest
+from execbus.publishing import Basic, publish_confirmed
 from execbus.wire.codec import dump
 from execbus.wire.replies import Reply
 from execbus.wire.requests import RequestBase
@@ -66,14 +65,7 @@ class Rpc:
         self._names = names
         self._reply_to = reply_to
         self._publish_timeout = publish_timeout
-        self._exchange: AbstractExchange | None = None
         self._pending: dict[str, PendingReply] = {}
-
-    async def setup(self) -> None:
-        """Look up the requests exchange (the workers declare it)."""
-        self._exchange = await self._channel.get_exchange(
-            self._names.requests_exchange, ensure=False
-        )
 
     async def send(
         self, agent: str | None, request: RequestBase, *, pool: str | None = None
@@ -133,17 +125,14 @@ class Rpc:
         self._pending.clear()
 
     async def _publish(self, request: RequestBase, pending: PendingReply) -> None:
-        if self._exchange is None:
-            raise BrokerError("the client is not connected")
-        message = aio_pika.Message(
-            dump(request),
+        props = Basic.Properties(
             content_type=JSON,
             correlation_id=pending.correlation_id,
             message_id=uuid.uuid4().hex,
             reply_to=self._reply_to,
             user_id=self._user_id,
-            type=pending.request_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_type=pending.request_type,
+            delivery_mode=2,
         )
         if pending.pool is not None:
             key = self._names.pool_routing_key(pending.pool)
@@ -151,16 +140,16 @@ class Rpc:
             key = self._names.agent_routing_key(pending.agent)
         else:
             raise InvalidRequest("a request needs an agent or a pool to go to")
-        try:
-            await self._exchange.publish(message, key, timeout=self._publish_timeout)
-        except DeliveryError as exc:
-            raise PublishFailed(f"the broker refused the request for {key!r}: {exc}") from exc
-        except TimeoutError as exc:
-            raise PublishFailed(
-                f"no confirm for {pending.request_type} within {self._publish_timeout:g} s"
-            ) from exc
-        except CONNECTION_EXCEPTIONS as exc:
-            raise PublishFailed(f"publishing {pending.request_type} failed: {exc!r}") from exc
+        await publish_confirmed(
+            self._channel,
+            self._names.requests_exchange,
+            key,
+            dump(request),
+            props,
+            timeout=self._publish_timeout,
+            mandatory=True,
+            what=pending.request_type,
+        )
 
 
 async def close_quietly(channel: AbstractChannel) -> None:

@@ -7,48 +7,22 @@ from datetime import UTC, datetime
 from execbus.wire.config import ExecConfig
 from execbus.wire.records import FINISHED_STATES, ErrorInfo, ExecInfo, ExecState, ExitInfo
 
-# A settled exit, as plain values: (exit_code, signal, timed_out, started_at,
-# finished_at, stdout, stderr, stdout_dropped, stderr_dropped), times as Unix floats.
-_PackedExit = tuple[int, str | None, bool, float | None, float | None, bytes, bytes, int, int]
-
 
 def utc(ts: float | None) -> datetime | None:
     """A Unix timestamp as an aware UTC datetime (``None`` stays ``None``)."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-def _ts(when: datetime | None) -> float | None:
-    return None if when is None else when.timestamp()
+# A compacted record keeps its config and exit as one bytes object: the config's
+# compact JSON, a newline (JSON text never holds a raw one), the exit's JSON.
+_SEP = b"\n"
 
 
-def _pack_exit(info: ExitInfo) -> _PackedExit:
-    return (
-        info.exit_code,
-        info.signal,
-        info.timed_out,
-        _ts(info.started_at),
-        _ts(info.finished_at),
-        info.stdout,
-        info.stderr,
-        info.stdout_dropped,
-        info.stderr_dropped,
-    )
-
-
-def _unpack_exit(packed: _PackedExit) -> ExitInfo:
-    code, sig, timed_out, started, finished, out, err, out_dropped, err_dropped = packed
-    # model_construct: these values were validated when the exit first arrived.
-    return ExitInfo.model_construct(
-        exit_code=code,
-        signal=sig,
-        timed_out=timed_out,
-        started_at=utc(started),
-        finished_at=utc(finished),
-        stdout=out,
-        stderr=err,
-        stdout_dropped=out_dropped,
-        stderr_dropped=err_dropped,
-    )
+def _pack(config: ExecConfig, exit_info: ExitInfo | None) -> bytes:
+    packed = config.model_dump_json(exclude_defaults=True).encode()
+    if exit_info is not None:
+        packed += _SEP + exit_info.model_dump_json(exclude_defaults=True).encode()
+    return packed
 
 
 class ExecRecord:
@@ -58,17 +32,15 @@ class ExecRecord:
     an exec id reused after removal never repeats an old event id.
 
     A finished record whose final event went out is *compacted*
-    (:meth:`compact`): its config is kept as compact JSON and its exit as plain
-    values, and ``config``/``exit`` rebuild the models on demand. Registries
-    hold up to ``max_records`` finished execs; this keeps each one near
-    0.6 KiB instead of 3 KiB of live pydantic models.
+    (:meth:`compact`): its config and exit are kept as one compact JSON blob,
+    and ``config``/``exit`` rebuild the models on demand. Registries hold up
+    to ``max_records`` finished execs; this keeps each one near 0.6 KiB
+    instead of 2-3 KiB of live pydantic models.
     """
 
     __slots__ = (
         "_config",
         "_exit",
-        "_packed_config",
-        "_packed_exit",
         "agent",
         "container_id",
         "created_at",
@@ -113,8 +85,6 @@ class ExecRecord:
         self.finished_at = finished_at
         self.error = error
         self.final_published = final_published  # the exited/failed event was confirmed
-        self._packed_config: bytes | None = None
-        self._packed_exit: _PackedExit | None = None
         self.config = config
         self.exit = exit
 
@@ -124,28 +94,29 @@ class ExecRecord:
     @property
     def config(self) -> ExecConfig:
         """The exec's config (rebuilt from compact JSON for a compacted record)."""
-        if self._config is None:
-            assert self._packed_config is not None
-            return ExecConfig.model_validate_json(self._packed_config)
-        return self._config
+        config = self._config
+        if isinstance(config, bytes):
+            return ExecConfig.model_validate_json(config.partition(_SEP)[0])
+        return config
 
     @config.setter
     def config(self, config: ExecConfig) -> None:
-        self._config: ExecConfig | None = config
-        self._packed_config = None
+        self._config: ExecConfig | bytes = config
         self.container_id = config.container_id
 
     @property
     def exit(self) -> ExitInfo | None:
         """How the process ended, if it did."""
-        if self._exit is None and self._packed_exit is not None:
-            return _unpack_exit(self._packed_exit)
+        if isinstance(self._config, bytes):
+            packed_exit = self._config.partition(_SEP)[2]
+            return ExitInfo.model_validate_json(packed_exit) if packed_exit else None
         return self._exit
 
     @exit.setter
     def exit(self, exit_info: ExitInfo | None) -> None:
+        if isinstance(self._config, bytes):
+            raise ValueError(f"exec {self.exec_id!r} is compacted; its exit is settled")
         self._exit: ExitInfo | None = exit_info
-        self._packed_exit = None
 
     @property
     def finished(self) -> bool:
@@ -155,16 +126,12 @@ class ExecRecord:
     @property
     def compacted(self) -> bool:
         """True once :meth:`compact` has packed the config and exit."""
-        return self._config is None
+        return isinstance(self._config, bytes)
 
     def compact(self) -> None:
         """Pack a finished record's config and exit; the hot path no longer reads them."""
-        if not self.finished or self._config is None:
-            return
-        self._packed_config = self._config.model_dump_json(exclude_defaults=True).encode()
-        self._config = None
-        if self._exit is not None:
-            self._packed_exit = _pack_exit(self._exit)
+        if self.finished and not isinstance(self._config, bytes):
+            self._config = _pack(self._config, self._exit)
             self._exit = None
 
     def info(self) -> ExecInfo:

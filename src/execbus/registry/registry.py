@@ -17,8 +17,8 @@ collects them. The number of records is capped; a full registry raises
 from __future__ import annotations
 
 import builtins
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -133,7 +133,7 @@ class ExecRegistry:
             exec_id=exec_id,
             agent=self.agent,
             config=config,
-            instance=instance or uuid.uuid4().hex,
+            instance=instance or secrets.token_hex(8),
             created_at=self._clock(),
         )
         self._insert(record)

@@ -2,13 +2,8 @@
 
 A result is not "sent" until the broker confirmed it. Publishes are
 pipelined: callers run many at once and each awaits only its own confirm.
-aio-pika and connection errors become :class:`~execbus.errors.PublishFailed`.
-
-Events and replies (several per exec: the hot path) go straight to the
-channel's aiormq layer with prebuilt properties and without waiting for the
-frame to be flushed to the socket; only the confirm is awaited. A publish's
-frames are queued before its first suspension, so publishes started in some
-order reach the broker in that order (RabbitMQ then keeps the order per queue).
+Events and replies (several per exec) take the lean path of
+:mod:`execbus.publishing`; errors become :class:`~execbus.errors.PublishFailed`.
 """
 
 from __future__ import annotations
@@ -18,11 +13,10 @@ from datetime import UTC, datetime
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
-from aiormq.channel import Channel as RawChannel
-from pamqp.commands import Basic
 from pydantic import BaseModel
 
 from execbus.errors import PublishFailed
+from execbus.publishing import Basic, publish_confirmed
 from execbus.wire.codec import dump
 from execbus.wire.routing import REASON_HEADER, Names
 
@@ -36,14 +30,10 @@ class Publisher:
         self._channel = channel
         self._names = names
         self._timeout = timeout
-        self._raw: RawChannel | None = None
         self._dead: AbstractExchange | None = None
 
     async def setup(self) -> None:
         """Look up the exchanges (declared by the topology beforehand)."""
-        raw = await self._channel.get_underlay_channel()
-        assert isinstance(raw, RawChannel)  # aiormq's concrete channel has ``wait=``
-        self._raw = raw
         self._dead = await self._channel.get_exchange(self._names.dead_exchange, ensure=False)
 
     async def event(self, routing_key: str, event: BaseModel, event_id: str) -> None:
@@ -67,24 +57,7 @@ class Publisher:
     async def _publish_raw(
         self, exchange: str, key: str, body: bytes, props: Basic.Properties
     ) -> None:
-        raw = self._raw
-        if raw is None or raw.is_closed:
-            raise PublishFailed("publish failed: the publishing channel is closed")
-        try:
-            await raw.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=key,
-                properties=props,
-                timeout=self._timeout,
-                wait=False,  # await the confirm, not the socket flush
-            )
-        except DeliveryError as exc:
-            raise PublishFailed(f"broker refused the message for {key!r}: {exc}") from exc
-        except TimeoutError as exc:
-            raise PublishFailed(f"no publisher confirm within {self._timeout:g} s") from exc
-        except CONNECTION_EXCEPTIONS as exc:
-            raise PublishFailed(f"publish failed: {exc!r}") from exc
+        await publish_confirmed(self._channel, exchange, key, body, props, timeout=self._timeout)
 
     async def dead_letter(self, original: AbstractIncomingMessage, reason: str) -> None:
         """Copy ``original`` to ``<ns>.dead`` with the reason in a header."""

@@ -1,0 +1,52 @@
+"""One confirmed publish, shared by the worker's publisher and the client's RPC.
+
+The hot paths (events, replies, requests) skip aio-pika's ``Message`` and
+publish on the channel's aiormq layer with prebuilt properties, awaiting the
+broker's confirm but not the socket flush. The frames of a publish are queued
+in its first step (or it queues behind the channel lock, which is FIFO), so
+publishes started in some order reach the broker in that order. aio-pika,
+aiormq and connection errors become :class:`~execbus.errors.PublishFailed`.
+"""
+
+from __future__ import annotations
+
+from aio_pika.abc import AbstractChannel
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
+from aiormq.channel import Channel as RawChannel
+from pamqp.commands import Basic
+
+from execbus.errors import PublishFailed
+
+__all__ = ["Basic", "publish_confirmed"]
+
+
+async def publish_confirmed(
+    channel: AbstractChannel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: Basic.Properties,
+    *,
+    timeout: float,
+    mandatory: bool = False,
+    what: str = "the message",
+) -> None:
+    """Publish ``body`` and wait (at most ``timeout`` s) for the broker's confirm."""
+    try:
+        raw = await channel.get_underlay_channel()
+        assert isinstance(raw, RawChannel)  # the concrete channel takes ``wait=``
+        await raw.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+            timeout=timeout,
+            wait=False,  # the confirm is what counts, not the socket flush
+        )
+    except DeliveryError as exc:
+        raise PublishFailed(f"the broker refused {what} for {routing_key!r}: {exc}") from exc
+    except TimeoutError as exc:
+        raise PublishFailed(f"no publisher confirm for {what} within {timeout:g} s") from exc
+    except CONNECTION_EXCEPTIONS as exc:
+        raise PublishFailed(f"publishing {what} failed: {exc!r}") from exc

@@ -201,6 +201,7 @@ class Stack:
         self.agent: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        self.worker_loop = "auto"
 
     def _spawn(
         self, argv: list[str], env: dict[str, str], log_name: str
@@ -230,6 +231,7 @@ class Stack:
             EXECBUS_REGISTRY_RETENTION="86400",
             EXECBUS_REGISTRY_MAX_RECORDS=str(RSS_RECORDS + 50_000),
             EXECBUS_SHUTDOWN_GRACE="2",
+            EXECBUS_EVENT_LOOP=self.worker_loop,
         )
         argv = [sys.executable, "-m", "execbus", "worker", "--agent", f"{AGENT}=unix://{self.sock}"]
         argv += ["--http-port", str(self.http_port)]
@@ -1030,6 +1032,7 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
             container = None
 
     stack = Stack(args.amqp_url, ns, workdir, container.root if container else None)
+    stack.worker_loop = args.worker_loop
     state["stack"] = stack
     stack.start_agent()
     await stack.wait_agent()
@@ -1348,6 +1351,13 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy an extra c=64 run")
     ap.add_argument("--no-runc", action="store_true", help="skip the runc container figures")
     ap.add_argument(
+        "--worker-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="the worker's EXECBUS_EVENT_LOOP (auto: uvloop when installed); the benchmark "
+        "process itself (spawn limit, agent alone, the client) always runs on asyncio's loop",
+    )
+    ap.add_argument(
         "--update-docs",
         action="store_true",
         help="copy the plot to docs/performance-throughput.svg",
@@ -1366,6 +1376,7 @@ def main() -> int:
             "python": platform.python_version(),
             "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         },
+        "worker_event_loop": args.worker_loop,
     }
     state: dict[str, Any] = {"ns": ns, "workdir": workdir, "result": result}
     say(f"execbus e2e benchmark ({result['mode']}), namespace {ns}, workdir {workdir}")

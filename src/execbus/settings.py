@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         default="info", description="Log level."
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="Event loop of the worker and the CLI: uvloop when it is installed "
+        "(auto), or asyncio's own.",
+    )
 
     @field_validator("agents", "pools", mode="before")
     @classmethod

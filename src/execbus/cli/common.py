@@ -9,13 +9,13 @@ when the command could not be executed or found, 2 for invalid arguments.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
+from execbus import loops
 from execbus.client.results import exit_code_of
 from execbus.errors import ExecbusError, StartFailed
 from execbus.settings import Settings, load_settings
@@ -130,7 +130,7 @@ def execute(
     quiet_libraries()
     try:
         settings = settings_from_args(args)
-        return asyncio.run(main(args, settings))
+        return loops.run(main(args, settings), settings.event_loop)
     except StartFailed as exc:
         return fail(exc.message, exit_code_of(exc) or EXIT_EXECBUS)
     except ExecbusError as exc:

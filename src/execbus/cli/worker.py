@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 
+from execbus import loops
 from execbus.connections.address import AgentAddress, parse_agent_spec
 from execbus.connections.factory import ConnectOptions
 from execbus.errors import ConfigError
@@ -179,7 +180,7 @@ def main(argv: list[str]) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings, agents, options, pools))
+        loops.run(serve(settings, agents, options, pools), settings.event_loop)
     except ConfigError as exc:
         print(f"execbus worker: {exc.message}", file=sys.stderr)
         return 2
@@ -209,9 +210,10 @@ async def serve(
         port = await http.start()
         log.info("health and metrics on http://%s:%d/", settings.http_host, port)
     log.info(
-        "worker %s serving agents: %s",
+        "worker %s serving agents: %s (event loop: %s)",
         worker.worker_id,
         ", ".join(f"{n}={a}" for n, a in agents.items()),
+        loops.loop_name(),
     )
     try:
         await worker.run(stop)

@@ -9,6 +9,7 @@ attempt has its own timeout; the backoff is exponential with jitter.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -45,18 +46,39 @@ async def call_with_retry(
     on_retry: Callable[[RetryCallState], None] | None = None,
     attempt_timeout: float | None = None,
 ) -> T:
-    """Run ``call`` with the policy; the last :class:`AgentUnavailable` propagates."""
+    """Run ``call`` with the policy; the last :class:`AgentUnavailable` propagates.
+
+    The first attempt runs bare: nearly every agent call succeeds at once, and
+    setting up tenacity per call costs more than the call's own framing. A
+    failed first attempt is handed to tenacity as its attempt 1, so the
+    backoff, the stops and ``on_retry`` behave exactly as if it ran there.
+    """
     timeout = policy.attempt_timeout if attempt_timeout is None else attempt_timeout
+    started = time.monotonic()
+    try:
+        return await _with_timeout(call, timeout)
+    except AgentUnavailable as exc:
+        first_failure: AgentUnavailable | None = exc
+    spent = time.monotonic() - started
+
+    async def attempt_call() -> T:
+        nonlocal first_failure
+        if first_failure is not None:
+            failure, first_failure = first_failure, None
+            raise failure  # attempt 1, already made
+        return await _with_timeout(call, timeout)
+
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(AgentUnavailable),
-        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed),
+        stop=stop_after_attempt(policy.attempts)
+        | stop_after_delay(max(0.0, policy.max_elapsed - spent)),
         wait=wait_random_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff),
         before_sleep=on_retry,
         reraise=True,
     )
     async for attempt in retrying:
         with attempt:
-            return await _with_timeout(call, timeout)
+            return await attempt_call()
     raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
 

@@ -42,6 +42,7 @@ class ExecRecord:
         "_config",
         "_exit",
         "agent",
+        "agent_acked",
         "container_id",
         "created_at",
         "error",
@@ -72,6 +73,7 @@ class ExecRecord:
         exit: ExitInfo | None = None,
         error: ErrorInfo | None = None,
         final_published: bool = False,
+        agent_acked: bool = False,
     ) -> None:
         self.exec_id = exec_id
         self.agent = agent
@@ -85,6 +87,7 @@ class ExecRecord:
         self.finished_at = finished_at
         self.error = error
         self.final_published = final_published  # the exited/failed event was confirmed
+        self.agent_acked = agent_acked  # the agent was told to forget the finished exec
         self.config = config
         self.exit = exit
 

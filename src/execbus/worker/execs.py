@@ -481,7 +481,8 @@ class AgentExecs:
             if self.registry.notify_exit(record.exec_id, state.exit) and record.pid is None:
                 record.pid = state.pid
         await self._publish_final(record)
-        await self._ack_agent(record.exec_id)
+        if not record.agent_acked:  # the exit can arrive twice: with the start reply and alone
+            record.agent_acked = await self._ack_agent(record.exec_id)
 
     async def _publish_final(self, record: ExecRecord) -> None:
         """Publish the exit (or failure) once it is confirmed; a failed publish is retried
@@ -517,11 +518,12 @@ class AgentExecs:
         if self.on_finished is not None:
             self.on_finished(self.agent, record.state.value, result)
 
-    async def _ack_agent(self, exec_id: str) -> None:
+    async def _ack_agent(self, exec_id: str) -> bool:
+        """Let the agent forget a finished exec; False when that must wait for a sync."""
         try:
             await self.connection.ack(exec_id)
         except NotFound:
-            pass  # the agent never held it (the start never reached it)
+            return True  # the agent never held it (the start never reached it)
         except ExecbusError as exc:  # the next sync acks it
             log.info(
                 "agent %s: ack of %s deferred: %s",
@@ -530,6 +532,8 @@ class AgentExecs:
                 exc,
                 extra=self._ctx(exec_id),
             )
+            return False
+        return True
 
     async def _reply_waiters(self, record: ExecRecord) -> None:
         targets = self.waiters.pop(record.exec_id, [])

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench chaos clean
+.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench bench-deps bench-full chaos clean
 
 $(BIN)/execbus: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,8 +42,17 @@ check: lint typecheck test
 schema: install  ## regenerate docs/schema/*.json and docs/asyncapi.yaml
 	$(BIN)/python -m execbus.wire.schema docs
 
+bench-deps: install  ## the benchmark's optional tools: Celery (the baseline) and py-spy
+	$(BIN)/pip install -q -e '.[dev,bench]'
+
 bench: install  ## end-to-end benchmark (prints JSON)
 	$(BIN)/python bench/e2e.py
+
+bench-full: bench-deps  ## everything docs/performance.md reports (~5 min)
+	$(BIN)/python bench/e2e.py --with-celery --profile --full --update-docs
+
+chaos: install  ## 5-minute fault-injection soak on a private RabbitMQ node (prints JSON)
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

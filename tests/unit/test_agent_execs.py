@@ -88,8 +88,10 @@ async def test_events_keep_order_while_confirms_are_slow(agent: CountingAgent) -
     assert settled is outcome and all(f.done() for f in outcome.confirms)
     await _until(lambda: any(kind == "reply" for kind, _ in outbox.sent))
     kinds = [kind for kind, _ in outbox.sent]
-    # ... and the events still went out in lifecycle order.
+    # ... and the events still went out in lifecycle order, the waiting caller's
+    # reply ahead of the exit event.
     assert kinds.index("created") < kinds.index("started") < kinds.index("exited")
+    assert kinds.index("reply") < kinds.index("exited")
 
 
 async def test_a_failed_confirm_requeues_without_a_reply(agent: CountingAgent) -> None:

@@ -498,10 +498,12 @@ class AgentExecs:
             )
         else:
             kind, event, result = "exited", self._exited_event(record), _exit_result(record)
-        # The replies go out with the event, not after its confirm: one round trip less.
+        # The replies go out first (their callers are waiting), the event right
+        # behind them, and no confirm is awaited in between.
+        replies = self._send_replies(record)
         self._send(record, kind, event)
-        published, _ = await asyncio.gather(
-            self._confirmed(record), self._reply_waiters(record), return_exceptions=True
+        published, *_ = await asyncio.gather(
+            self._confirmed(record), *replies, return_exceptions=True
         )
         if isinstance(published, BaseException):
             raise published
@@ -535,14 +537,17 @@ class AgentExecs:
             return False
         return True
 
-    async def _reply_waiters(self, record: ExecRecord) -> None:
+    def _send_replies(self, record: ExecRecord) -> list[asyncio.Future[None]]:
+        """Start answering everyone waiting for ``record``'s end (a failed reply is not
+        retried: the caller also watches the exit event)."""
         targets = self.waiters.pop(record.exec_id, [])
         if not targets:
-            return
+            return []
         reply = self._final_reply(record)
-        await asyncio.gather(
-            *(self.outbox.reply(t.reply_to, t.correlation_id, reply) for t in targets)
-        )
+        return [
+            asyncio.ensure_future(self.outbox.reply(t.reply_to, t.correlation_id, reply))
+            for t in targets
+        ]
 
     def _final_reply(self, record: ExecRecord) -> Reply:
         return self._reply_for(None, record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -190,3 +191,28 @@ async def test_close_wakes_pending_calls(
     await client.close()
     with pytest.raises(BrokerError, match="closed"):
         await waiting
+
+
+async def test_events_of_execs_nobody_here_follows_are_not_parsed(
+    amqp_url: str, namespace: str, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every client of an agent receives all its exit events; it parses only its own."""
+    async with Client(amqp_url, namespace=namespace) as bystander:
+        await bystander.run("local", ["true"])  # binds it to the agent's exit events
+        exits = bystander._exits
+        assert exits is not None
+        parsed: list[str] = []  # every event the bystander parsed reaches deliver()
+        deliver = exits.deliver
+
+        def recording_deliver(event: Any) -> None:
+            parsed.append(event.exec_id)
+            deliver(event)
+
+        monkeypatch.setattr(exits, "deliver", recording_deliver)
+        results = await asyncio.gather(*(client.run("local", ["true"]) for _ in range(10)))
+        others = {r.exec_id for r in results}
+        mine = new_exec_id()
+        execution = await bystander.submit("local", ["sh", "-c", "sleep 0.2"], exec_id=mine)
+        assert (await execution.result()).exit_code == 0
+        await client.run("local", ["true"])  # the others' events have surely arrived by now
+    assert not others & set(parsed), "the bystander parsed exits of runs it does not follow"

@@ -31,6 +31,7 @@ class Bus:
         self.late_replies: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.events: list[dict[str, Any]] = []
         self.event_keys: list[str] = []
+        self.event_headers: list[dict[str, Any]] = []
         self._event_signal = asyncio.Event()
         self.reply_queue: AbstractQueue | None = None
 
@@ -62,6 +63,7 @@ class Bus:
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         self.events.append(json.loads(message.body))
         self.event_keys.append(message.routing_key or "")
+        self.event_headers.append(dict(message.headers or {}))
         self._event_signal.set()
 
     async def publish(

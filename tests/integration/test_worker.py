@@ -43,6 +43,8 @@ async def test_run_replies_and_publishes_exit(
         assert kinds == ["exec.created", "exec.started", "exec.exited"]
         assert bus.event_keys[-1] == "exec.a1.~.exited"
         assert len({e["event_id"] for e in bus.events_of(body["exec_id"])}) == 3
+        # The exec id rides in a header too, so consumers can filter before parsing.
+        assert bus.event_headers[-1]["x-execbus-exec-id"] == body["exec_id"]
 
 
 async def test_events_keep_their_order_under_concurrency(

@@ -152,7 +152,7 @@ class Client:
 
     async def _setup(self, connection: AbstractRobustConnection) -> None:
         inbox_channel = await connection.channel(publisher_confirms=False)
-        inbox = Inbox(inbox_channel, self.names, self._on_reply, self._on_event)
+        inbox = Inbox(inbox_channel, self.names, self._on_reply, self._on_event, self._follows)
         publish_channel = await connection.channel(publisher_confirms=True)
         rpc = Rpc(
             publish_channel,
@@ -207,6 +207,9 @@ class Client:
     def _on_event(self, event: Event) -> None:
         if self._exits is not None:
             self._exits.deliver(event)
+
+    def _follows(self, exec_id: str) -> bool:
+        return self._exits is not None and self._exits.watching(exec_id)
 
     def _on_reconnect(self, *_: object) -> None:
         # Replies and events sent while we were away are lost (our queue was

@@ -87,6 +87,10 @@ class ExitWatcher:
         if not watch.placed.done():
             watch.placed.cancel()
 
+    def watching(self, exec_id: str) -> bool:
+        """True while someone waits for ``exec_id`` (its events are worth parsing)."""
+        return exec_id in self._watches
+
     def pending(self) -> list[Watch]:
         """Every watch not yet resolved."""
         return [w for ws in self._watches.values() for w in ws if not w.future.done()]

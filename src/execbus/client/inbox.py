@@ -19,12 +19,13 @@ from execbus.errors import BrokerError, InvalidRequest
 from execbus.wire.codec import parse_event, parse_reply
 from execbus.wire.events import Event
 from execbus.wire.replies import Reply
-from execbus.wire.routing import Names
+from execbus.wire.routing import EXEC_ID_HEADER, Names
 
 log = logging.getLogger("execbus.client")
 
 ReplyHandler = Callable[[str | None, Reply], None]
 EventHandler = Callable[[Event], None]
+ExecFilter = Callable[[str], bool]
 
 
 def client_queue_name(names: Names) -> str:
@@ -36,12 +37,21 @@ class Inbox:
     """Consumes the private queue and routes each message to a handler."""
 
     def __init__(
-        self, channel: AbstractChannel, names: Names, on_reply: ReplyHandler, on_event: EventHandler
+        self,
+        channel: AbstractChannel,
+        names: Names,
+        on_reply: ReplyHandler,
+        on_event: EventHandler,
+        wants: ExecFilter | None = None,
     ) -> None:
         self._channel = channel
         self._names = names
         self._on_reply = on_reply
         self._on_event = on_event
+        # Events name their exec in a header: those of execs nobody here waits for
+        # (other clients' runs on the same agent, a run already answered by its
+        # reply) are dropped before their body is parsed.
+        self._wants = wants
         self.name = client_queue_name(names)
         self._queue: AbstractQueue | None = None
         self._bound: set[str] = set()
@@ -68,8 +78,14 @@ class Inbox:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
             if message.exchange == self._names.events_exchange:
+                if self._unwanted(message):
+                    return
                 self._on_event(parse_event(message.body))
             else:
                 self._on_reply(message.correlation_id, parse_reply(message.body))
         except InvalidRequest as exc:
             log.warning("ignoring a malformed message on %s: %s", self.name, exc.message)
+
+    def _unwanted(self, message: AbstractIncomingMessage) -> bool:
+        exec_id = (message.headers or {}).get(EXEC_ID_HEADER)
+        return self._wants is not None and isinstance(exec_id, str) and not self._wants(exec_id)

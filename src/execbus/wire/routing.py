@@ -6,7 +6,7 @@
     <ns>.agent.<a>  quorum queue     single active consumer, delivery limit, DLX
     <ns>.pool.<p>   quorum queue     competing consumers, delivery limit, DLX
     <ns>.unrouted   fanout + queue   alternate exchange of <ns>.requests
-    <ns>.events     topic exchange   exec.<agent>.<container>.<event>
+    <ns>.events     topic exchange   exec.<agent>.<container>.<event>; exec id in x-execbus-exec-id
     <ns>.dead       fanout + queue   dead letters; reason in x-execbus-reason
     <ns>.control    topic exchange   worker membership (scale-out)
 """
@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from execbus.wire.ids import decode_key_segment, encode_key_segment
 
 REASON_HEADER = "x-execbus-reason"
+#: On every event: the exec it is about, so a consumer can drop events of execs
+#: it does not follow before parsing the body.
+EXEC_ID_HEADER = "x-execbus-exec-id"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from execbus.errors import PublishFailed
 from execbus.publishing import Basic, publish_confirmed
 from execbus.wire.codec import dump
-from execbus.wire.routing import REASON_HEADER, Names
+from execbus.wire.routing import EXEC_ID_HEADER, REASON_HEADER, Names
 
 JSON = "application/json"
 
@@ -37,13 +37,16 @@ class Publisher:
         self._dead = await self._channel.get_exchange(self._names.dead_exchange, ensure=False)
 
     async def event(self, routing_key: str, event: BaseModel, event_id: str) -> None:
-        """Publish an event on ``<ns>.events`` (persistent, ``message_id`` = event id)."""
+        """Publish an event on ``<ns>.events`` (persistent, ``message_id`` = event id,
+        the exec id in the ``x-execbus-exec-id`` header)."""
+        exec_id = getattr(event, "exec_id", None)
         props = Basic.Properties(
             content_type=JSON,
             message_id=event_id,
             message_type=getattr(event, "type", None),
             delivery_mode=2,
             timestamp=datetime.now(UTC),
+            headers={EXEC_ID_HEADER: exec_id} if exec_id else None,
         )
         await self._publish_raw(self._names.events_exchange, routing_key, dump(event), props)
 

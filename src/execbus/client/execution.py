@@ -27,8 +27,9 @@ from execbus.wire.replies import Reply
 if TYPE_CHECKING:
     from execbus.client.client import Client
 
-# The worker replies right after publishing the exit event; when the event
-# wins the race, wait this long for the reply (it carries the full record).
+# The worker publishes the reply just ahead of the exit event; when the event
+# still wins (a failover: the new owner replies after its sync), wait this long
+# for the reply, which carries the full record.
 REPLY_GRACE = 0.5
 
 

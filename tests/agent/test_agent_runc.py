@@ -267,3 +267,56 @@ async def test_tty_in_the_container(rc: TestClient, container: Container) -> Non
     await rc.call("stdin", b"go\n", exec_id=exec_id)
     frame = await rc.request("wait", exec_id=exec_id)
     assert re.search(rb"50 132\r*\n$", split_captures(frame.header["result"], frame.payload)[0])
+
+
+async def test_container_state_is_reused_until_the_container_changes(
+    container: Container,
+) -> None:
+    """`runc state` runs once per container life, not per exec, and a stopped,
+    paused or re-created container is still noticed."""
+    assert RUNC is not None
+    base = os.path.dirname(container.bundle)
+    calls = os.path.join(base, "runc-calls.log")
+    wrapper = os.path.join(base, "runc-logging")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\necho "$*" >> {calls}\nexec {RUNC} "$@"\n')
+    os.chmod(wrapper, 0o755)
+    cid = f"{container.id}-cache"
+    assert _run_detached(container, "run", cid) is None
+    agent = AgentProcess(
+        ["--grace", "0", "--runc-root", container.runc_root, "--runc-binary", wrapper]
+    )
+    agent.start()
+    rc = await agent.connect()
+
+    def state_calls() -> int:
+        with open(calls) as f:
+            return sum(line.split()[2:3] == ["state"] for line in f)  # --root <dir> state <id>
+
+    try:
+        for _ in range(3):
+            state, out, _ = await rc.run(["hostname"], container_id=cid)
+            assert out == f"{HOSTNAME}\n".encode(), state
+        assert state_calls() == 1
+        paused = container.runc("pause", cid)
+        if paused.returncode == 0:  # needs the freezer cgroup
+            state, _, _ = await rc.run(["true"], container_id=cid)
+            assert state["error"]["code"] == "container_not_running", state
+            assert container.runc("resume", cid).returncode == 0
+        container.runc("kill", cid, "KILL")
+        deadline = time.monotonic() + 10
+        while '"stopped"' not in container.runc("state", cid).stdout:
+            assert time.monotonic() < deadline, "the container did not stop"
+            time.sleep(0.05)
+        state, _, _ = await rc.run(["true"], container_id=cid)
+        assert state["error"]["code"] == "container_not_running", state
+        container.runc("delete", "-f", cid)
+        assert _run_detached(container, "run", cid) is None  # the same id, a new container
+        state, _, _ = await rc.run(["cat", "/proc/1/cmdline"], container_id=cid)
+        assert state["exit"]["exit_code"] == 0, state
+        assert state_calls() == 3  # first exec, after the stop, after the re-creation
+    finally:
+        await rc.close()
+        agent.terminate()
+        agent.cleanup()
+        container.runc("delete", "-f", cid)

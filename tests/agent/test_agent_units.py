@@ -9,7 +9,12 @@ import pytest
 
 from execbus.agent.errors import AgentError, StartFailure
 from execbus.agent.listeners import VMADDR_CID_ANY, ListenerSpec, parse_listen_url
-from execbus.agent.runc import classify_runc_error, runc_exit_status
+from execbus.agent.runc import (
+    KnownContainer,
+    _process_start_time,
+    classify_runc_error,
+    runc_exit_status,
+)
 from execbus.agent.signames import parse_signal, signal_name
 from execbus.agent.users import FileUserDB, resolve_in_root, resolve_user
 
@@ -70,3 +75,27 @@ def test_container_user_database_stays_inside_the_root(tmp_dir: str) -> None:
     assert resolve_user("1000:10", db).gid == 10
     with pytest.raises(StartFailure):
         resolve_user("root", db)
+
+
+def test_a_known_container_lives_as_long_as_its_very_init_process() -> None:
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        known = KnownContainer.of({"pid": child.pid}, "/rootfs", {"args": ["sh"]})
+        assert known is not None and known.alive()
+        assert KnownContainer.of({"pid": 0}, "/", {}) is None
+        assert KnownContainer.of({}, "/", {}) is None
+        forged = KnownContainer(child.pid, "1", "/", {})  # same pid, another start time
+        assert not forged.alive()
+        child.kill()
+        deadline = time.monotonic() + 5
+        while _process_start_time(child.pid) is not None:  # a zombie counts as gone
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not known.alive()
+    finally:
+        child.kill()
+        child.wait()
+    assert _process_start_time(os.getpid()) is not None

@@ -109,3 +109,14 @@ def test_a_compacted_record_takes_under_half_of_a_live_one() -> None:
     # 100,000 finished execs must fit the worker's 150 MiB budget with room to spare.
     assert compacted < 1024, compacted
     assert compacted < live / 2, (live, compacted)
+
+
+def test_a_compacted_record_refuses_changes_to_what_it_packed() -> None:
+    registry = ExecRegistry("a1")
+    record = finished_record(registry)
+    record.compact()
+    with pytest.raises(ValueError, match="compacted"):
+        record.config = RICH
+    with pytest.raises(ValueError, match="compacted"):
+        record.exit = EXIT
+    assert record.exit == EXIT

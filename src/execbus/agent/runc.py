@@ -108,6 +108,7 @@ _COMMAND_TIMEOUT = 30.0
 # (an open() per poll, ~15 per container exec) loses 0.5 ms on average where
 # 5 ms lost 2.5 ms.
 _PIDFILE_POLL = 0.001
+_KNOWN_SWEEP_AT = 256  # containers remembered before the stopped ones are dropped
 
 
 class RuncBackend:
@@ -185,6 +186,8 @@ class RuncBackend:
         init = KnownContainer.of(state, rootfs, process)
         if init is not None:
             self._known[container_id] = init
+            if len(self._known) > _KNOWN_SWEEP_AT:  # containers come and go: forget the gone
+                self._known = {cid: k for cid, k in self._known.items() if k.alive()}
         else:
             self._known.pop(container_id, None)
         return rootfs, process

@@ -104,6 +104,8 @@ class ExecRecord:
 
     @config.setter
     def config(self, config: ExecConfig) -> None:
+        if isinstance(getattr(self, "_config", None), bytes):
+            raise ValueError(f"exec {self.exec_id!r} is compacted; its config is settled")
         self._config: ExecConfig | bytes = config
         self.container_id = config.container_id
 

@@ -10,6 +10,9 @@ aiormq and connection errors become :class:`~execbus.errors.PublishFailed`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from aiormq.channel import Channel as RawChannel
@@ -17,7 +20,20 @@ from pamqp.commands import Basic
 
 from execbus.errors import PublishFailed
 
-__all__ = ["Basic", "publish_confirmed"]
+__all__ = ["Basic", "publish_confirmed", "publish_errors"]
+
+
+@contextlib.contextmanager
+def publish_errors(what: str, routing_key: str, timeout: float) -> Iterator[None]:
+    """Translate aio-pika/aiormq publish failures into :class:`PublishFailed`."""
+    try:
+        yield
+    except DeliveryError as exc:
+        raise PublishFailed(f"the broker refused {what} for {routing_key!r}: {exc}") from exc
+    except TimeoutError as exc:
+        raise PublishFailed(f"no publisher confirm for {what} within {timeout:g} s") from exc
+    except CONNECTION_EXCEPTIONS as exc:
+        raise PublishFailed(f"publishing {what} failed: {exc!r}") from exc
 
 
 async def publish_confirmed(
@@ -32,7 +48,7 @@ async def publish_confirmed(
     what: str = "the message",
 ) -> None:
     """Publish ``body`` and wait (at most ``timeout`` s) for the broker's confirm."""
-    try:
+    with publish_errors(what, routing_key, timeout):
         raw = await channel.get_underlay_channel()
         assert isinstance(raw, RawChannel)  # the concrete channel takes ``wait=``
         await raw.basic_publish(
@@ -44,9 +60,3 @@ async def publish_confirmed(
             timeout=timeout,
             wait=False,  # the confirm is what counts, not the socket flush
         )
-    except DeliveryError as exc:
-        raise PublishFailed(f"the broker refused {what} for {routing_key!r}: {exc}") from exc
-    except TimeoutError as exc:
-        raise PublishFailed(f"no publisher confirm for {what} within {timeout:g} s") from exc
-    except CONNECTION_EXCEPTIONS as exc:
-        raise PublishFailed(f"publishing {what} failed: {exc!r}") from exc

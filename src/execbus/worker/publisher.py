@@ -12,11 +12,9 @@ from datetime import UTC, datetime
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from pydantic import BaseModel
 
-from execbus.errors import PublishFailed
-from execbus.publishing import Basic, publish_confirmed
+from execbus.publishing import Basic, publish_confirmed, publish_errors
 from execbus.wire.codec import dump
 from execbus.wire.routing import EXEC_ID_HEADER, REASON_HEADER, Names
 
@@ -77,16 +75,6 @@ class Publisher:
             message_id=original.message_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        await self._publish(self._dead, message, original.routing_key or "")
-
-    async def _publish(
-        self, exchange: AbstractExchange, message: aio_pika.Message, key: str
-    ) -> None:
-        try:
-            await exchange.publish(message, key, mandatory=False, timeout=self._timeout)
-        except DeliveryError as exc:
-            raise PublishFailed(f"broker refused the message for {key!r}: {exc}") from exc
-        except TimeoutError as exc:
-            raise PublishFailed(f"no publisher confirm within {self._timeout:g} s") from exc
-        except CONNECTION_EXCEPTIONS as exc:
-            raise PublishFailed(f"publish failed: {exc!r}") from exc
+        key = original.routing_key or ""
+        with publish_errors("the dead letter", key, self._timeout):
+            await self._dead.publish(message, key, mandatory=False, timeout=self._timeout)

@@ -304,6 +304,7 @@ async def test_metrics_and_health_move(amqp_url: str, namespace: str, agent_work
     assert 'execbus_requests_total{outcome="ack",type="exec.run"} 1.0' in text
     assert dead_lettered in text
     assert 'execbus_execs_finished_total{agent="a1",result="ok",state="exited"} 1.0' in text
+    assert 'execbus_worker_info{event_loop="uvloop",version="' in text  # uvloop: a dependency
     assert "execbus_request_seconds_bucket" in text
     status = worker.readyz()
     assert status["ready"] is True and status["agents"]["a1"]["connected"] is True

@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from execbus import loops
+from execbus import __version__, loops
 from execbus.connections.address import AgentAddress, parse_agent_spec
 from execbus.connections.factory import ConnectOptions
 from execbus.errors import ConfigError
@@ -209,6 +209,7 @@ async def serve(
         )
         port = await http.start()
         log.info("health and metrics on http://%s:%d/", settings.http_host, port)
+    worker.metrics.info.labels(__version__, loops.loop_name()).set(1)
     log.info(
         "worker %s serving agents: %s (event loop: %s)",
         worker.worker_id,

@@ -55,6 +55,12 @@ class WorkerMetrics:
         )
         self.inflight = Gauge("execbus_inflight_requests", "Requests being handled", registry=r)
         self.owned = Gauge("execbus_agents_owned", "Agents this worker owns", registry=r)
+        self.info = Gauge(
+            "execbus_worker_info",
+            "Always 1: the worker's version and event loop",
+            ["version", "event_loop"],
+            registry=r,
+        )
 
     def observe_request(self, request_type: str, disposition: Disposition, seconds: float) -> None:
         self.requests.labels(request_type, disposition.action.value).inc()

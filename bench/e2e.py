@@ -17,7 +17,7 @@ against the local RabbitMQ and measures, each after a warm-up:
 * ``agent_rss_mb``  agent VmRSS peak while ``head -c 100MiB /dev/zero`` runs through it
 
 ``--with-celery`` also runs the Celery baseline (``../shared/bench/celery_peer.py``) right
-after the e2e throughput phases, with our worker and agent idle (so both systems meet the
+after the e2e, runc and latency phases, with our worker and agent idle (so both systems meet the
 same host), and prints the ratios and a ``targets`` object with pass/fail.
 ``--profile`` samples the worker, the agent and this process with py-spy (when installed)
 during extra concurrency-64 runs (one per process) and summarises where the time goes;
@@ -1108,18 +1108,6 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
         res["e2e_per_s"] = e2e
         res["e2e_peak_per_s"] = max(e2e.values())
         say(f"cpu ms per exec at c=64: {cpu['e2e_c64']['cpu_ms_per_exec']}")
-        if args.with_celery:
-            # Right after our own throughput phases, while the worker and agent sit
-            # idle: the host's speed drifts over a long run, and the ratios should
-            # compare the two systems under the same conditions.
-            try:
-                celery = await asyncio.to_thread(
-                    run_celery, args.celery_script, args.amqp_url, plan
-                )
-            except Exception as exc:
-                celery = {"error": repr(exc)}
-            celery["when"] = "after the e2e phases, execbus worker and agent idle"
-            res["celery"] = celery
 
         if container is not None:
             say(f"runc: e2e exec into {container.id}, then `runc exec` alone")
@@ -1169,6 +1157,20 @@ async def run_bench(args: argparse.Namespace, plan: Plan, state: dict[str, Any])
             if where in breakdown:
                 stages = ", ".join(f"{k} {breakdown[where].get(k)}" for k, _ in STAGES)
                 say(f"{where}: {stages}; total {breakdown[where].get('total')} ms")
+
+        if args.with_celery:
+            # Right after our own measurements (before the profiles and the long
+            # RSS fill), with the worker and agent idle: the host's speed drifts
+            # over a long run, and the ratios should compare the two systems
+            # under the same conditions.
+            try:
+                celery = await asyncio.to_thread(
+                    run_celery, args.celery_script, args.amqp_url, plan
+                )
+            except Exception as exc:
+                celery = {"error": repr(exc)}
+            celery["when"] = "after the e2e, runc and latency phases; execbus worker and agent idle"
+            res["celery"] = celery
 
         if args.profile:
             res["profile"] = await profile_run(

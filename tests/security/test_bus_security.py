@@ -73,6 +73,18 @@ async def reasons(amqp_url: str, ns: str, count: int) -> list[str]:
     return [str((m.headers or {}).get("x-execbus-reason", "")) for m in letters]
 
 
+@pytest.fixture
+def policy_worker(
+    broker_users: BrokerUsers, start_agent: Any, start_worker: Any, tmp_path: Path
+) -> Any:
+    """A worker serving agent ``a1`` under the test policy (alice allowed, mallory not)."""
+    agent = start_agent("a1")
+    policy = write_policy(tmp_path / "policy.toml", broker_users)
+    worker = start_worker("--agent", f"a1={agent.address}", "--policy-file", str(policy))
+    worker.wait_owner("a1")
+    return worker
+
+
 # -- identity ------------------------------------------------------------------
 
 
@@ -80,14 +92,9 @@ async def test_the_broker_refuses_a_forged_user_id(
     amqp_url: str,
     namespace: str,
     broker_users: BrokerUsers,
-    start_agent: Any,
-    start_worker: Any,
+    policy_worker: Any,
     tmp_path: Path,
 ) -> None:
-    agent = start_agent("a1")
-    policy = write_policy(tmp_path / "policy.toml", broker_users)
-    worker = start_worker("--agent", f"a1={agent.address}", "--policy-file", str(policy))
-    worker.wait_owner("a1")
     marker = tmp_path / "forged"
     # mallory's connection claims to be alice, who the policy allows
     async with CallerBus(
@@ -107,14 +114,9 @@ async def test_policy_allows_and_denies_by_verified_caller(
     amqp_url: str,
     namespace: str,
     broker_users: BrokerUsers,
-    start_agent: Any,
-    start_worker: Any,
+    policy_worker: Any,
     tmp_path: Path,
 ) -> None:
-    agent = start_agent("a1")
-    policy = write_policy(tmp_path / "policy.toml", broker_users)
-    worker = start_worker("--agent", f"a1={agent.address}", "--policy-file", str(policy))
-    worker.wait_owner("a1")
     alice, mallory = broker_users.alice, broker_users.mallory
     ran = tmp_path / "alice-ran"
     markers = {name: tmp_path / name for name in ("m1", "m2", "m3", "m4", "m5")}
@@ -163,7 +165,7 @@ async def test_policy_allows_and_denies_by_verified_caller(
     for _, _, why in denied:
         assert any(why in r for r in got), (why, got)
     assert not any(SECRET_ENV in r for r in got)
-    log = worker.log_path.read_text()
+    log = policy_worker.log_path.read_text()
     assert "denied exec.run from caller" in log
     assert SECRET_ENV not in log
     assert "no authorization policy" not in log
@@ -359,17 +361,12 @@ async def test_worker_runs_on_an_mtls_agent(
 async def test_sdk_requests_carry_the_callers_verified_identity(
     namespace: str,
     broker_users: BrokerUsers,
-    start_agent: Any,
-    start_worker: Any,
+    policy_worker: Any,
     tmp_path: Path,
 ) -> None:
     from execbus import Client
     from execbus.errors import Forbidden
 
-    policy = write_policy(tmp_path / "policy.toml", broker_users)
-    agent = start_agent("a1")
-    worker = start_worker("--agent", f"a1={agent.address}", "--policy-file", str(policy))
-    worker.wait_owner("a1")
     async with Client(broker_users.url(broker_users.alice), namespace=namespace) as client:
         result = await client.run("a1", ["echo", "hi"], timeout=30)
         assert result.stdout == b"hi\n"

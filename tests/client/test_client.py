@@ -216,3 +216,31 @@ async def test_events_of_execs_nobody_here_follows_are_not_parsed(
         assert (await execution.result()).exit_code == 0
         await client.run("local", ["true"])  # the others' events have surely arrived by now
     assert not others & set(parsed), "the bystander parsed exits of runs it does not follow"
+
+
+async def test_malformed_events_on_the_inbox_are_dropped_with_a_warning(
+    amqp_url: str, namespace: str, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who may publish to ``<ns>.events`` can reach a client's inbox: junk bodies
+    and odd ``x-execbus-exec-id`` headers are dropped, and the client keeps working."""
+    import logging
+
+    import aio_pika
+
+    first = await client.run("local", ["true"])  # binds the inbox to local's exits
+    junk = [
+        ({"x-execbus-exec-id": 42}, b"not json"),  # not a string: parsed, refused
+        ({"x-execbus-exec-id": first.exec_id}, b'{"v": 1}'),  # nobody waits for it
+        ({}, b'{"v": 1, "type": "exec.exited"}'),  # no header: parsed, refused
+    ]
+    caplog.set_level(logging.WARNING, logger="execbus.client")
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        events = await channel.get_exchange(f"{namespace}.events", ensure=False)
+        for headers, body in junk:
+            await events.publish(aio_pika.Message(body, headers=headers), "exec.local.~.exited")
+    result = await client.run("local", ["echo", "still fine"])
+    assert result.stdout == b"still fine\n"
+    warnings = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # the unwatched exec's copy was never parsed

@@ -18,7 +18,12 @@ a client catches the same exception the worker raised.
     ├── ExecTimeout         timeout         waiting for a result took too long
     ├── UnknownAgent        unknown_agent   no worker serves the agent or pool
     ├── StartFailed         start_failed    the process could not be spawned
-    │                                       (a subclass per cause, see below)
+    │   ├── CommandNotFound        command_not_found       (exit code 127)
+    │   ├── CommandNotExecutable   command_not_executable  (exit code 126)
+    │   ├── UnknownUser            unknown_user
+    │   ├── InvalidWorkingDir      invalid_working_dir     (exit code 126)
+    │   ├── ContainerNotFound      container_not_found
+    │   └── ContainerNotRunning    container_not_running
     ├── AgentError                          talking to a guest agent went wrong
     │   ├── AgentUnavailable  agent_unavailable  refused, reset, timed out (retryable)
     │   └── AgentProtocolError                   the peer broke the agent protocol
@@ -54,6 +59,7 @@ class ErrorCode(StrEnum):
     COMMAND_NOT_FOUND = "command_not_found"
     COMMAND_NOT_EXECUTABLE = "command_not_executable"
     UNKNOWN_USER = "unknown_user"
+    INVALID_WORKING_DIR = "invalid_working_dir"
     CONTAINER_NOT_FOUND = "container_not_found"
     CONTAINER_NOT_RUNNING = "container_not_running"
     INTERNAL = "internal"
@@ -149,6 +155,12 @@ class UnknownUser(StartFailed):
     code = ErrorCode.UNKNOWN_USER
 
 
+class InvalidWorkingDir(StartFailed):
+    """The working directory does not exist or cannot be entered (exit code 126)."""
+
+    code = ErrorCode.INVALID_WORKING_DIR
+
+
 class ContainerNotFound(StartFailed):
     """No container with that id."""
 
@@ -220,6 +232,7 @@ _BY_CODE: dict[str, type[ExecbusError]] = {
     ErrorCode.COMMAND_NOT_FOUND: CommandNotFound,
     ErrorCode.COMMAND_NOT_EXECUTABLE: CommandNotExecutable,
     ErrorCode.UNKNOWN_USER: UnknownUser,
+    ErrorCode.INVALID_WORKING_DIR: InvalidWorkingDir,
     ErrorCode.CONTAINER_NOT_FOUND: ContainerNotFound,
     ErrorCode.CONTAINER_NOT_RUNNING: ContainerNotRunning,
     ErrorCode.INTERNAL: InternalError,

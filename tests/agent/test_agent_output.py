@@ -29,7 +29,10 @@ async def test_flood_keeps_memory_bounded_and_counts_exactly(agent_factory: Agen
     c = await agent.connect()
     try:
         exec_id = uuid.uuid4().hex
-        cmd = ["sh", "-c", f"head -c {100 * MiB} /dev/zero & head -c {30 * MiB} /dev/zero >&2"]
+        # `wait`: the background writer is part of the flood, not a straggler
+        # racing the drain window after the shell exits.
+        flood = f"head -c {100 * MiB} /dev/zero & head -c {30 * MiB} /dev/zero >&2; wait"
+        cmd = ["sh", "-c", flood]
         await c.call("start", exec_id=exec_id, cmd=cmd, output_limit=MiB)
         state, payload, peak = await _wait_sampling_rss(c, exec_id, agent.pid)
         out, err = split_captures(state, payload)

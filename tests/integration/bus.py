@@ -136,4 +136,5 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: str) -> bytes:
-    return base64.b64decode(text)
+    """Strict standard base64: a URL-safe alphabet on the wire is an error, not noise."""
+    return base64.b64decode(text, validate=True)

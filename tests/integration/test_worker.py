@@ -75,11 +75,14 @@ async def test_lifecycle_through_the_bus(amqp_url: str, namespace: str, agent_wo
         )
         assert created["ok"] and created["result"]["state"] == "created"
         again = await bus.call("a1", {"type": "exec.create", "exec_id": exec_id, "config": config})
-        assert again["ok"], "an identical create is idempotent"
+        assert again["ok"] and again["replayed"], "an identical create is idempotent"
+        assert created["replayed"] is False
         started = await bus.call("a1", {"type": "exec.start", "exec_id": exec_id, "detach": True})
         assert started["ok"] and started["result"]["state"] == "running"
+        assert started["replayed"] is False
         second = await bus.call("a1", {"type": "exec.start", "exec_id": exec_id, "detach": True})
-        assert second["error"]["code"] == "conflict"
+        assert second["ok"] and second["replayed"], "a second start replays, never spawns"
+        assert second["result"]["pid"] == started["result"]["pid"]
         resized = await bus.call(
             "a1", {"type": "exec.resize", "exec_id": exec_id, "width": 100, "height": 40}
         )

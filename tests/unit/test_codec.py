@@ -372,6 +372,30 @@ def test_stdin_data_is_base64_on_the_wire_and_bytes_in_the_model() -> None:
     assert parsed.data == data
 
 
+# Bytes whose base64 differs between the standard and the URL-safe alphabet.
+ALPHABET_BYTES = [(b"\xfb\xff\xbf", "+/+/"), (b"ab?", "YWI/"), (b"\xff", "/w==")]
+
+
+@pytest.mark.parametrize(("data", "standard"), ALPHABET_BYTES)
+def test_bytes_out_are_standard_padded_base64(data: bytes, standard: str) -> None:
+    exit_info = ExitInfo(exit_code=0, stdout=data, stderr=data)
+    doc = json.loads(exit_info.model_dump_json())
+    assert doc["stdout"] == doc["stderr"] == standard
+    assert base64.b64decode(standard, validate=True) == data
+    chunk = OutputEvent(**event_common("output"), stream="stdout", seq=0, data=data)
+    assert json.loads(dump(chunk))["data"] == standard
+    assert json.loads(dump(StdinRequest(exec_id="x", data=data)))["data"] == standard
+
+
+@pytest.mark.parametrize(("data", "standard"), ALPHABET_BYTES)
+def test_bytes_in_accept_both_alphabets_padded_or_not(data: bytes, standard: str) -> None:
+    urlsafe = standard.replace("+", "-").replace("/", "_")
+    for text in {standard, urlsafe, standard.rstrip("="), urlsafe.rstrip("=")}:
+        parsed = parse_request(body(v=1, type="exec.stdin", exec_id="x", data=text))
+        assert isinstance(parsed, StdinRequest)
+        assert parsed.data == data, text
+
+
 @given(st.binary(max_size=4096))
 @FAST
 def test_stdin_bytes_round_trip(data: bytes) -> None:

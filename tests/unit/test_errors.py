@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from execbus import errors as e
+from execbus.agent import errors as codes
+from execbus.connections.agent_client import agent_error, start_failure_info
 from execbus.errors import ErrorCode, error_for_code, start_error_for_code
 
 EXPECTED: dict[ErrorCode, type[e.ExecbusError]] = {
@@ -22,6 +24,7 @@ EXPECTED: dict[ErrorCode, type[e.ExecbusError]] = {
     ErrorCode.COMMAND_NOT_FOUND: e.CommandNotFound,
     ErrorCode.COMMAND_NOT_EXECUTABLE: e.CommandNotExecutable,
     ErrorCode.UNKNOWN_USER: e.UnknownUser,
+    ErrorCode.INVALID_WORKING_DIR: e.InvalidWorkingDir,
     ErrorCode.CONTAINER_NOT_FOUND: e.ContainerNotFound,
     ErrorCode.CONTAINER_NOT_RUNNING: e.ContainerNotRunning,
     ErrorCode.INTERNAL: e.InternalError,
@@ -31,6 +34,7 @@ START_FAILURES = [
     e.CommandNotFound,
     e.CommandNotExecutable,
     e.UnknownUser,
+    e.InvalidWorkingDir,
     e.ContainerNotFound,
     e.ContainerNotRunning,
 ]
@@ -153,3 +157,50 @@ def test_errors_chain() -> None:
     with pytest.raises(e.AgentUnavailable) as info:
         connect()
     assert info.value.__cause__ is cause
+
+
+# -- the agent's codes ------------------------------------------------------
+
+
+def _agent_codes() -> set[str]:
+    return {v for k, v in vars(codes).items() if k.isupper() and isinstance(v, str)}
+
+
+def test_the_agent_codes_are_grouped_completely() -> None:
+    groups = (codes.REQUEST_ERRORS, codes.HANDSHAKE_ERRORS, codes.START_FAILURES)
+    assert set().union(*groups) == _agent_codes()
+    assert sum(len(g) for g in groups) == len(_agent_codes()), "a code is in two groups"
+
+
+@pytest.mark.parametrize("code", codes.REQUEST_ERRORS)
+def test_every_agent_request_error_is_a_typed_error(code: str) -> None:
+    err = agent_error(code, "boom")
+    assert err.code in set(ErrorCode)
+    assert err.message == "boom"
+    assert not isinstance(err, e.InternalError) or code == codes.INTERNAL
+
+
+@pytest.mark.parametrize("code", codes.START_FAILURES)
+def test_every_agent_start_failure_is_an_error_code_the_sdk_raises_typed(code: str) -> None:
+    assert code in set(ErrorCode), f"{code} reaches callers but ErrorCode does not know it"
+    info = start_failure_info({"code": code, "message": "boom", "exit_code": 126})
+    assert (info.code, info.message, info.exit_code) == (code, "boom", 126)
+    raised = error_for_code(info.code, info.message)
+    assert isinstance(raised, e.StartFailed | e.AgentLost)
+    assert raised.code == code
+
+
+def test_an_unknown_agent_start_failure_becomes_start_failed_and_is_named() -> None:
+    info = start_failure_info({"code": "disk_on_fire", "message": "smoke"})
+    assert (info.code, info.message) == ("start_failed", "smoke (agent code 'disk_on_fire')")
+
+
+def test_an_unknown_agent_request_error_is_internal_and_named() -> None:
+    err = agent_error("disk_on_fire", "smoke")
+    assert isinstance(err, e.InternalError)
+    assert err.message == "the agent answered with unknown error 'disk_on_fire': smoke"
+
+
+def test_invalid_working_dir_has_the_docker_exit_code() -> None:
+    failure = codes.bad_working_dir("working directory '/nope' does not exist")
+    assert (failure.code, failure.exit_code) == ("invalid_working_dir", 126)

@@ -135,44 +135,37 @@ def test_begin_start_spawns(reg: ExecRegistry) -> None:
     assert decision.record.state is ExecState.CREATED
 
 
-@pytest.mark.parametrize(
-    ("state", "text"),
-    [
-        ("starting", "exec 'e1' is already starting"),
-        ("running", "exec 'e1' is already running"),
-        ("exited", r"exec 'e1' already ran \(exited\)"),
-        ("failed", r"exec 'e1' already ran \(failed\)"),
-    ],
-)
-def test_second_start_conflicts(reg: ExecRegistry, state: str, text: str) -> None:
-    make(reg, state)
-    with pytest.raises(Conflict, match=f"^{text}$"):
-        reg.begin_start("e1", "another-request")
-    with pytest.raises(Conflict, match=f"^{text}$"):
-        reg.begin_start("e1", None)
-
-
 @pytest.mark.parametrize("state", ["starting", "running", "exited", "failed"])
-def test_redelivered_start_replays(reg: ExecRegistry, state: str) -> None:
+@pytest.mark.parametrize("request_id", ["start-e1", "another-request", None])
+def test_any_later_start_replays_whatever_the_request_id(
+    reg: ExecRegistry, state: str, request_id: str | None
+) -> None:
+    """The exec id is the idempotency key: a caller that re-publishes a start
+    as a new message (new request id) gets the exec, never a second spawn."""
     record = make(reg, state)
     before = (record.state, record.starting, record.pid, record.exit, record.error)
-    decision = reg.begin_start("e1", "start-e1")
+    decision = reg.begin_start("e1", request_id)
     assert decision.action is StartAction.REPLAY
     assert decision.record is record
     assert (record.state, record.starting, record.pid, record.exit, record.error) == before
 
 
-def test_start_without_request_id_never_replays(reg: ExecRegistry) -> None:
+def test_start_without_request_id_spawns_once(reg: ExecRegistry) -> None:
     reg.create(cfg(), "e1")
     assert reg.begin_start("e1", None).action is StartAction.SPAWN
-    with pytest.raises(Conflict, match="already starting"):
-        reg.begin_start("e1", None)
+    assert reg.begin_start("e1", None).action is StartAction.REPLAY
     reg.mark_running("e1", 1)
-    with pytest.raises(Conflict, match="already running"):
-        reg.begin_start("e1", None)
+    assert reg.begin_start("e1").action is StartAction.REPLAY
     reg.notify_exit("e1", exit_info())
-    with pytest.raises(Conflict, match="already ran"):
-        reg.begin_start("e1", None)
+    assert reg.begin_start("e1").action is StartAction.REPLAY
+
+
+def test_repeated_create_ignores_a_console_size_set_at_start(reg: ExecRegistry) -> None:
+    record, _ = reg.create(cfg(), "e1")
+    record.config = record.config.model_copy(update={"console_size": {"width": 9, "height": 9}})
+    assert reg.create(cfg(), "e1") == (record, False)
+    with pytest.raises(Conflict, match="different config"):
+        reg.create(cfg(cmd="other"), "e1")
 
 
 def test_begin_start_unknown_exec(reg: ExecRegistry) -> None:

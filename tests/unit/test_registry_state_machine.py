@@ -153,17 +153,12 @@ class RegistryMachine(RuleBasedStateMachine):
             except NotFound:
                 return
             raise AssertionError("unknown exec must be NotFound")
-        same = request_id is not None and request_id == m.request_id
         if m.starting or m.state is not ExecState.CREATED:
-            if same:
-                decision = self.reg.begin_start(exec_id, request_id)
-                assert decision.action is StartAction.REPLAY
-                return
-            try:
-                self.reg.begin_start(exec_id, request_id)
-            except Conflict:
-                return
-            raise AssertionError("a second start must conflict")
+            # Any later start replays, whatever its request id: never a second spawn.
+            decision = self.reg.begin_start(exec_id, request_id)
+            assert decision.action is StartAction.REPLAY
+            assert decision.record.state is m.state
+            return
         decision = self.reg.begin_start(exec_id, request_id)
         assert decision.action is StartAction.SPAWN
         m.starting = True

@@ -13,10 +13,9 @@ from typing import Protocol
 
 from execbus.agent.errors import (
     FORBIDDEN,
-    INVALID_WORKING_DIR,
     UNSUPPORTED,
     AgentError,
-    StartFailure,
+    bad_working_dir,
 )
 from execbus.agent.execspec import ExecSpec
 from execbus.agent.options import AgentOptions
@@ -65,7 +64,7 @@ class HostBackend:
     def _launch(self, spec: ExecSpec) -> Launched:
         cwd = spec.working_dir or "/"
         if not os.path.isdir(cwd):
-            raise StartFailure(INVALID_WORKING_DIR, f"working directory {cwd!r} does not exist")
+            raise bad_working_dir(f"working directory {cwd!r} does not exist")
         user = resolve_user(spec.user, self._users) if spec.user else None
         env = env_dict(spec.env, self._env_defaults(user, spec.tty))
         executable = resolve_executable(spec.cmd[0], env["PATH"], cwd)

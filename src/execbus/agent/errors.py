@@ -30,6 +30,34 @@ CONTAINER_NOT_RUNNING = "container_not_running"
 START_FAILED = "start_failed"
 AGENT_LOST = "agent_lost"
 
+# Every code, by where it appears. The worker maps each one onto its own
+# ``execbus.errors.ErrorCode`` (a test enumerates these groups so the two
+# lists cannot drift apart).
+REQUEST_ERRORS = (
+    INVALID,
+    NOT_FOUND,
+    CONFLICT,
+    NOT_RUNNING,
+    NOT_TTY,
+    STDIN_CLOSED,
+    NOT_FINISHED,
+    FORBIDDEN,
+    LIMIT_EXCEEDED,
+    UNSUPPORTED,
+    INTERNAL,
+)
+HANDSHAKE_ERRORS = (HANDSHAKE_REQUIRED, UNSUPPORTED_VERSION, UNAUTHORIZED)
+START_FAILURES = (
+    COMMAND_NOT_FOUND,
+    COMMAND_NOT_EXECUTABLE,
+    UNKNOWN_USER,
+    INVALID_WORKING_DIR,
+    CONTAINER_NOT_FOUND,
+    CONTAINER_NOT_RUNNING,
+    START_FAILED,
+    AGENT_LOST,
+)
+
 
 class AgentError(Exception):
     """A request failed; answered as ``{"ok": false, "error": {code, message}}``."""
@@ -66,3 +94,8 @@ def not_found(message: str) -> StartFailure:
 def not_executable(message: str) -> StartFailure:
     """The executable exists but cannot be run (Docker's exit code 126)."""
     return StartFailure(COMMAND_NOT_EXECUTABLE, message, 126)
+
+
+def bad_working_dir(message: str) -> StartFailure:
+    """The working directory cannot be entered (Docker's exit code 126, as for runc)."""
+    return StartFailure(INVALID_WORKING_DIR, message, 126)

@@ -46,9 +46,9 @@ from typing import Any
 from execbus.agent.errors import (
     CONTAINER_NOT_FOUND,
     CONTAINER_NOT_RUNNING,
-    INVALID_WORKING_DIR,
     START_FAILED,
     StartFailure,
+    bad_working_dir,
     not_executable,
     not_found,
 )
@@ -421,7 +421,7 @@ def classify_runc_error(message: str) -> StartFailure:
     ):
         return not_found(message)
     if "chdir to cwd" in lower:
-        return StartFailure(INVALID_WORKING_DIR, message)
+        return bad_working_dir(message)
     if "exec: " in lower and ("permission denied" in lower or "exec format error" in lower):
         return not_executable(message)
     if "does not exist" in lower:

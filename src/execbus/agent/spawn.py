@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from execbus.agent.errors import (
-    INVALID_WORKING_DIR,
     START_FAILED,
     StartFailure,
+    bad_working_dir,
     not_executable,
     not_found,
 )
@@ -182,7 +182,7 @@ def _popen(
 def _start_failure(exc: OSError, plan: ProcessPlan) -> StartFailure:
     """Map an error raised by the child before exec to the protocol's codes."""
     if plan.cwd is not None and exc.filename == plan.cwd:
-        return StartFailure(INVALID_WORKING_DIR, f"working directory {plan.cwd!r}: {exc.strerror}")
+        return bad_working_dir(f"working directory {plan.cwd!r}: {exc.strerror}")
     if exc.filename is None:
         return StartFailure(START_FAILED, f"could not start the process: {exc.strerror}")
     if exc.errno == errno.ENOENT:

@@ -362,7 +362,8 @@ class Client:
         console_size: tuple[int, int] | None = None,
     ) -> RunResult | ExecInfo:
         """Start a created exec: its :class:`RunResult` at exit, or its record at once if
-        ``detach``. A second start raises :class:`~execbus.errors.Conflict`."""
+        ``detach``. A repeated start never runs the command again: it gets the same
+        outcome (``result.replayed`` is true)."""
         request = model(
             StartRequest, agent=agent, exec_id=exec_id, detach=detach, console_size=console_size
         )

@@ -50,7 +50,7 @@ async def first_of(pending: PendingReply, watch: Watch) -> tuple[Reply | None, F
 def run_result(exec_id: str, reply: Reply | None, final: Final | None) -> RunResult:
     """The result from the reply, else from the exit event or record that came first."""
     if reply is not None and (final is None or not reply.ok):
-        return result_of(info_of(reply))
+        return result_of(info_of(reply), replayed=reply.replayed)
     if isinstance(final, ExecInfo):
         return result_of(final)
     if isinstance(final, FailedEvent):
@@ -58,7 +58,8 @@ def run_result(exec_id: str, reply: Reply | None, final: Final | None) -> RunRes
     if final is None:
         raise InternalError(f"exec {exec_id}: neither a reply nor an exit")
     info = reply.result if reply is not None and isinstance(reply.result, ExecInfo) else None
-    return RunResult.from_exit(exec_id, final.exit, info, final.agent)
+    replayed = reply is not None and reply.replayed
+    return RunResult.from_exit(exec_id, final.exit, info, final.agent, replayed=replayed)
 
 
 class Execution:

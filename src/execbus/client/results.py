@@ -30,6 +30,7 @@ class RunResult:
     stderr_dropped: int
     info: ExecInfo | None = None
     agent: str | None = None
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -43,6 +44,7 @@ class RunResult:
         exit: ExitInfo,
         info: ExecInfo | None = None,
         agent: str | None = None,
+        replayed: bool = False,
     ) -> RunResult:
         """Build a result from an exit (of a reply's record or of an ``exec.exited`` event)."""
         return cls(
@@ -56,6 +58,7 @@ class RunResult:
             stderr_dropped=exit.stderr_dropped,
             info=info,
             agent=agent if agent is not None or info is None else info.agent,
+            replayed=replayed,
         )
 
 
@@ -79,10 +82,10 @@ def info_of(reply: Reply) -> ExecInfo:
     return reply.result
 
 
-def result_of(info: ExecInfo) -> RunResult:
+def result_of(info: ExecInfo, *, replayed: bool = False) -> RunResult:
     """The :class:`RunResult` of a finished exec record (its error raised if it failed)."""
     if info.state is ExecState.FAILED and info.error is not None:
         raise exception_for(info.error)
     if info.exit is None:
         raise InternalError(f"exec {info.exec_id} is {info.state.value}, not finished")
-    return RunResult.from_exit(info.exec_id, info.exit, info)
+    return RunResult.from_exit(info.exec_id, info.exit, info, replayed=replayed)

@@ -18,19 +18,21 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from execbus.agent import errors as codes
 from execbus.agent.protocol import PROTOCOL_VERSION, FrameError, encode_frame, read_frame
 from execbus.connections.base import AgentConnection, AgentExec, AgentInfo, AgentListener
 from execbus.errors import (
     AgentProtocolError,
     AgentUnavailable,
     Conflict,
+    ErrorCode,
     ExecbusError,
     Forbidden,
+    InternalError,
     InvalidRequest,
     LimitExceeded,
     NotFound,
     Unsupported,
-    error_for_code,
 )
 from execbus.wire.config import ExecConfig
 from execbus.wire.records import ErrorInfo, ExitInfo
@@ -40,23 +42,46 @@ log = logging.getLogger("execbus.agent_client")
 Dialer = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 CLIENT_NAME = "execbus-worker/0.1"
 MAX_FRAME = 64 * 1024 * 1024
+# The agent's request errors (``execbus.agent.errors.REQUEST_ERRORS``) in the
+# execbus tree; the state-related ones are all a conflict for the caller.
 _AGENT_ERRORS: dict[str, type[ExecbusError]] = {
-    "invalid": InvalidRequest,
-    "not_found": NotFound,
-    "not_running": Conflict,
-    "not_tty": Conflict,
-    "stdin_closed": Conflict,
-    "not_finished": Conflict,
-    "forbidden": Forbidden,
-    "limit_exceeded": LimitExceeded,
-    "unsupported": Unsupported,
+    codes.INVALID: InvalidRequest,
+    codes.NOT_FOUND: NotFound,
+    codes.CONFLICT: Conflict,
+    codes.NOT_RUNNING: Conflict,
+    codes.NOT_TTY: Conflict,
+    codes.STDIN_CLOSED: Conflict,
+    codes.NOT_FINISHED: Conflict,
+    codes.FORBIDDEN: Forbidden,
+    codes.LIMIT_EXCEEDED: LimitExceeded,
+    codes.UNSUPPORTED: Unsupported,
+    codes.INTERNAL: InternalError,
 }
+_KNOWN_CODES = frozenset(ErrorCode)
 
 
 def agent_error(code: str, message: str) -> ExecbusError:
     """Translate an agent error response into the execbus exception tree."""
     cls = _AGENT_ERRORS.get(code)
-    return cls(message) if cls is not None else error_for_code(code, message)
+    if cls is None:
+        return InternalError(f"the agent answered with unknown error {code[:64]!r}: {message}")
+    return cls(message)
+
+
+def start_failure_info(err: dict[str, Any]) -> ErrorInfo:
+    """An agent's start failure as a wire error; a code execbus does not know (a
+    third-party agent's) becomes ``start_failed`` and is named in the message."""
+    code = str(err.get("code", ErrorCode.START_FAILED))[:64]
+    message = str(err.get("message", ""))
+    exit_code = err.get("exit_code")
+    if code not in _KNOWN_CODES:
+        message = f"{message} (agent code {code!r})"
+        code = ErrorCode.START_FAILED
+    return ErrorInfo(
+        code=code,
+        message=message[:4096],
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+    )
 
 
 def decode_exec(state: dict[str, Any], payload: bytes = b"") -> AgentExec:
@@ -66,12 +91,7 @@ def decode_exec(state: dict[str, Any], payload: bytes = b"") -> AgentExec:
         exit_info = _decode_exit(state, payload)
     error = None
     if state.get("error"):
-        err = state["error"]
-        error = ErrorInfo(
-            code=str(err.get("code", "start_failed"))[:64],
-            message=str(err.get("message", ""))[:4096],
-            exit_code=err.get("exit_code"),
-        )
+        error = start_failure_info(state["error"])
     return AgentExec(
         exec_id=state["exec_id"],
         state=state["state"],

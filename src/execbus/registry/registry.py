@@ -7,8 +7,12 @@
                   │                          └──mark_failed──▶ failed ◀─┘ (agent lost)
                   └── expires after ``created_ttl`` if never started
 
-A second start is a :class:`~execbus.errors.Conflict`, except a redelivery of
-the very same start (same request id), which replays the recorded outcome.
+The exec id is the idempotency key, whatever the request (or AMQP message)
+id: a repeated create with the same config returns the existing record, and
+any start after the first is a *replay* (:attr:`StartAction.REPLAY`): the
+caller gets the recorded outcome, or joins the waiters of a running exec,
+and nothing is spawned again. Only a different config under the same id is a
+:class:`~execbus.errors.Conflict`.
 Finished records are kept for ``retention`` seconds, then :meth:`sweep`
 collects them. The number of records is capped; a full registry raises
 :class:`~execbus.errors.LimitExceeded` after trying a sweep.
@@ -43,7 +47,7 @@ class StartAction(Enum):
     """What the caller of :meth:`ExecRegistry.begin_start` must do next."""
 
     SPAWN = "spawn"  # ask the agent to start the process
-    REPLAY = "replay"  # a redelivered start: answer with the recorded outcome
+    REPLAY = "replay"  # already started: answer with the exec (its outcome, or at its exit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +129,7 @@ class ExecRegistry:
         exec_id = exec_id or new_exec_id()
         existing = self._records.get(exec_id)
         if existing is not None:
-            if existing.config != config:
+            if not same_config(existing.config, config):
                 raise Conflict(f"exec {exec_id!r} already exists with a different config")
             return existing, False
         self._make_room()
@@ -139,14 +143,16 @@ class ExecRegistry:
         self._insert(record)
         return record, True
 
-    def begin_start(self, exec_id: str, request_id: str | None) -> StartDecision:
-        """Claim the start of a created exec, or recognise a redelivered start."""
+    def begin_start(self, exec_id: str, request_id: str | None = None) -> StartDecision:
+        """Claim the start of a created exec; every later start is a replay.
+
+        ``request_id`` is only recorded (it travels in the agent's meta); it
+        plays no part in the decision, so a caller that re-publishes the same
+        request as a new message gets the exec, not a conflict.
+        """
         record = self.get(exec_id)
-        same_request = request_id is not None and request_id == record.start_request_id
         if record.starting or record.state is not ExecState.CREATED:
-            if same_request:
-                return StartDecision(StartAction.REPLAY, record)
-            raise Conflict(_start_conflict_message(record))
+            return StartDecision(StartAction.REPLAY, record)
         record.starting = True
         record.start_request_id = request_id
         return StartDecision(StartAction.SPAWN, record)
@@ -266,9 +272,14 @@ class ExecRegistry:
                 del self._by_container[record.container_id]
 
 
-def _start_conflict_message(record: ExecRecord) -> str:
-    if record.starting:
-        return f"exec {record.exec_id!r} is already starting"
-    if record.state is ExecState.RUNNING:
-        return f"exec {record.exec_id!r} is already running"
-    return f"exec {record.exec_id!r} already ran ({record.state.value})"
+def same_config(recorded: ExecConfig, requested: ExecConfig) -> bool:
+    """Whether a repeated create/run asks for the exec already recorded.
+
+    The console size is left out: ``exec.start`` may override it, and the
+    record keeps the size the exec was started with.
+    """
+    if recorded.console_size == requested.console_size:
+        return recorded == requested
+    return recorded.model_copy(update={"console_size": None}) == requested.model_copy(
+        update={"console_size": None}
+    )

@@ -7,9 +7,10 @@ value is a clear error, never a silent drop.
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
 
 from execbus.wire.ids import ContainerId
 
@@ -26,13 +27,27 @@ MAX_CONSOLE_DIM = 10_000
 Dimension = Annotated[int, Field(ge=1, le=MAX_CONSOLE_DIM)]
 
 
+def _b64encode(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+# Bytes travel as standard base64 (RFC 4648 section 4, padded): pydantic's own
+# ``ser_json_bytes="base64"`` writes the URL-safe alphabet, which most base64
+# decoders (Node's atob, Python's b64decode, Java's Base64.getDecoder) reject
+# or misread. Input accepts both alphabets, padded or not (``val_json_bytes``).
+WireBytes = Annotated[
+    bytes,
+    PlainSerializer(_b64encode, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+]
+
+
 class StrictModel(BaseModel):
     """Base for wire models: unknown fields are errors, instances are immutable."""
 
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        ser_json_bytes="base64",
         val_json_bytes="base64",
     )
 

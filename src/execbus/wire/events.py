@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from execbus.wire.config import StrictModel
+from execbus.wire.config import StrictModel, WireBytes
 from execbus.wire.ids import AgentName, ContainerId, ExecId
 from execbus.wire.records import ErrorInfo, ExitInfo
 
@@ -61,7 +61,7 @@ class OutputEvent(EventBase):
     type: Literal["exec.output"] = "exec.output"
     stream: Literal["stdout", "stderr"]
     seq: int = Field(ge=0)
-    data: bytes
+    data: WireBytes
 
 
 class ExitedEvent(EventBase):

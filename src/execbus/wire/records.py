@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from execbus.wire.config import StrictModel
+from execbus.wire.config import StrictModel, WireBytes
 from execbus.wire.ids import AgentName, ContainerId, ExecId
 
 
@@ -39,8 +39,8 @@ class ExitInfo(StrictModel):
     timed_out: bool = False
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    stdout: bytes = b""
-    stderr: bytes = b""
+    stdout: WireBytes = b""
+    stderr: WireBytes = b""
     stdout_dropped: int = Field(default=0, ge=0)
     stderr_dropped: int = Field(default=0, ge=0)
 

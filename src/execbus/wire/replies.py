@@ -12,7 +12,12 @@ from execbus.wire.records import ErrorInfo, ExecInfo, ExecList
 
 
 class Reply(StrictModel):
-    """``ok`` with a ``result``, or not ``ok`` with an ``error``."""
+    """``ok`` with a ``result``, or not ``ok`` with an ``error``.
+
+    ``replayed``: the request named an exec that already existed with the same
+    config (a retry, a re-published request): the reply is that exec, its
+    recorded outcome, and nothing ran again.
+    """
 
     v: Literal[1] = 1
     type: Literal["reply"] = "reply"
@@ -21,6 +26,11 @@ class Reply(StrictModel):
     request_id: str | None = None
     agent: AgentName | None = None
     exec_id: ExecId | None = None
+    replayed: bool = Field(
+        default=False,
+        description="true when the exec already existed: nothing ran again, this is its "
+        "recorded state or outcome",
+    )
     result: ExecInfo | ExecList | None = None
     error: ErrorInfo | None = None
 
@@ -33,6 +43,7 @@ class Reply(StrictModel):
         request_id: str | None = None,
         agent: str | None = None,
         exec_id: str | None = None,
+        replayed: bool = False,
     ) -> Reply:
         """A successful reply."""
         return cls(
@@ -42,6 +53,7 @@ class Reply(StrictModel):
             request_id=request_id,
             agent=agent,
             exec_id=exec_id,
+            replayed=replayed,
         )
 
     @classmethod
@@ -55,6 +67,7 @@ class Reply(StrictModel):
         agent: str | None = None,
         exec_id: str | None = None,
         exit_code: int | None = None,
+        replayed: bool = False,
     ) -> Reply:
         """An error reply with a stable ``code``."""
         return cls(
@@ -64,6 +77,7 @@ class Reply(StrictModel):
             request_id=request_id,
             agent=agent,
             exec_id=exec_id,
+            replayed=replayed,
         )
 
 

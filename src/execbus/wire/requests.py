@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 
-from execbus.wire.config import Dimension, ExecConfig, StrictModel
+from execbus.wire.config import Dimension, ExecConfig, StrictModel, WireBytes
 from execbus.wire.ids import AgentName, ContainerId, ExecId, PoolName
 
 WIRE_VERSION = 1
@@ -98,7 +98,7 @@ class StdinRequest(RequestBase):
 
     type: Literal["exec.stdin"] = "exec.stdin"
     exec_id: ExecId
-    data: bytes = Field(default=b"", max_length=MAX_STDIN_CHUNK)
+    data: WireBytes = Field(default=b"", max_length=MAX_STDIN_CHUNK)
     close: bool = False
 
 

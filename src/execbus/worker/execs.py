@@ -14,6 +14,7 @@ later owns the agent can publish the exit and answer the original caller.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -72,10 +73,12 @@ class Outbox(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ReplyTarget:
-    """Where the answer to one request goes."""
+    """Where the answer to one request goes; ``replayed``: the request repeated an
+    exec that was already running (its answer says so)."""
 
     reply_to: str
     correlation_id: str | None = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,7 @@ def build_meta(record: ExecRecord, targets: list[ReplyTarget]) -> dict[str, Any]
         "ca": record.created_at,
         "rid": record.start_request_id,
         "cfg": record.config.model_dump(mode="json", exclude_defaults=True),
-        "rt": [[t.reply_to, t.correlation_id] for t in targets],
+        "rt": [[t.reply_to, t.correlation_id, *([1] if t.replayed else [])] for t in targets],
     }
 
 
@@ -162,7 +165,11 @@ def _exit_result(record: ExecRecord) -> str:
 
 
 def targets_from_meta(meta: dict[str, Any]) -> list[ReplyTarget]:
-    return [ReplyTarget(str(rt[0]), rt[1]) for rt in meta.get("rt", []) if rt and rt[0]]
+    return [
+        ReplyTarget(str(rt[0]), rt[1], bool(rt[2:] and rt[2]))
+        for rt in meta.get("rt", [])
+        if rt and rt[0]
+    ]
 
 
 class AgentExecs:
@@ -191,6 +198,9 @@ class AgentExecs:
         self._sync_lock = asyncio.Lock()
         # Events sent but not yet confirmed, per exec (see _send and _confirmed).
         self._unconfirmed: dict[str, list[asyncio.Future[None]]] = {}
+        # Output that arrived before the exec's start was recorded: it must not
+        # overtake exec.started, so it waits here (see on_output, _release_output).
+        self._held_output: dict[str, list[ev.OutputEvent]] = {}
 
     # -- requests -----------------------------------------------------
 
@@ -233,13 +243,16 @@ class AgentExecs:
         )
         return Outcome(reply, disposition)
 
-    def _ok(self, request: Request, result: Any, exec_id: str | None = None) -> Outcome:
+    def _ok(
+        self, request: Request, result: Any, exec_id: str | None = None, *, replayed: bool = False
+    ) -> Outcome:
         reply = Reply.success(
             result,
             request_type=request.type,
             request_id=request.request_id,
             agent=self.agent,
             exec_id=exec_id or getattr(request, "exec_id", None),
+            replayed=replayed,
         )
         return Outcome(reply)
 
@@ -250,12 +263,12 @@ class AgentExecs:
         return await handler(self, request, ctx)
 
     async def _create(self, req: CreateRequest, ctx: RequestContext) -> Outcome:
-        record = await self._create_record(req.config, req.exec_id)
-        return self._ok(req, record.info(), record.exec_id)
+        record, created = await self._create_record(req.config, req.exec_id)
+        return self._ok(req, record.info(), record.exec_id, replayed=not created)
 
     async def _create_record(
         self, config: ExecConfig, exec_id: str | None, *, pipelined: bool = False
-    ) -> ExecRecord:
+    ) -> tuple[ExecRecord, bool]:
         """Register the exec and publish ``exec.created``.
 
         ``pipelined``: do not wait for the broker's confirm here (the start goes
@@ -267,7 +280,7 @@ class AgentExecs:
             self._send(record, "created", self._created_event(record))
             if not pipelined:
                 await self._confirmed(record)
-        return record
+        return record, created
 
     def _send(
         self, record: ExecRecord, kind: str, event: ev.EventBase, *, track: bool = True
@@ -299,7 +312,7 @@ class AgentExecs:
         exec_id = req.exec_id
         if exec_id is None and ctx.request_id is not None:
             exec_id = derive_exec_id(ctx.request_id)
-        record = await self._create_record(req.config, exec_id, pipelined=True)
+        record, _ = await self._create_record(req.config, exec_id, pipelined=True)
         return await self._settled_after_confirms(
             record, self._start_record(req, record, ctx, req.config.detach, None)
         )
@@ -344,13 +357,19 @@ class AgentExecs:
         except asyncio.CancelledError:
             self.registry.abort_start(record.exec_id)
             self.waiters.pop(record.exec_id, None)
+            self._held_output.pop(record.exec_id, None)
             raise
         if detach:
             return Outcome(self._reply_for(req, record))
         return Outcome(None)  # the waiters get the result at exit (or failure)
 
     def _reply_for(
-        self, req: Request | None, record: ExecRecord, request_type: str = "exec.exit"
+        self,
+        req: Request | None,
+        record: ExecRecord,
+        request_type: str = "exec.exit",
+        *,
+        replayed: bool = False,
     ) -> Reply:
         """The exec as a reply: its error when it failed, its info otherwise."""
         common: dict[str, Any] = {
@@ -358,6 +377,7 @@ class AgentExecs:
             "request_id": req.request_id if req is not None else None,
             "agent": self.agent,
             "exec_id": record.exec_id,
+            "replayed": replayed,
         }
         if record.state is ExecState.FAILED and record.error is not None:
             err = record.error
@@ -367,9 +387,18 @@ class AgentExecs:
     def _replay(
         self, req: Request, record: ExecRecord, ctx: RequestContext, detach: bool
     ) -> Outcome:
+        """A start of an exec that already started: its outcome now, or at its exit."""
+        log.info(
+            "exec %s: %s repeats a started exec; replaying (%s)",
+            record.exec_id,
+            req.type,
+            record.state.value,
+            extra=self._ctx(record),
+        )
         if record.finished or detach or ctx.reply is None:
-            return Outcome(self._reply_for(req, record))
-        self.waiters.setdefault(record.exec_id, []).append(ctx.reply)
+            return Outcome(self._reply_for(req, record, replayed=True))
+        target = ReplyTarget(ctx.reply.reply_to, ctx.reply.correlation_id, replayed=True)
+        self.waiters.setdefault(record.exec_id, []).append(target)
         return Outcome(None)
 
     async def _spawn(self, record: ExecRecord, targets: list[ReplyTarget]) -> None:
@@ -398,6 +427,7 @@ class AgentExecs:
             return
         self.registry.mark_running(record.exec_id, state.pid, state.started_at)
         self._send(record, "started", self._started_event(record))  # confirmed before the ack
+        self._release_output(record)
         log.debug("exec %s started (pid %s)", record.exec_id, state.pid, extra=self._ctx(record))
         if state.finished:
             await self._finish(record, state)
@@ -500,6 +530,7 @@ class AgentExecs:
             kind, event, result = "exited", self._exited_event(record), _exit_result(record)
         # The replies go out first (their callers are waiting), the event right
         # behind them, and no confirm is awaited in between.
+        self._release_output(record)
         replies = self._send_replies(record)
         self._send(record, kind, event)
         published, *_ = await asyncio.gather(
@@ -543,14 +574,16 @@ class AgentExecs:
         targets = self.waiters.pop(record.exec_id, [])
         if not targets:
             return []
-        reply = self._final_reply(record)
-        return [
-            asyncio.ensure_future(self.outbox.reply(t.reply_to, t.correlation_id, reply))
-            for t in targets
-        ]
-
-    def _final_reply(self, record: ExecRecord) -> Reply:
-        return self._reply_for(None, record)
+        replies: dict[bool, Reply] = {}
+        sends: list[asyncio.Future[None]] = []
+        for t in targets:
+            reply = replies.get(t.replayed)
+            if reply is None:
+                reply = replies[t.replayed] = self._reply_for(None, record, replayed=t.replayed)
+            sends.append(
+                asyncio.ensure_future(self.outbox.reply(t.reply_to, t.correlation_id, reply))
+            )
+        return sends
 
     async def _publish(self, record: ExecRecord, kind: str, event: ev.EventBase) -> None:
         key = self.names.event_routing_key(self.agent, record.container_id, kind)
@@ -596,17 +629,47 @@ class AgentExecs:
             seq=seq,
             data=data,
         )
+        if record.state is ExecState.CREATED:
+            # The agent streams as soon as it has spawned, so output can arrive
+            # before the start's answer has been handled: hold it until
+            # exec.started is sent. Not awaited: the start's answer travels
+            # on this same connection, behind this chunk.
+            self._held_output.setdefault(exec_id, []).append(event)
+            return
+        await self._send_output(record, event)
+
+    async def _send_output(self, record: ExecRecord, event: ev.OutputEvent) -> None:
+        """Publish one chunk and wait for its confirm (backpressure); a lost chunk is logged."""
         try:
             await self._send(record, "output", event, track=False)
         except PublishFailed as exc:
-            log.warning(
-                "exec %s: output chunk %s/%d lost: %s",
-                exec_id,
-                stream,
-                seq,
-                exc,
-                extra=self._ctx(exec_id),
-            )
+            self._output_lost(record, event, exc)
+
+    def _release_output(self, record: ExecRecord) -> None:
+        """Send the output held back while the start was pending, in arrival order.
+
+        Sent here and now (not from a task of its own), so these chunks queue
+        behind exec.started and ahead of anything the caller sends next.
+        """
+        for event in self._held_output.pop(record.exec_id, ()):
+            sent = self._send(record, "output", event, track=False)
+            sent.add_done_callback(functools.partial(self._check_held_output, record, event))
+
+    def _check_held_output(
+        self, record: ExecRecord, event: ev.OutputEvent, sent: asyncio.Future[None]
+    ) -> None:
+        if not sent.cancelled() and isinstance(sent.exception(), PublishFailed):
+            self._output_lost(record, event, sent.exception())
+
+    def _output_lost(self, record: ExecRecord, event: ev.OutputEvent, exc: object) -> None:
+        log.warning(
+            "exec %s: output chunk %s/%d lost: %s",
+            record.exec_id,
+            event.stream,
+            event.seq,
+            exc,
+            extra=self._ctx(record),
+        )
 
     async def on_exit(self, agent: str, state: AgentExec) -> None:
         await self.lanes.submit(state.exec_id, lambda: self._on_exit(state))

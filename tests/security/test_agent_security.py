@@ -141,7 +141,10 @@ async def test_tls_client_refuses_an_agent_it_does_not_trust(
     try:
         await asyncio.sleep(1.0)
         assert not conn.connected
-        assert "certificate verify failed" in conn.last_error.lower()  # type: ignore[attr-defined]
+        state = conn.state  # type: ignore[attr-defined]
+        assert state.code == "agent_auth_failed"
+        assert "failed verification: unable to get local issuer certificate" in state.reason
+        assert "(subject CN=execbus-agent)" in state.reason, "says which certificate"
     finally:
         await conn.close()
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from execbus.cli.worker import settings_table
-from execbus.wire.schema import render_all
+from execbus.wire.config import ExecConfig
+from execbus.wire.schema import ENV_ENTRY_PATTERN, STD_BASE64_PATTERN, render_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,10 +27,81 @@ def test_contract_documents_are_current() -> None:
 
 
 def test_asyncapi_is_valid_yaml_with_every_message() -> None:
+    """The parser's own check (no diagnostics at all) runs in tests/contract."""
     doc = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
-    assert doc["asyncapi"].startswith("2.6")
+    assert doc["asyncapi"] == "3.1.0"
+    assert doc["id"] and doc["servers"]
     names = {m["name"] for m in doc["components"]["messages"].values()}
     assert {"exec.run", "exec.exited", "exec.output", "reply"} <= names
+    assert {"execRun", "execCreate", "execStart", "execEvents"} <= set(doc["operations"])
+
+
+def _walk(node: Any) -> Any:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def test_schemas_use_standard_keywords_only() -> None:
+    """No OpenAPI ``discriminator``, no format a strict validator does not know."""
+    for path in sorted((ROOT / "docs" / "schema").glob("*.json")):
+        doc = json.loads(path.read_text())
+        assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        for node in _walk(doc):
+            assert "discriminator" not in node, path.name
+            assert node.get("format", "date-time") == "date-time", path.name
+            if "prefixItems" in node:
+                assert node["items"] is False and node["minItems"] == len(node["prefixItems"])
+
+
+ENV_SAMPLES = [
+    "A=1",
+    "A=",
+    "A==",
+    "PATH=/bin:/usr/bin",
+    "WITH SPACE=x",
+    "ü=ß",
+    "A=b\nc",
+    "A=b\n",
+    "=",
+    "=x",
+    "A",
+    "",
+    "A\x00=1",
+    "A=1\x00",
+    "\n=1",
+]
+
+
+@pytest.mark.parametrize("entry", ENV_SAMPLES)
+def test_env_pattern_matches_the_model(entry: str) -> None:
+    """The schema's KEY=VALUE pattern accepts exactly what ExecConfig accepts."""
+    try:
+        ExecConfig(cmd=["true"], env=[entry])
+        accepted = True
+    except ValidationError:
+        accepted = False
+    # ECMA-262 semantics, as JSON Schema validators apply it: ``$`` is the very end.
+    pattern = ENV_ENTRY_PATTERN.removesuffix("$") + r"\Z"
+    assert (re.search(pattern, entry) is not None) == accepted, entry
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"a", b"ab", b"abc", b"\xfb\xff\xbf", b"ab?", bytes(range(256))]
+)
+def test_output_base64_pattern(data: bytes) -> None:
+    """Produced bytes must be padded standard base64: unpadded or URL-safe text fails."""
+    standard = base64.b64encode(data).decode()
+    assert re.fullmatch(STD_BASE64_PATTERN, standard)
+    if standard.endswith("="):
+        assert re.fullmatch(STD_BASE64_PATTERN, standard.rstrip("=")) is None
+    urlsafe = base64.urlsafe_b64encode(data).decode()
+    if urlsafe != standard:
+        assert re.fullmatch(STD_BASE64_PATTERN, urlsafe) is None
 
 
 def test_readme_configuration_table_matches_settings() -> None:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench bench-deps bench-full chaos clean
+.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench bench-deps bench-full chaos agent-pyz clean
 
 $(BIN)/execbus: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-full: bench-deps  ## everything docs/performance.md reports (~5 min)
 
 chaos: install  ## 5-minute fault-injection soak on a private RabbitMQ node (prints JSON)
 	$(BIN)/python bench/chaos.py
+
+agent-pyz: install  ## the guest agent as one file for any python3 >= 3.9 (docs/guest.md)
+	$(BIN)/execbus agent-bundle -o dist/execbus-agent.pyz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -29,7 +29,7 @@ class AgentProcess:
     """``python -m execbus.agent`` in a private temporary directory."""
 
     def __init__(
-        self, args: list[str], *, user: int | None = None, python: str = sys.executable
+        self, args: list[str], *, user: int | None = None, python: str | None = None
     ) -> None:
         self.dir = tempfile.mkdtemp(prefix="eb-agent-")
         if user is not None:
@@ -38,7 +38,9 @@ class AgentProcess:
         self.log_path = os.path.join(self.dir, "agent.log")
         self.args = ["--listen", f"unix://{self.socket}", "--log-format", "json", *args]
         self.user = user
-        self.python = python
+        # EXECBUS_TEST_AGENT_PYTHON runs the agents of the tests under another
+        # interpreter, e.g. a python3.9 (the oldest the agent supports; docs/guest.md).
+        self.python = python or os.environ.get("EXECBUS_TEST_AGENT_PYTHON") or sys.executable
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:

@@ -11,9 +11,9 @@ import pwd
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from execbus.agent.compat import slots_dataclass
 from execbus.agent.http import HealthServer
 from execbus.agent.listeners import ListenerSpec, parse_listen_url
 from execbus.agent.logs import setup_logging
@@ -67,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-@dataclass(slots=True)
+@slots_dataclass()
 class Config:
     """What main needs to run the agent."""
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from execbus.agent.compat import slots_dataclass
 from execbus.agent.errors import INVALID, AgentError
 
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
@@ -17,7 +18,7 @@ _CONTAINER_ID = re.compile(r"[\w+.-]+", re.ASCII)
 _HEADER_ROOM = 1024 * 1024
 
 
-@dataclass(slots=True)
+@slots_dataclass()
 class ExecSpec:
     """A validated start request."""
 
@@ -172,7 +173,7 @@ def check_size(width: object, height: object) -> tuple[int, int]:
 def _timeout(value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad("timeout must be a number of seconds")
     if not math.isfinite(value) or value < 0:
         raise _bad("timeout must be a finite number >= 0")

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from execbus.agent import compat
 from execbus.agent.metrics import CONTENT_TYPE
 
 Status = Callable[[], tuple[bool, dict[str, Any]]]
@@ -52,7 +53,7 @@ class HealthServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(READ_TIMEOUT):
+            async with compat.timeout(READ_TIMEOUT):
                 request_line = await reader.readline()
                 for _ in range(MAX_HEADER_LINES):
                     if (await reader.readline()) in (b"\r\n", b"\n", b""):

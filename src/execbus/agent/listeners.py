@@ -7,14 +7,15 @@ import os
 import socket
 import ssl
 import stat
-from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from execbus.agent.compat import slots_dataclass
 
 VMADDR_CID_ANY = 0xFFFFFFFF
 BACKLOG = 128
 
 
-@dataclass(frozen=True, slots=True)
+@slots_dataclass(frozen=True)
 class ListenerSpec:
     """Where to listen. ``address`` is a path (unix), a host (tcp, tls) or a CID (vsock)."""
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from execbus.agent.compat import slots_dataclass
 from execbus.agent.protocol import DEFAULT_MAX_FRAME
 
 DEFAULT_SOCKET = "/run/execbus/agent.sock"
@@ -13,7 +12,7 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 
-@dataclass(slots=True)
+@slots_dataclass()
 class AgentOptions:
     """Settings of one agent; ``AgentOptions()`` is a working default.
 

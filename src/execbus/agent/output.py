@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,8 @@ FINAL_DRAIN_MAX = 1024 * 1024
 
 # (stream, seq, chunk) -> None, or an awaitable that completes when the
 # watchers have room again; reading pauses until then.
-ChunkSink = Callable[[str, int, bytes], Awaitable[object] | None]
+# (Optional, not `X | None`: a runtime expression, and the agent runs on 3.9.)
+ChunkSink = Callable[[str, int, bytes], Optional[Awaitable[object]]]
 
 
 class Capture:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from execbus.agent.compat import slots_dataclass
 
 PROTOCOL_VERSION = 1
 KIND_MSG = 1
@@ -50,7 +52,7 @@ class FrameTooLarge(FrameError):
         self.limit = limit
 
 
-@dataclass(slots=True)
+@slots_dataclass()
 class Frame:
     """One decoded frame: a JSON header and a binary payload."""
 

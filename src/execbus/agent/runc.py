@@ -40,9 +40,10 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from execbus.agent import compat
+from execbus.agent.compat import slots_dataclass
 from execbus.agent.errors import (
     CONTAINER_NOT_FOUND,
     CONTAINER_NOT_RUNNING,
@@ -224,7 +225,7 @@ class RuncBackend:
             self._workdir = None
 
 
-@dataclass(frozen=True, slots=True)
+@slots_dataclass(frozen=True)
 class KnownContainer:
     """What ``runc state`` said about a running container, tied to its init process."""
 
@@ -443,13 +444,13 @@ async def run_command(
     fds = (stdio.stdout, stdio.stderr)
     pumps = [
         OutputPump(fd, "output", cap, None, _resolver(eof))
-        for fd, cap, eof in zip(fds, captures, eofs, strict=True)
+        for fd, cap, eof in zip(fds, captures, eofs)
         if fd is not None
     ]
     for pump in pumps:
         pump.start()
     try:
-        async with asyncio.timeout(timeout):
+        async with compat.timeout(timeout):
             status = await asyncio.shield(exited)
             await asyncio.wait(eofs)
     finally:

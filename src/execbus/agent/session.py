@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from execbus.agent import compat
 from execbus.agent.errors import (
     HANDSHAKE_REQUIRED,
     INTERNAL,
@@ -81,7 +82,7 @@ class Session:
         """``hello`` within the handshake timeout, in frames of at most HELLO_MAX_FRAME."""
         timeout = self.core.options.handshake_timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with compat.timeout(timeout):
                 return await self._greet()
         except TimeoutError:
             log.info("handshake timed out", extra={"peer": self.peer})
@@ -254,7 +255,8 @@ class Session:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
+            async with compat.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
         except (TimeoutError, ConnectionError):
             self._writer.transport.abort()
 

@@ -19,7 +19,7 @@ def signal_name(number: int) -> str:
 
 def parse_signal(value: object) -> int:
     """A signal from a number, ``"9"``, ``"SIGTERM"``, ``"term"`` or ``"SIGRTMIN+2"``."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise AgentError(INVALID, "signal must be a name like SIGTERM or a number")
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)

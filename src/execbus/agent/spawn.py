@@ -16,9 +16,10 @@ import subprocess
 import termios
 import tty
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from execbus.agent.compat import slots_dataclass
 from execbus.agent.errors import (
     START_FAILED,
     StartFailure,
@@ -31,7 +32,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NOT_EXECUTABLE = {errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ETXTBSY}
 
 
-@dataclass(frozen=True, slots=True)
+@slots_dataclass(frozen=True)
 class Credentials:
     """Who a process runs as."""
 
@@ -40,7 +41,7 @@ class Credentials:
     groups: tuple[int, ...]
 
 
-@dataclass(slots=True)
+@slots_dataclass()
 class ProcessPlan:
     """Everything :func:`spawn` needs; ``executable`` is already resolved."""
 
@@ -57,7 +58,7 @@ class ProcessPlan:
     raw_tty: bool = False  # the PTY only relays another terminal (runc's)
 
 
-@dataclass(slots=True)
+@slots_dataclass()
 class Stdio:
     """Our ends of a new process's standard streams (all owned by the caller)."""
 
@@ -72,7 +73,7 @@ class Stdio:
                 os.close(fd)
 
 
-@dataclass(slots=True)
+@slots_dataclass()
 class Launched:
     """A running exec as a backend hands it over.
 

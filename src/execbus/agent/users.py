@@ -12,15 +12,16 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
 
+from execbus.agent.compat import slots_dataclass
 from execbus.agent.errors import UNKNOWN_USER, StartFailure
 
 _MAX_ID = 2**31 - 1
 
 
-@dataclass(frozen=True, slots=True)
+@slots_dataclass(frozen=True)
 class UserEntry:
     """One passwd entry."""
 
@@ -30,7 +31,7 @@ class UserEntry:
     home: str
 
 
-@dataclass(frozen=True, slots=True)
+@slots_dataclass(frozen=True)
 class GroupEntry:
     """One group entry."""
 
@@ -39,7 +40,7 @@ class GroupEntry:
     members: tuple[str, ...] = field(default=())
 
 
-@dataclass(frozen=True, slots=True)
+@slots_dataclass(frozen=True)
 class ResolvedUser:
     """Credentials to run a process with."""
 

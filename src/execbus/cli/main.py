@@ -21,6 +21,7 @@ commands:
   status     live workers, the agents they own, queue depths
   worker     serve agents: consume exec requests, drive the agents, publish results
   agent      the guest agent daemon (standard library only)
+  agent-bundle  write the agent as one file for guests (python3 >= 3.9, nothing installed)
   config     show the configuration settings (EXECBUS_* variables)
 
 Run `execbus COMMAND --help` for the options of a command.
@@ -36,6 +37,7 @@ COMMANDS = {
     "status": "execbus.cli.commands:status_main",
     "worker": "execbus.cli.worker:main",
     "agent": "execbus.agent.cli:main",
+    "agent-bundle": "execbus.cli.bundle:main",
     "config": "execbus.cli.worker:config_main",
 }
 

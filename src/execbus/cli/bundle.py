@@ -3,8 +3,8 @@
 The archive is a zipapp (PEP 441): a ``#!/usr/bin/env python3`` line, then a
 zip holding ``__main__.py`` and the modules of :mod:`execbus.agent`, nothing
 else. There is no ``execbus/__init__.py`` in it (``execbus`` is a namespace
-package there): the real one imports the client, which needs aio-pika. The
-agent package imports the standard library only; the build checks that again
+package there): it would offer the client API, which needs aio-pika and is
+not in the archive. The agent package imports the standard library only; the build checks that again
 and refuses a module that imports anything else. Entries are sorted and
 dated 1980-01-01, so the same sources always give the same bytes.
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench bench-deps bench-full chaos agent-pyz clean
+.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench bench-deps bench-full chaos agent-pyz clean contract-deps
 
 $(BIN)/execbus: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: install  ## run a worker with the embedded local agent (needs RabbitMQ)
 
 test: install  ## the whole test suite (unit, agent, integration, faults)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+contract-deps:  ## the Node.js contract suite's packages (tests/contract, pinned by package-lock.json)
+	cd tests/contract && npm ci --ignore-scripts --no-audit --no-fund
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -4,6 +4,8 @@
 
 It prints one JSON object (the exec id, the reply, the exit or failure event)
 and exits with the command's exit code (125 when execbus itself refused).
+``stdout``/``stderr`` in it are the decoded text (undecodable bytes replaced);
+``stdout_base64``/``stderr_base64`` are the exact bytes, as the wire carried them.
 See docs/integration.md for every step; this file is tested by
 tests/ops/test_raw_amqp_example.py against a real worker.
 """
@@ -27,6 +29,7 @@ FAILED_EVENT_CODES = {
     "command_not_found",
     "command_not_executable",
     "unknown_user",
+    "invalid_working_dir",
     "container_not_found",
     "container_not_running",
     "start_failed",
@@ -42,10 +45,9 @@ async def run(url: str, ns: str, agent: str, cmd: list[str], timeout: float) -> 
         channel = await connection.channel(publisher_confirms=True)
 
         # 1. Subscribe to the exec's final events *before* publishing the request.
-        #    Declaring <ns>.events with the workers' arguments is idempotent.
-        events = await channel.declare_exchange(
-            f"{ns}.events", aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        #    The workers declared <ns>.events: look it up passively (a caller needs
+        #    no configure permission on the shared exchanges).
+        events = await channel.declare_exchange(f"{ns}.events", passive=True)
         event_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         for kind in ("exited", "failed"):
             await event_queue.bind(events, routing_key=f"exec.{agent}.*.{kind}")
@@ -110,9 +112,13 @@ async def run(url: str, ns: str, agent: str, cmd: list[str], timeout: float) -> 
         exit_info = answer["result"]["exit"]
         summary["exit_code"] = exit_info["exit_code"]
         summary["signal"] = exit_info.get("signal")  # e.g. "SIGKILL" (exit_code 137)
-        for stream in ("stdout", "stderr"):  # bytes travel as base64
-            data = base64.b64decode(exit_info.get(stream, ""))
+        for stream in ("stdout", "stderr"):
+            # Bytes travel as standard base64 (RFC 4648 section 4, padded): decode
+            # strictly, so a wrong alphabet is an error rather than silently lost bytes.
+            text = exit_info.get(stream, "")
+            data = base64.b64decode(text, validate=True)
             summary[stream] = data.decode(errors="replace")
+            summary[f"{stream}_base64"] = text
             summary[f"{stream}_dropped"] = exit_info.get(f"{stream}_dropped", 0)
     else:
         summary["error"] = error

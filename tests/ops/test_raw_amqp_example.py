@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -63,3 +64,24 @@ async def test_raw_example_reports_errors(amqp_url: str, namespace: str, local_w
     code, summary = await run_example(amqp_url, namespace, "--agent", "ghost", "--", "true")
     assert code == 125, summary
     assert summary["error"]["code"] == "unknown_agent" and "event" not in summary
+
+
+@pytest.mark.parametrize(
+    ("script", "raw", "wire"),
+    [
+        (r"printf '\373\377\277'", b"\xfb\xff\xbf", "+/+/"),  # base64url would be "-_-_"
+        (r"printf 'ab?'", b"ab?", "YWI/"),  # base64url would be "YWI_"
+    ],
+)
+async def test_raw_example_round_trips_bytes_of_either_alphabet(
+    amqp_url: str, namespace: str, local_worker: Any, script: str, raw: bytes, wire: str
+) -> None:
+    """Bytes whose base64 differs between the two alphabets come back exact."""
+    code, summary = await run_example(
+        amqp_url, namespace, "--", "sh", "-c", f"{script}; {script} >&2"
+    )
+    assert code == 0, summary
+    for stream in ("stdout", "stderr"):
+        assert summary[f"{stream}_base64"] == wire
+        assert base64.b64decode(summary[f"{stream}_base64"], validate=True) == raw
+        assert summary[stream] == raw.decode(errors="replace")

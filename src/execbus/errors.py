@@ -26,6 +26,9 @@ a client catches the same exception the worker raised.
     │   └── ContainerNotRunning    container_not_running
     ├── AgentError                          talking to a guest agent went wrong
     │   ├── AgentUnavailable  agent_unavailable  refused, reset, timed out (retryable)
+    │   │   └── AgentDisconnected                the link is down (waited for; not retried)
+    │   ├── AgentAuthFailed   agent_auth_failed  a refused token or certificate
+    │   ├── AgentLost         agent_lost         the agent lost the exec's process
     │   └── AgentProtocolError                   the peer broke the agent protocol
     ├── BrokerError                         talking to RabbitMQ went wrong
     │   ├── BrokerUnavailable                    cannot connect (names the URL)
@@ -54,6 +57,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     UNKNOWN_AGENT = "unknown_agent"
     AGENT_UNAVAILABLE = "agent_unavailable"
+    AGENT_AUTH_FAILED = "agent_auth_failed"
     AGENT_LOST = "agent_lost"
     START_FAILED = "start_failed"
     COMMAND_NOT_FOUND = "command_not_found"
@@ -185,6 +189,18 @@ class AgentUnavailable(AgentError):
     code = ErrorCode.AGENT_UNAVAILABLE
 
 
+class AgentDisconnected(AgentUnavailable):
+    """The agent's link is down (the call waited for it to come back); not retried:
+    the wait was the retry."""
+
+
+class AgentAuthFailed(AgentError):
+    """The agent and the worker could not authenticate each other (a refused
+    token, a certificate that failed verification); not retried."""
+
+    code = ErrorCode.AGENT_AUTH_FAILED
+
+
 class AgentLost(AgentError):
     """The agent restarted or vanished; the processes it ran are gone."""
 
@@ -227,6 +243,7 @@ _BY_CODE: dict[str, type[ExecbusError]] = {
     ErrorCode.TIMEOUT: ExecTimeout,
     ErrorCode.UNKNOWN_AGENT: UnknownAgent,
     ErrorCode.AGENT_UNAVAILABLE: AgentUnavailable,
+    ErrorCode.AGENT_AUTH_FAILED: AgentAuthFailed,
     ErrorCode.AGENT_LOST: AgentLost,
     ErrorCode.START_FAILED: StartFailed,
     ErrorCode.COMMAND_NOT_FOUND: CommandNotFound,

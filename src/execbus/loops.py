@@ -9,6 +9,7 @@ loop: it depends on the standard library only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
@@ -42,6 +43,20 @@ def run(main: Coroutine[Any, Any, T], choice: LoopChoice = "auto") -> T:
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait at most ``timeout`` seconds for ``event``; True once it is set.
+
+    Use this (or ``asyncio.timeout``), never ``asyncio.wait_for``, around
+    anything that can be woken while it is being cancelled: on Python 3.11,
+    ``wait_for`` swallows a cancellation that arrives as its inner wait
+    completes, and the cancelled task runs on forever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
 
 
 def loop_name() -> str:

@@ -19,6 +19,7 @@ EXPECTED: dict[ErrorCode, type[e.ExecbusError]] = {
     ErrorCode.TIMEOUT: e.ExecTimeout,
     ErrorCode.UNKNOWN_AGENT: e.UnknownAgent,
     ErrorCode.AGENT_UNAVAILABLE: e.AgentUnavailable,
+    ErrorCode.AGENT_AUTH_FAILED: e.AgentAuthFailed,
     ErrorCode.AGENT_LOST: e.AgentLost,
     ErrorCode.START_FAILED: e.StartFailed,
     ErrorCode.COMMAND_NOT_FOUND: e.CommandNotFound,

@@ -7,7 +7,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from execbus.worker.membership import Announcement, Membership, assign, ranking
+from execbus.wire.control import Announcement
+from execbus.worker.membership import Membership, assign, ranking
 
 AGENTS = frozenset(f"agent{i}" for i in range(30))
 

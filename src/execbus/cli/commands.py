@@ -308,12 +308,22 @@ def print_status(status: ClusterStatus, namespace: str) -> None:
     for w in status.workers:
         print(f"{w.worker_id:<14} {len(w.owned):>4} {w.load:>5}  {' '.join(sorted(w.owned))}")
     print()
-    print(f"{'QUEUE':<24} {'OWNER':<14} {'QUEUED':>7} {'CONSUMERS':>9}")
+    print(f"{'QUEUE':<24} {'OWNER':<14} {'QUEUED':>7} {'CONSUMERS':>9}  LINK")
     for name, q in status.queues.items():
         owner = status.owner_of(name) or "-"
         queued = "-" if q.messages is None else str(q.messages)
         consumers = "-" if q.consumers is None else str(q.consumers)
-        print(f"{name:<24} {owner:<14} {queued:>7} {consumers:>9}")
+        print(f"{name:<24} {owner:<14} {queued:>7} {consumers:>9}  {_link_text(status, name)}")
+
+
+def _link_text(status: ClusterStatus, name: str) -> str:
+    """``connected``, or ``DOWN (code): reason`` for an agent queue; "-" for pools."""
+    link = status.link_of(name)
+    if link is None:
+        return "-"
+    if link.get("connected"):
+        return "connected"
+    return f"DOWN ({link.get('code', '?')}): {link.get('reason', '')}"
 
 
 def status_main(argv: list[str]) -> int:

@@ -141,11 +141,13 @@ class RunSession:
     async def _drain(pump: asyncio.Task[None], stream: OutputStream) -> None:
         """Let the output catch up with the exit (bounded), then end the stream."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pump), DRAIN_TIMEOUT)
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await asyncio.shield(pump)
         if not pump.done():
             log.debug("output did not reach its end within %s s", DRAIN_TIMEOUT)
             await stream.close()
-            await asyncio.wait_for(pump, DRAIN_TIMEOUT)
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await pump
 
     # -- stdin, window size, signals -----------------------------------
 

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -201,7 +203,7 @@ async def serve(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, stop, sig)
+        loop.add_signal_handler(sig, _on_signal, stop, sig, settings.shutdown_grace)
     http = None
     if settings.http_port is not None:
         http = HealthServer(
@@ -224,12 +226,31 @@ async def serve(
         log.info("worker %s stopped", worker.worker_id)
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+# A worker exits within the grace period plus this, whatever it waits for.
+SHUTDOWN_SLACK = 1.5
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals, grace: float) -> None:
     if stop.is_set():
         log.warning("second %s: exiting now", sig.name)
         raise SystemExit(1)
     log.info("%s received: shutting down gracefully", sig.name)
     stop.set()
+    _arm_watchdog(grace + SHUTDOWN_SLACK)
+
+
+def _arm_watchdog(seconds: float) -> None:
+    """The last resort: every shutdown step is bounded, but if one still hangs (a
+    broker that stopped answering mid-close), the process ends anyway."""
+
+    def expire() -> None:
+        log.error("shutdown did not finish within %.1f s; exiting now", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def health_main(settings: Settings) -> int:

@@ -12,18 +12,36 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelNotFoundEntity
 
+from execbus.wire.control import Announcement
 from execbus.wire.routing import Names
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerStatus:
-    """One live worker as it announced itself."""
+    """One live worker as it announced itself (``links``: agent -> its link state, for
+    the agents it owns: ``connected``, and ``reason``/``code`` when down)."""
 
     worker_id: str
     agents: list[str]
     owned: list[str]
     load: int
     pools: list[str] = field(default_factory=list)
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: str = ""
+    started_at: float = 0.0
+
+    @classmethod
+    def from_announcement(cls, a: Announcement) -> WorkerStatus:
+        return cls(
+            worker_id=a.worker_id,
+            agents=sorted(a.agents),
+            owned=sorted(a.owned),
+            load=a.load,
+            pools=sorted(a.pools),
+            links={name: link.to_json() for name, link in sorted(a.links.items())},
+            version=a.version,
+            started_at=a.started_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +60,10 @@ class ClusterStatus:
 
     def owner_of(self, agent: str) -> str | None:
         return next((w.worker_id for w in self.workers if agent in w.owned), None)
+
+    def link_of(self, agent: str) -> dict[str, Any] | None:
+        """The owner's link state of ``agent`` (None: no owner, or an older worker)."""
+        return next((w.links[agent] for w in self.workers if agent in w.links), None)
 
 
 async def cluster_status(
@@ -62,17 +84,10 @@ async def _listen(
     seen: dict[str, WorkerStatus] = {}
 
     def on_message(message: AbstractIncomingMessage) -> None:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            doc: dict[str, Any] = json.loads(message.body)
-            if doc.get("stopping"):
-                return
-            seen[str(doc["worker_id"])] = WorkerStatus(
-                worker_id=str(doc["worker_id"]),
-                agents=[str(a) for a in doc.get("agents", [])],
-                owned=[str(a) for a in doc.get("owned", [])],
-                load=int(doc.get("load", 0)),
-                pools=[str(p) for p in doc.get("pools", [])],
-            )
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            announcement = Announcement.from_json(json.loads(message.body))
+            if not announcement.stopping:
+                seen[announcement.worker_id] = WorkerStatus.from_announcement(announcement)
 
     channel = await connection.channel(publisher_confirms=False)
     try:

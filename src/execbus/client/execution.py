@@ -14,6 +14,7 @@ calls that address the exec (stdin, signal, resize) go to that agent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from execbus.client.exits import ExitWatcher, Final, Watch
@@ -40,10 +41,10 @@ async def first_of(pending: PendingReply, watch: Watch) -> tuple[Reply | None, F
     if pending.future.done():
         return pending.future.result(), None
     final = watch.future.result()
-    try:
-        reply: Reply | None = await asyncio.wait_for(asyncio.shield(pending.future), REPLY_GRACE)
-    except TimeoutError:
-        reply = None
+    reply: Reply | None = None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(REPLY_GRACE):  # not wait_for: see loops.wait_event
+            reply = await asyncio.shield(pending.future)
     return reply, final
 
 

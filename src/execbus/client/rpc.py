@@ -93,7 +93,8 @@ class Rpc:
         """Publish ``request``; its reply within ``timeout`` seconds (``None``: no limit)."""
         pending = await self.send(agent, request, pool=pool)
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see loops.wait_event
+                return await asyncio.shield(pending.future)
         except TimeoutError:
             raise ExecTimeout(
                 f"no reply to {pending.request_type} from {pending.target} within {timeout:g} s"

@@ -3,8 +3,10 @@
 One :class:`AgentClient` keeps one multiplexed connection to one agent: it
 dials, handshakes, subscribes to events (``watch``) and reconnects in the
 background with backoff; a heartbeat (``ping``) notices an agent that
-stopped answering. Calls made while the connection is down wait for it up
-to their timeout, then raise :class:`~execbus.errors.AgentUnavailable`,
+stopped answering (the lifecycle and the link state are
+:class:`~execbus.connections.supervised.SupervisedConnection`'s). A call while
+the link is down waits briefly for it, then fails with the reason; a call that
+times out on a live link raises :class:`~execbus.errors.AgentUnavailable`,
 which the retry layer above may retry.
 """
 
@@ -14,14 +16,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from execbus.agent import errors as codes
 from execbus.agent.protocol import PROTOCOL_VERSION, FrameError, encode_frame, read_frame
-from execbus.connections.base import AgentConnection, AgentExec, AgentInfo, AgentListener
+from execbus.connections.base import AgentExec, AgentInfo
+from execbus.connections.supervised import SupervisedConnection
 from execbus.errors import (
+    AgentAuthFailed,
+    AgentDisconnected,
+    AgentError,
     AgentProtocolError,
     AgentUnavailable,
     Conflict,
@@ -149,6 +154,14 @@ def start_args(exec_id: str, config: ExecConfig, meta: dict[str, Any]) -> dict[s
     }
 
 
+def handshake_error(agent: str, err: dict[str, Any]) -> AgentError:
+    """Why the agent refused the handshake; a refused token is an authentication failure."""
+    code, message = str(err.get("code", "?"))[:64], str(err.get("message", ""))[:512]
+    if code == codes.UNAUTHORIZED:
+        return AgentAuthFailed(f"agent {agent!r} refused our token ({message or code})")
+    return AgentProtocolError(f"agent {agent!r} refused the handshake: {code}: {message}")
+
+
 class _Session:
     """One live, handshaken connection."""
 
@@ -158,6 +171,7 @@ class _Session:
         self.pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self.write_lock = asyncio.Lock()
         self.ids = itertools.count(1)
+        self.abort_reason = ""  # why we closed it ourselves (a missed heartbeat)
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         async with self.write_lock:
@@ -176,8 +190,10 @@ class _Session:
             await self.writer.wait_closed()
 
 
-class AgentClient(AgentConnection):
+class AgentClient(SupervisedConnection[_Session]):
     """An :class:`AgentConnection` to an execbus agent, over any byte stream."""
+
+    kind = "agent"
 
     def __init__(
         self,
@@ -188,67 +204,22 @@ class AgentClient(AgentConnection):
         call_timeout: float = 10.0,
         heartbeat: float = 2.0,
         max_backoff: float = 2.0,
+        closed_early: AgentError | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(
+            name, call_timeout=call_timeout, heartbeat=heartbeat, max_backoff=max_backoff
+        )
         self._dialer = dialer
         self._token = token
-        self._call_timeout = call_timeout
-        self._heartbeat = heartbeat
-        self._max_backoff = max_backoff
-        self._session: _Session | None = None
-        self._ready = asyncio.Event()
-        self._info: AgentInfo | None = None
-        self._listener: AgentListener | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
-        self.last_error = "not connected yet"
+        # What it means when the agent hangs up before answering our hello (over
+        # TLS 1.3, a refused client certificate shows only as that).
+        self._closed_early = closed_early or AgentUnavailable(
+            f"agent {name!r} closed the connection during the handshake"
+        )
 
-    @property
-    def connected(self) -> bool:
-        return self._ready.is_set()
+    # -- the session (SupervisedConnection's hooks) -----------------------
 
-    @property
-    def info(self) -> AgentInfo | None:
-        return self._info
-
-    async def open(self, listener: AgentListener) -> None:
-        self._listener = listener
-        self._runner = asyncio.create_task(self._run(), name=f"agent-{self.name}")
-
-    async def close(self) -> None:
-        self._closing = True
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            self._session.fail_pending("connection closed")
-            await self._session.close()
-            self._session = None
-
-    # -- connection lifecycle -------------------------------------------
-
-    async def _run(self) -> None:
-        attempt = 0
-        while not self._closing:
-            try:
-                session, boot_changed = await self._connect()
-            except (OSError, AgentUnavailable, AgentProtocolError, TimeoutError) as exc:
-                self.last_error = f"cannot connect: {exc}"
-                attempt += 1
-                await asyncio.sleep(self._backoff(attempt))
-                continue
-            attempt = 0
-            await self._serve(session, boot_changed)
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self._max_backoff, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1))
-
-    async def _connect(self) -> tuple[_Session, bool]:
+    async def _connect(self) -> tuple[_Session, AgentInfo]:
         async with asyncio.timeout(self._call_timeout):
             reader, writer = await self._dialer()
             session = _Session(reader, writer)
@@ -257,9 +228,7 @@ class AgentClient(AgentConnection):
             except BaseException:
                 await session.close()
                 raise
-        boot_changed = self._info is not None and self._info.boot_id != info.boot_id
-        self._info = info
-        return session, boot_changed
+        return session, info
 
     async def _handshake(self, session: _Session) -> AgentInfo:
         hello = {"id": 0, "op": "hello", "versions": [PROTOCOL_VERSION], "token": self._token}
@@ -267,11 +236,10 @@ class AgentClient(AgentConnection):
         await session.send(hello)
         frame = await read_frame(session.reader, MAX_FRAME)
         if frame is None:
-            raise AgentUnavailable("agent closed the connection during the handshake")
+            raise self._closed_early
         header = frame.header
         if not header.get("ok"):
-            err = header.get("error") or {}
-            raise AgentProtocolError(f"handshake refused: {err.get('code')}: {err.get('message')}")
+            raise handshake_error(self.name, header.get("error") or {})
         result = header["result"]
         await session.send({"id": next(session.ids), "op": "watch"})
         return AgentInfo(
@@ -282,33 +250,19 @@ class AgentClient(AgentConnection):
             hostname=str(result.get("hostname", "")),
         )
 
-    async def _serve(self, session: _Session, boot_changed: bool) -> None:
-        self._session = session
-        self._ready.set()
-        self.last_error = ""
-        log.info("agent %s connected (boot %s)", self.name, self._info and self._info.boot_id)
-        self._spawn(self._notify_connected(boot_changed))
-        heartbeat = asyncio.create_task(self._heartbeat_loop(session))
-        reason = "connection closed by the agent"
-        try:
-            reason = await self._read_loop(session)
-        finally:
-            heartbeat.cancel()
-            self._ready.clear()
-            self._session = None
-            session.fail_pending(f"connection to agent {self.name!r} lost: {reason}")
-            await session.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-        self.last_error = reason
-        if not self._closing:
-            log.warning("agent %s disconnected: %s", self.name, reason)
-            if self._listener is not None:
-                self._spawn(self._listener.on_disconnected(self.name, reason))
+    async def _session_ended(self, session: _Session) -> str:
+        return await self._read_loop(session)
 
-    async def _notify_connected(self, boot_changed: bool) -> None:
-        if self._listener is not None:
-            await self._listener.on_connected(self.name, boot_changed)
+    async def _ping(self, session: _Session) -> None:
+        await self._request_on(session, "ping", {}, b"", self._heartbeat * 2)
+
+    def _abort(self, session: _Session, reason: str) -> None:
+        session.abort_reason = reason
+        session.writer.close()
+
+    async def _close_session(self, session: _Session, reason: str) -> None:
+        session.fail_pending(reason)
+        await session.close()
 
     async def _read_loop(self, session: _Session) -> str:
         while True:
@@ -320,9 +274,9 @@ class AgentClient(AgentConnection):
                 log.warning("agent %s sent a bad frame: %s", self.name, exc.message)
                 continue
             except (OSError, ConnectionError) as exc:
-                return f"connection error: {exc}"
+                return session.abort_reason or f"connection error: {exc}"
             if frame is None:
-                return "connection closed by the agent"
+                return session.abort_reason or "connection closed by the agent"
             await self._dispatch(session, frame.header, frame.payload)
 
     async def _dispatch(self, session: _Session, header: dict[str, Any], payload: bytes) -> None:
@@ -343,41 +297,12 @@ class AgentClient(AgentConnection):
         elif event == "exit":
             self._spawn(self._listener.on_exit(self.name, decode_exec(header, payload)))
 
-    async def _heartbeat_loop(self, session: _Session) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat)
-            try:
-                await self._request_on(session, "ping", {}, b"", self._heartbeat * 2)
-            except AgentUnavailable as exc:
-                log.warning("agent %s missed a heartbeat: %s", self.name, exc)
-                session.writer.close()
-                return
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("agent %s listener failed", self.name, exc_info=task.exception())
-
     # -- requests ---------------------------------------------------------
 
     async def _request(
         self, op: str, args: dict[str, Any], payload: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
-        try:
-            async with asyncio.timeout(self._call_timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            raise AgentUnavailable(
-                f"agent {self.name!r} is not connected ({self.last_error})"
-            ) from None
-        session = self._session
-        if session is None:
-            raise AgentUnavailable(f"agent {self.name!r} is not connected ({self.last_error})")
+        session = await self._live_session()
         return await self._request_on(session, op, args, payload, self._call_timeout)
 
     async def _request_on(
@@ -419,7 +344,7 @@ class AgentClient(AgentConnection):
     async def wait(self, exec_id: str) -> AgentExec:
         session = self._session
         if session is None:
-            raise AgentUnavailable(f"agent {self.name!r} is not connected ({self.last_error})")
+            raise AgentDisconnected(f"agent {self.name!r} is not connected: {self.last_error}")
         result, payload = await self._request_on(session, "wait", {"exec_id": exec_id}, b"", None)
         return decode_exec(result, payload)
 

@@ -14,6 +14,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from execbus.errors import ErrorCode
 from execbus.wire.config import ExecConfig
 from execbus.wire.records import ErrorInfo, ExitInfo
 
@@ -66,6 +67,23 @@ class AgentInfo:
     hostname: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """Is the agent connected; if not, why not (``code``: what calls fail with)."""
+
+    connected: bool
+    reason: str = ""
+    code: str = ErrorCode.AGENT_UNAVAILABLE
+    since: float = 0.0  # wall-clock time of the last change
+
+    def as_dict(self) -> dict[str, Any]:
+        """For /readyz, announcements and ``execbus status``."""
+        doc: dict[str, Any] = {"connected": self.connected, "since": round(self.since, 3)}
+        if not self.connected:
+            doc.update(reason=self.reason, code=self.code)
+        return doc
+
+
 class AgentConnection(abc.ABC):
     """A connection to one guest agent. Errors are ``execbus.errors`` exceptions:
     :class:`~execbus.errors.AgentUnavailable` for transient faults (retryable),
@@ -82,6 +100,11 @@ class AgentConnection(abc.ABC):
     @abc.abstractmethod
     def info(self) -> AgentInfo | None:
         """The handshake result of the current connection."""
+
+    @property
+    @abc.abstractmethod
+    def state(self) -> LinkState:
+        """Connected or not, and why not."""
 
     @abc.abstractmethod
     async def open(self, listener: AgentListener) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from execbus.connections.address import AgentAddress
 from execbus.connections.agent_client import AgentClient, Dialer
 from execbus.connections.base import AgentConnection
-from execbus.errors import AgentUnavailable, ConfigError
+from execbus.errors import AgentAuthFailed, AgentError, AgentUnavailable, ConfigError
 
 STREAM_LIMIT = 1024 * 1024
 
@@ -43,11 +43,61 @@ def tcp_dialer(host: str, port: int, tls: ssl.SSLContext | None = None) -> Diale
         try:
             return await asyncio.open_connection(host, port, ssl=tls, limit=STREAM_LIMIT)
         except ConnectionRefusedError as exc:
-            raise AgentUnavailable(f"cannot connect to {host}:{port}: refused") from exc
+            raise AgentUnavailable(f"cannot connect to {host}:{port}: connection refused") from exc
+        except ssl.SSLCertVerificationError as exc:
+            subject = await peer_subject(host, port)
+            raise AgentAuthFailed(
+                f"TLS: the certificate of {host}:{port}{subject} failed verification: "
+                f"{exc.verify_message or exc.reason}"
+            ) from exc
         except ssl.SSLError as exc:
-            raise AgentUnavailable(f"TLS handshake with {host}:{port} failed: {exc}") from exc
+            raise tls_error(host, port, exc) from exc
 
     return dial
+
+
+def tls_error(host: str, port: int, exc: ssl.SSLError) -> AgentError:
+    """A failed TLS handshake: the agent refusing our certificate is an authentication
+    failure; anything else (a plain-TCP agent, no shared protocol) is not."""
+    reason = str(exc.reason or exc)
+    if "CERTIFICATE" in reason.upper():
+        return AgentAuthFailed(f"TLS: {host}:{port} refused our client certificate ({reason})")
+    return AgentUnavailable(f"TLS handshake with {host}:{port} failed: {reason}")
+
+
+async def peer_subject(host: str, port: int) -> str:
+    """`` (subject CN=...)`` of the certificate a peer presents, read without verifying
+    it (only to say which certificate was refused); "" when it cannot be read."""
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        async with asyncio.timeout(2):
+            _, writer = await asyncio.open_connection(host, port, ssl=ctx)
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        finally:
+            writer.close()
+        return f" (subject {describe_subject(der)})" if der else ""
+    except (OSError, TimeoutError, ValueError, ssl.SSLError):
+        return ""
+
+
+def describe_subject(der: bytes) -> str:
+    """``CN=agent,O=example`` from a DER certificate (CPython's own decoder)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
+        pem.write(ssl.DER_cert_to_PEM_cert(der))
+        pem.flush()
+        decoded = ssl._ssl._test_decode_cert(pem.name)  # type: ignore[attr-defined]
+    parts = [f"{_short(k)}={v}" for rdn in decoded.get("subject", ()) for k, v in rdn]
+    return ",".join(parts) or "(empty)"
+
+
+def _short(name: str) -> str:
+    return {"commonName": "CN", "organizationName": "O", "countryName": "C"}.get(name, name)
 
 
 def vsock_dialer(cid: int, port: int) -> Dialer:
@@ -126,8 +176,10 @@ def make_connection(name: str, address: AgentAddress, options: ConnectOptions) -
     if address.scheme in ("tcp", "tls"):
         if options.token is None:
             raise ConfigError(f"agent {name!r} at {address}: tcp agents need a token file")
-        tls = client_tls_context(options) if address.scheme == "tls" else None
-        return _client(name, tcp_dialer(address.host, address.port, tls), options, options.token)
+        if address.scheme == "tcp":
+            return _client(name, tcp_dialer(address.host, address.port), options, options.token)
+        dialer = tcp_dialer(address.host, address.port, client_tls_context(options))
+        return _client(name, dialer, options, options.token, _tls_hangup(name, address, options))
     if address.scheme == "vsock":
         try:
             cid = int(address.host)
@@ -141,7 +193,32 @@ def make_connection(name: str, address: AgentAddress, options: ConnectOptions) -
     raise ConfigError(f"unsupported agent address {address}")  # pragma: no cover
 
 
-def _client(name: str, dialer: Dialer, options: ConnectOptions, token: str | None) -> AgentClient:
+def _client(
+    name: str,
+    dialer: Dialer,
+    options: ConnectOptions,
+    token: str | None,
+    closed_early: AgentError | None = None,
+) -> AgentClient:
     return AgentClient(
-        name, dialer, token=token, call_timeout=options.call_timeout, heartbeat=options.heartbeat
+        name,
+        dialer,
+        token=token,
+        call_timeout=options.call_timeout,
+        heartbeat=options.heartbeat,
+        closed_early=closed_early,
+    )
+
+
+def _tls_hangup(name: str, address: AgentAddress, options: ConnectOptions) -> AgentError:
+    """A TLS agent that hangs up before answering hello refused our certificate: over
+    TLS 1.3 the client learns of it only this way (a bad token gets an answer)."""
+    ours = (
+        "this worker presents none (set EXECBUS_AGENT_TLS_CERT_FILE)"
+        if options.tls_cert_file is None
+        else f"this worker presents {options.tls_cert_file}"
+    )
+    return AgentAuthFailed(
+        f"agent {name!r} at {address} hung up before the handshake: it requires a client "
+        f"certificate it trusts (mTLS), and {ours}"
     )

@@ -45,7 +45,8 @@ from typing import Any
 
 from execbus.agent.errors import AgentError as AgentRequestError
 from execbus.agent.signames import parse_signal, signal_name
-from execbus.connections.base import AgentConnection, AgentExec, AgentInfo, AgentListener
+from execbus.connections.base import AgentExec, AgentInfo, AgentListener
+from execbus.connections.supervised import SupervisedConnection
 from execbus.errors import (
     AgentError,
     AgentProtocolError,
@@ -497,8 +498,10 @@ def restart_cause(old: str, new: str) -> str:
 # -- the connection ---------------------------------------------------------
 
 
-class QgaConnection(AgentConnection):
+class QgaConnection(SupervisedConnection[_Session]):
     """An :class:`AgentConnection` to one qemu-ga on a Unix socket (``qga+unix://``)."""
+
+    kind = "qemu-ga"
 
     def __init__(
         self,
@@ -511,91 +514,31 @@ class QgaConnection(AgentConnection):
         poll_initial: float = 0.0005,
         poll_max: float = 0.05,
     ) -> None:
-        self.name = name
+        super().__init__(
+            name, call_timeout=call_timeout, heartbeat=heartbeat, max_backoff=max_backoff
+        )
         self.path = path
-        self._call_timeout = call_timeout
-        self._heartbeat = heartbeat
-        self._max_backoff = max_backoff
         self._poll_initial = poll_initial
         self._poll_max = poll_max
         self._drain_timeout = min(call_timeout, 2.0)
         self._execs: dict[str, _Exec] = {}
-        self._session: _Session | None = None
-        self._ready = asyncio.Event()
-        self._info: AgentInfo | None = None
-        self._listener: AgentListener | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
         # Used as boot id when qemu-ga's file commands are blocked: then a
         # restarted qemu-ga is noticed per pid, never as a boot change.
         self._fallback_boot_id = f"qga-{uuid.uuid4().hex}"
         self._cwd_supported: bool | None = None  # None: not probed yet
         self._unusable: str | None = None  # why this qemu-ga cannot run execs at all
-        self.last_error = "not connected yet"
 
-    @property
-    def connected(self) -> bool:
-        return self._ready.is_set()
-
-    @property
-    def info(self) -> AgentInfo | None:
-        return self._info
-
-    async def open(self, listener: AgentListener) -> None:
-        self._listener = listener
-        self._runner = asyncio.create_task(self._run(), name=f"qga-{self.name}")
-
-    async def close(self) -> None:
-        """Stop reconnecting and polling. Running guest processes are left alone."""
-        self._closing = True
-        # Pollers and callbacks first: the session drains only once no call reads.
+    async def _before_close(self) -> None:
+        """Running guest processes are left alone; pollers and callbacks stop first
+        (the session drains only once no call reads)."""
         for entry in self._execs.values():
             if entry.poller is not None:
                 entry.poller.cancel()
                 self._tasks.add(entry.poller)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        if self._session is not None:
-            await self._session.aclose(self._drain_timeout)
-            self._session = None
-        self._ready.clear()
 
     # -- connection lifecycle -------------------------------------------
 
-    async def _run(self) -> None:
-        """Connect, serve until the session dies, and again, with backoff, until closed."""
-        attempt = 0
-        while not self._closing:
-            try:
-                session, boot_changed = await self._connect()
-            except Unsupported as exc:
-                # Reconfiguring qemu-ga (--block-rpcs) needs its restart: retry slowly.
-                self._unusable = self.last_error = exc.message
-                log.error("qemu-ga %s: %s", self.name, exc.message)
-                await asyncio.sleep(self._max_backoff)
-                continue
-            except (OSError, AgentError, TimeoutError) as exc:
-                self.last_error = f"cannot connect to qga+unix://{self.path}: {exc}"
-            except Exception as exc:  # a qemu-ga answering nonsense must not end the loop
-                self.last_error = f"qemu-ga at {self.path} answered unexpectedly: {exc!r}"
-                log.exception("qemu-ga %s: connect failed", self.name)
-            else:
-                attempt = 0
-                await self._serve(session, boot_changed)
-                continue
-            attempt += 1
-            await asyncio.sleep(self._backoff(attempt))
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self._max_backoff, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1))
-
-    async def _connect(self) -> tuple[_Session, bool]:
+    async def _connect(self) -> tuple[_Session, AgentInfo]:
         """Dial, resynchronise, check qemu-ga, then settle the execs of the last session."""
         try:
             async with asyncio.timeout(self._call_timeout):
@@ -610,12 +553,16 @@ class QgaConnection(AgentConnection):
             info = await self._handshake(session)
             boot_changed = self._info is not None and self._info.boot_id != info.boot_id
             await self._reconcile(session, boot_changed, info)
+        except Unsupported as exc:
+            # Reconfiguring qemu-ga (--block-rpcs) needs its restart: retried slowly.
+            self._unusable = exc.message
+            await session.aclose(self._drain_timeout)
+            raise
         except BaseException:
             await session.aclose(self._drain_timeout)
             raise
-        self._info = info
         self._unusable = None
-        return session, boot_changed
+        return session, info
 
     async def _handshake(self, session: _Session) -> AgentInfo:
         guest = await session.call("guest-info", timeout=self._call_timeout)
@@ -719,52 +666,19 @@ class QgaConnection(AgentConnection):
             if status.get("exited"):
                 self._complete(entry, status)
 
-    async def _serve(self, session: _Session, boot_changed: bool) -> None:
-        self._session = session
-        self._ready.set()
-        self.last_error = ""
-        log.info("qemu-ga %s connected (%s)", self.name, self._info and self._info.boot_id)
-        self._spawn(self._notify_connected(boot_changed))
-        heartbeat = asyncio.create_task(self._heartbeat_loop(session))
-        try:
-            await session.closed.wait()
-        finally:
-            heartbeat.cancel()
-            self._ready.clear()
-            self._session = None
-            await session.aclose(self._drain_timeout)
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-        self.last_error = session.reason
-        if not self._closing:
-            log.warning("qemu-ga %s disconnected: %s", self.name, session.reason)
-            if self._listener is not None:
-                self._spawn(self._listener.on_disconnected(self.name, session.reason))
+    async def _session_ended(self, session: _Session) -> str:
+        await session.closed.wait()
+        return session.reason
 
-    async def _notify_connected(self, boot_changed: bool) -> None:
-        if self._listener is not None:
-            await self._listener.on_connected(self.name, boot_changed)
+    async def _ping(self, session: _Session) -> None:
+        # While idle too: a dead qemu-ga is otherwise noticed only by the next call.
+        await session.call("guest-ping", timeout=self._heartbeat * 2)
 
-    async def _heartbeat_loop(self, session: _Session) -> None:
-        """Ping while idle too: a dead qemu-ga is otherwise noticed only by the next call."""
-        while not session.closed.is_set():
-            await asyncio.sleep(self._heartbeat)
-            try:
-                await session.call("guest-ping", timeout=self._heartbeat * 2)
-            except AgentError as exc:
-                log.warning("qemu-ga %s missed a heartbeat: %s", self.name, exc)
-                session.abort(f"missed a heartbeat: {exc}")
-                return
+    def _abort(self, session: _Session, reason: str) -> None:
+        session.abort(reason)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("qemu-ga %s: background task failed", self.name, exc_info=task.exception())
+    async def _close_session(self, session: _Session, reason: str) -> None:
+        await session.aclose(self._drain_timeout)
 
     # -- commands ---------------------------------------------------------
 
@@ -777,21 +691,6 @@ class QgaConnection(AgentConnection):
         """One command on the live session, waiting up to the call timeout for one."""
         session = await self._live_session()
         return await session.call(command, arguments, timeout=self._call_timeout, on_sent=on_sent)
-
-    async def _live_session(self) -> _Session:
-        if self._closing:
-            raise AgentUnavailable(f"qemu-ga {self.name!r}: the connection is closed")
-        try:
-            async with asyncio.timeout(self._call_timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            raise AgentUnavailable(
-                f"qemu-ga {self.name!r} at {self.path} is not connected ({self.last_error})"
-            ) from None
-        session = self._session
-        if session is None:
-            raise AgentUnavailable(f"qemu-ga {self.name!r} is not connected ({self.last_error})")
-        return session
 
     async def start(
         self,

@@ -1,8 +1,10 @@
 """Retries of agent calls: transient faults only, bounded by attempts and time.
 
 The predicate is narrow: only :class:`~execbus.errors.AgentUnavailable`
-(connection refused or reset, a call that timed out) is retried. Semantic
-errors (unknown user, not found) and ``CancelledError`` never are. Every
+(connection reset, a call that timed out) is retried. Semantic errors
+(unknown user, not found), a refused authentication, ``CancelledError`` and
+:class:`~execbus.errors.AgentDisconnected` (the call already waited for the
+lost link to come back) never are. Every
 attempt has its own timeout; the backoff is exponential with jitter.
 """
 
@@ -17,13 +19,13 @@ from typing import TypeVar
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
     wait_random_exponential,
 )
 
-from execbus.errors import AgentUnavailable
+from execbus.errors import AgentDisconnected, AgentUnavailable
 
 T = TypeVar("T")
 
@@ -58,6 +60,8 @@ async def call_with_retry(
     try:
         return await _with_timeout(call, timeout)
     except AgentUnavailable as exc:
+        if not _retryable(exc):
+            raise
         first_failure: AgentUnavailable | None = exc
     spent = time.monotonic() - started
 
@@ -69,7 +73,7 @@ async def call_with_retry(
         return await _with_timeout(call, timeout)
 
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(AgentUnavailable),
+        retry=retry_if_exception(_retryable),
         stop=stop_after_attempt(policy.attempts)
         | stop_after_delay(max(0.0, policy.max_elapsed - spent)),
         wait=wait_random_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff),
@@ -80,6 +84,10 @@ async def call_with_retry(
         with attempt:
             return await attempt_call()
     raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, AgentUnavailable) and not isinstance(exc, AgentDisconnected)
 
 
 async def _with_timeout(call: Callable[[], Awaitable[T]], timeout: float) -> T:

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ from execbus.worker.lanes import Lanes
 
 log = logging.getLogger("execbus.worker")
 META_VERSION = 1
+REMEMBER_REMOVED = 4096
 
 
 class Outbox(Protocol):
@@ -195,12 +197,19 @@ class AgentExecs:
         self.on_retry: Callable[[], None] | None = None
         self.on_finished: Callable[[str, str, str], None] | None = None
         self.on_connect: Callable[[], None] | None = None  # each (re)connection to the agent
+        self.on_link_down: Callable[[], None] | None = None  # each change to "down"
+        # Set once the agent's execs have been synced after a (re)connection,
+        # or the link is known down: requests wait for it at a takeover, so a
+        # retry finds the exec the previous owner started (see AgentRuntime._own).
+        self.synced = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         # Events sent but not yet confirmed, per exec (see _send and _confirmed).
         self._unconfirmed: dict[str, list[asyncio.Future[None]]] = {}
         # Output that arrived before the exec's start was recorded: it must not
         # overtake exec.started, so it waits here (see on_output, _release_output).
         self._held_output: dict[str, list[ev.OutputEvent]] = {}
+        # Execs removed here: a late exit notification must not resurrect them.
+        self._removed: OrderedDict[str, None] = OrderedDict()
 
     # -- requests -----------------------------------------------------
 
@@ -277,6 +286,7 @@ class AgentExecs:
         """
         record, created = self.registry.create(config, exec_id)
         if created:
+            self._removed.pop(record.exec_id, None)  # the id is in use again
             self._send(record, "created", self._created_event(record))
             if not pipelined:
                 await self._confirmed(record)
@@ -473,6 +483,9 @@ class AgentExecs:
             await self._finish(record, state)
         removed = self.registry.remove(req.exec_id)
         self.waiters.pop(req.exec_id, None)
+        self._removed[req.exec_id] = None  # its exit notification may still be on its way
+        while len(self._removed) > REMEMBER_REMOVED:
+            self._removed.popitem(last=False)
         return self._ok(req, removed.info())
 
     async def _agent_call(self, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -675,6 +688,9 @@ class AgentExecs:
         await self.lanes.submit(state.exec_id, lambda: self._on_exit(state))
 
     async def _on_exit(self, state: AgentExec) -> None:
+        if state.exec_id in self._removed:  # settled and forgotten here already
+            await self._ack_agent(state.exec_id)
+            return
         record = self.registry.find(state.exec_id) or self._adopt(state)
         if record is None:
             await self._ack_agent(state.exec_id)
@@ -709,7 +725,25 @@ class AgentExecs:
         await self.sync(boot_changed)
 
     async def on_disconnected(self, agent: str, reason: str) -> None:
-        log.warning("agent %s: connection lost: %s", agent, reason, extra=self._ctx())
+        # The connection logged it; requests waiting for the first sync may go
+        # on (they fail fast with this reason while the link is down).
+        self.synced.set()
+        if self.on_link_down is not None:
+            self.on_link_down()
+
+    def running(self) -> int:
+        """Execs being started or running (their ends are still to come)."""
+        return sum(
+            1
+            for r in self.registry.list(include_finished=False)
+            if r.starting or r.state is ExecState.RUNNING
+        )
+
+    async def wait_settled(self, poll: float = 0.05) -> None:
+        """Until no exec of this agent is starting or running (shutdown: their exits
+        are published as they come, so their callers get their results)."""
+        while self.running():
+            await asyncio.sleep(poll)
 
     async def sync(self, boot_changed: bool = False) -> None:
         """Takeover: rebuild records from the agent, publish exits nobody published."""
@@ -718,6 +752,7 @@ class AgentExecs:
                 states = await self.connection.list()
             except ExecbusError as exc:
                 log.warning("agent %s: sync failed: %s", self.agent, exc, extra=self._ctx())
+                self.synced.set()
                 return
             known = {s.exec_id for s in states}
             for state in states:
@@ -732,6 +767,7 @@ class AgentExecs:
                 if r.state is ExecState.RUNNING and r.exec_id not in known
             ]
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.synced.set()
             log.info(
                 "agent %s: synced %d execs from the agent",
                 self.agent,

@@ -17,43 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True, slots=True)
-class Announcement:
-    """What a worker says about itself."""
-
-    worker_id: str
-    agents: frozenset[str]
-    owned: frozenset[str] = frozenset()
-    load: int = 0
-    pools: frozenset[str] = frozenset()
-    stopping: bool = False
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "worker_id": self.worker_id,
-            "agents": sorted(self.agents),
-            "owned": sorted(self.owned),
-            "load": self.load,
-            "pools": sorted(self.pools),
-            "stopping": self.stopping,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, object]) -> Announcement:
-        def names(key: str) -> frozenset[str]:
-            value = doc.get(key, [])
-            return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
-
-        load = doc.get("load", 0)
-        return cls(
-            worker_id=str(doc["worker_id"]),
-            agents=names("agents"),
-            owned=names("owned"),
-            load=load if isinstance(load, int) else 0,
-            pools=names("pools"),
-            stopping=bool(doc.get("stopping", False)),
-        )
+from execbus.wire.control import Announcement
 
 
 def _score(worker_id: str, agent: str) -> int:

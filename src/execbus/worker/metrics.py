@@ -47,6 +47,21 @@ class WorkerMetrics:
         self.agent_reconnects = Counter(
             "execbus_agent_reconnects", "Agent (re)connections", ["agent"], registry=r
         )
+        self.agent_link_down = Counter(
+            "execbus_agent_link_down",
+            "Changes of an owned agent's link to down (or to another reason)",
+            ["agent"],
+            registry=r,
+        )
+        self.agent_owned = Gauge(
+            "execbus_agent_owned", "1 while this worker owns the agent", ["agent"], registry=r
+        )
+        self.agent_connected = Gauge(
+            "execbus_agent_connected",
+            "1 while this worker's link to the agent is up (see execbus_agent_owned)",
+            ["agent"],
+            registry=r,
+        )
         self.registry_size = Gauge(
             "execbus_registry_records",
             "Exec records held, by state",

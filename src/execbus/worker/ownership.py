@@ -14,14 +14,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
+from execbus import __version__
+from execbus.loops import wait_event
+from execbus.wire.control import Announcement
 from execbus.wire.routing import Names
-from execbus.worker.membership import Announcement, Membership
+from execbus.worker.membership import Membership
 from execbus.worker.runtime import AgentRuntime, Role
 
 if TYPE_CHECKING:
@@ -42,8 +46,10 @@ class OwnershipLoop:
         expiry: float,
         pools: frozenset[str],
         on_change: Callable[[], None] | None = None,
+        started_at: float | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.started_at = time.time() if started_at is None else started_at
         self.names = names
         self.runtimes = runtimes
         self.interval = interval
@@ -57,6 +63,7 @@ class OwnershipLoop:
         self._wake = asyncio.Event()
 
     def _announcement(self) -> Announcement:
+        links = {name: rt.link() for name, rt in self.runtimes.items()}
         return Announcement(
             worker_id=self.worker_id,
             agents=frozenset(self.runtimes),
@@ -64,6 +71,9 @@ class OwnershipLoop:
             load=sum(rt.load() for rt in self.runtimes.values()),
             pools=self.pools,
             stopping=self.stopping,
+            links={name: link for name, link in links.items() if link is not None},
+            version=__version__,
+            started_at=self.started_at,
         )
 
     async def run(self, session: BrokerSession) -> None:
@@ -79,8 +89,7 @@ class OwnershipLoop:
             await self._announce(exchange)
             await self.reconcile(session)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            await wait_event(self._wake, self.interval)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -95,8 +104,14 @@ class OwnershipLoop:
             await exchange.publish(message, f"worker.{self.worker_id}", mandatory=False)
 
     async def announce_stopping(self, session: BrokerSession) -> None:
-        """Tell the others we are leaving, so they take over without waiting for expiry."""
+        """Tell the others we are leaving, so they take over without waiting for expiry.
+
+        From now on this worker takes nothing over: reconciling stops, and agents
+        it does not own stop contending (peers that stop too release theirs).
+        """
         self.stopping = True
+        for rt in self.runtimes.values():
+            rt.stop_contending()
         with contextlib.suppress(Exception):
             channel = await session.channel()
             exchange = await channel.get_exchange(self.names.control_exchange, ensure=False)

@@ -30,8 +30,10 @@ from execbus.connections.address import AgentAddress
 from execbus.connections.base import AgentConnection
 from execbus.connections.factory import ConnectOptions, make_connection
 from execbus.connections.retry import RetryPolicy
+from execbus.loops import wait_event
 from execbus.registry import ExecRegistry, RegistryLimits
 from execbus.settings import Settings
+from execbus.wire.control import AgentLink
 from execbus.wire.records import ExecState
 from execbus.wire.routing import Names
 from execbus.worker.consumer import RequestConsumer
@@ -86,6 +88,11 @@ class AgentRuntime:
         self.execs.on_retry = metrics.agent_retries.labels(name).inc
         self.execs.on_finished = metrics.observe_finished
         self.execs.on_connect = metrics.agent_reconnects.labels(name).inc
+        self.execs.on_link_down = metrics.agent_link_down.labels(name).inc
+        metrics.agent_owned.labels(name).set_function(lambda: float(self.owner))
+        metrics.agent_connected.labels(name).set_function(
+            lambda: float(self._opened and self.connection.connected)
+        )
         self.role = Role.NONE
         self.owner = False
         self.consumer: RequestConsumer | None = None
@@ -208,7 +215,12 @@ class AgentRuntime:
         log.info("agent %s: this worker is now the owner", self.name, extra={"agent": self.name})
         if not self._opened:
             self._opened = True
+            self.execs.synced.clear()
             await self.connection.open(self.execs)  # its on_connected runs the sync
+            # Requests wait for the takeover sync: a retry of an exec the previous
+            # owner started must find it (and join it), not start a new record.
+            if not await wait_event(self.execs.synced, self.settings.agent_call_timeout):
+                log.warning("agent %s: not synced yet; serving requests anyway", self.name)
         elif self.connection.connected:
             await self.execs.sync()
         self._queue_channel = await session.channel()
@@ -302,13 +314,27 @@ class AgentRuntime:
         for state, count in self.execs.registry.counts_by_state().items():
             self.metrics.registry_size.labels(self.name, state.value).set(count)
 
+    def stop_contending(self) -> None:
+        """Shutting down: take nothing over (an attempt in flight gives the lock back)."""
+        if not self.owner:
+            self.role = Role.NONE
+
+    def link(self) -> AgentLink | None:
+        """The link to the agent while this worker owns (and so talks to) it."""
+        if not self.owner or not self._opened:
+            return None
+        state = self.connection.state
+        return AgentLink(state.connected, state.reason, state.code, state.since)
+
     def status(self) -> dict[str, Any]:
+        link = self.link()
         return {
             "address": str(self.address),
             "role": self.role.value,
             "owner": self.owner,
             "contending": self._acquirer is not None and not self._acquirer.done(),
             "connected": self.connection.connected if self._opened else None,
+            "link": link.to_json() if link is not None else None,
             "execs": len(self.execs.registry),
         }
 

@@ -19,10 +19,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
+import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import (
@@ -33,9 +34,11 @@ from aio_pika.abc import (
 )
 from pydantic import BaseModel
 
+from execbus.backoff import backoff_delay
 from execbus.connections.address import AgentAddress
 from execbus.connections.factory import ConnectOptions, broker_tls_context
 from execbus.errors import BrokerUnavailable, ErrorCode, PublishFailed
+from execbus.loops import wait_event
 from execbus.settings import Settings
 from execbus.wire.replies import Reply
 from execbus.wire.routing import Names
@@ -49,6 +52,7 @@ from execbus.worker.runtime import AgentRuntime
 from execbus.worker.topology import declare_agent_queue, declare_base, declare_pool_queue
 
 log = logging.getLogger("execbus.worker")
+T = TypeVar("T")
 
 
 class SessionOutbox:
@@ -69,7 +73,10 @@ class SessionOutbox:
         await self._require().reply(reply_to, correlation_id, reply)
 
 
-CHANNEL_NUMBERS = range(1, 2000)  # below RabbitMQ's default channel_max of 2047
+CHANNEL_NUMBERS = range(1, 2000)
+# Bounds every step of a shutdown after the grace period (closing agents, the
+# broker connection, cancelled tasks), so a worker exits within grace + a few s.
+CLOSE_TIMEOUT = 1.0  # below RabbitMQ's default channel_max of 2047
 
 
 @dataclass(slots=True)
@@ -165,6 +172,7 @@ class Worker:
         self.ownership: OwnershipLoop | None = None
         self._pool_consumers: dict[str, tuple[AbstractQueue, str]] = {}
         self.last_broker_error = "not connected yet"
+        self.started_at = time.time()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting to the broker as needed."""
@@ -172,14 +180,15 @@ class Worker:
         try:
             while not stop.is_set():
                 try:
-                    session = await self._connect()
+                    session = await _unless_stopped(self._connect(), stop)
+                    if session is None:
+                        break
                 except BrokerUnavailable as exc:
                     self.last_broker_error = str(exc)
                     attempt += 1
-                    delay = min(5.0, 0.2 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1)
+                    delay = backoff_delay(attempt, cap=5.0, base=0.1)
                     log.warning("%s; retrying in %.1f s", exc, delay)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
+                    await wait_event(stop, delay)
                     continue
                 attempt = 0
                 await self._serve(session, stop)
@@ -227,6 +236,7 @@ class Worker:
             self.settings.peer_expiry,
             frozenset(self.pools),
             on_change=lambda: self._spawn_pool_update(session),
+            started_at=self.started_at,
         )
         tasks: list[asyncio.Task[Any]] = [asyncio.create_task(self.ownership.run(session))]
         tasks.append(asyncio.create_task(self._consume_unrouted(session)))
@@ -241,24 +251,48 @@ class Worker:
                 log.error("worker task failed: %r", task.exception())
         if stop.is_set() and not session.closed.is_set():
             await self._drain()
-        for task in tasks + waiters:
-            task.cancel()
-        await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+        await _cancel_all([*tasks, *waiters])
         for rt in self.runtimes.values():
             rt.end_session()
         self._pool_consumers.clear()
         self.outbox.publisher = None
         self.session = None
         with contextlib.suppress(Exception):
-            await session.connection.close()
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await session.connection.close()
         if not stop.is_set():
             self.last_broker_error = "connection to the broker lost"
             log.warning("lost the broker connection; reconnecting")
 
     async def _drain(self) -> None:
+        """Stop taking work, then, within the grace period, finish the requests in
+        flight and serve the exits of running execs (their callers get results).
+
+        What is still running when the grace is over stays with the agent: its
+        exit is kept there until the next owner publishes it.
+        """
+        grace = self.settings.shutdown_grace
+        running = sum(rt.execs.running() for rt in self.runtimes.values() if rt.owner)
         log.info(
-            "shutting down: no new requests, draining (grace %.0f s)", self.settings.shutdown_grace
+            "shutting down: no new requests; draining %d running exec(s) (grace %.0f s)",
+            running,
+            grace,
         )
+        try:
+            async with asyncio.timeout(grace):
+                await self._stop_taking_work()
+                owned = [rt for rt in self.runtimes.values() if rt.owner]
+                await asyncio.gather(*(rt.drain() for rt in owned))
+                await asyncio.gather(*(rt.execs.wait_settled() for rt in owned))
+        except TimeoutError:
+            left = sum(rt.execs.running() for rt in self.runtimes.values() if rt.owner)
+            log.warning(
+                "grace period over with %d exec(s) still running: their exits stay with "
+                "their agents for the next owner",
+                left,
+            )
+
+    async def _stop_taking_work(self) -> None:
         if self.ownership is not None and self.session is not None:
             await self.ownership.announce_stopping(self.session)
         for queue, tag in self._pool_consumers.values():
@@ -266,12 +300,6 @@ class Worker:
                 await queue.cancel(tag)
         for rt in self.runtimes.values():
             await rt.stop_consuming()
-        drains = [rt.drain() for rt in self.runtimes.values()]
-        try:
-            async with asyncio.timeout(self.settings.shutdown_grace):
-                await asyncio.gather(*drains)
-        except TimeoutError:
-            log.warning("grace period over; cancelling what is still in flight")
 
     def _spawn_pool_update(self, session: BrokerSession) -> None:
         if self.pools:
@@ -301,9 +329,14 @@ class Worker:
                     await current[0].cancel(current[1])
 
     async def _close_agents(self) -> None:
-        for rt in self.runtimes.values():
-            with contextlib.suppress(Exception):
-                await rt.connection.close()
+        closing = [asyncio.ensure_future(rt.connection.close()) for rt in self.runtimes.values()]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=CLOSE_TIMEOUT)
+            for task in late:
+                task.cancel()
+            for task in closing:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.debug("closing an agent connection failed: %r", task.exception())
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -346,6 +379,33 @@ class Worker:
             "agents": agents,
         }
         return broker and agents_ok, detail
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None (``work`` cancelled) once ``stop`` is set first."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    await _cancel_all([task])
+    return None
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them, at most CLOSE_TIMEOUT: a task that does
+    not end when cancelled must not hold the shutdown up."""
+    for task in tasks:
+        task.cancel()
+    _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+    for task in late:
+        log.error("task %s did not stop when cancelled; leaving it behind", task.get_name())
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: logged above when it mattered
 
 
 def _redact(url: str) -> str:

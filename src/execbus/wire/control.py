@@ -1,0 +1,96 @@
+"""The ``<ns>.control`` contract: what a worker announces about itself.
+
+Every worker publishes an :class:`Announcement` on the ``<ns>.control``
+topic exchange (routing key ``worker.<id>``) every ``control_interval``
+seconds. Workers build their membership view from them; ``execbus status``
+and operators' tools read them too. Parsing is lenient (a newer or older
+worker may add or lack fields): what is missing or malformed takes its default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLink:
+    """How an owning worker's connection to one agent is doing."""
+
+    connected: bool
+    reason: str = ""  # why not connected
+    code: str = ""  # what calls fail with meanwhile (agent_unavailable, agent_auth_failed)
+    since: float = 0.0  # wall-clock time of the last change
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"connected": self.connected, "since": self.since}
+        if not self.connected:
+            doc.update(reason=self.reason, code=self.code)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: object) -> AgentLink:
+        if not isinstance(doc, dict):
+            return cls(False, "unknown")
+        since = doc.get("since", 0.0)
+        return cls(
+            connected=doc.get("connected") is True,
+            reason=str(doc.get("reason", ""))[:1024],
+            code=str(doc.get("code", ""))[:64],
+            since=float(since) if isinstance(since, int | float) else 0.0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What a worker says about itself: the agents it can reach and owns, its load,
+    and (for the agents it owns) how its link to each is doing."""
+
+    worker_id: str
+    agents: frozenset[str]
+    owned: frozenset[str] = frozenset()
+    load: int = 0
+    pools: frozenset[str] = frozenset()
+    stopping: bool = False
+    links: Mapping[str, AgentLink] = field(default_factory=dict)
+    version: str = ""
+    started_at: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "worker_id": self.worker_id,
+            "agents": sorted(self.agents),
+            "owned": sorted(self.owned),
+            "load": self.load,
+            "pools": sorted(self.pools),
+            "stopping": self.stopping,
+            "links": {name: link.to_json() for name, link in sorted(self.links.items())},
+            "version": self.version,
+            "started_at": self.started_at,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> Announcement:
+        """Parse an announcement; raises KeyError/TypeError when it has no worker id."""
+
+        def names(key: str) -> frozenset[str]:
+            value = doc.get(key, [])
+            return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
+
+        load, links, started = doc.get("load", 0), doc.get("links", {}), doc.get("started_at")
+        return cls(
+            worker_id=str(doc["worker_id"]),
+            agents=names("agents"),
+            owned=names("owned"),
+            load=load if isinstance(load, int) else 0,
+            pools=names("pools"),
+            stopping=bool(doc.get("stopping", False)),
+            links=(
+                {str(k): AgentLink.from_json(v) for k, v in links.items()}
+                if isinstance(links, dict)
+                else {}
+            ),
+            version=str(doc.get("version", ""))[:64],
+            started_at=float(started) if isinstance(started, int | float) else 0.0,
+        )

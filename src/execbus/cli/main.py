@@ -19,6 +19,7 @@ commands:
   kill       send a signal to an exec
   events     follow exec events as JSON lines
   status     live workers, the agents they own, queue depths
+  purge      delete every queue and exchange of a stopped namespace
   worker     serve agents: consume exec requests, drive the agents, publish results
   agent      the guest agent daemon (standard library only)
   agent-bundle  write the agent as one file for guests (python3 >= 3.9, nothing installed)
@@ -35,6 +36,7 @@ COMMANDS = {
     "kill": "execbus.cli.commands:kill_main",
     "events": "execbus.cli.commands:events_main",
     "status": "execbus.cli.commands:status_main",
+    "purge": "execbus.cli.purge:main",
     "worker": "execbus.cli.worker:main",
     "agent": "execbus.agent.cli:main",
     "agent-bundle": "execbus.cli.bundle:main",

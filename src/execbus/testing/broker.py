@@ -36,8 +36,10 @@ def available() -> bool:
 class PrivateBroker:
     """``with PrivateBroker() as broker: broker.url``; ``restart()`` bounces the app."""
 
-    def __init__(self, start_timeout: float = 90.0) -> None:
+    def __init__(self, start_timeout: float = 90.0, management: bool = False) -> None:
         self.port = _free_port()
+        # With management=True the node also serves the management HTTP API on 127.0.0.1.
+        self.management_port = _free_port() if management else None
         self.node = f"execbus{uuid.uuid4().hex[:8]}@localhost"
         self.dir = Path(tempfile.mkdtemp(prefix="execbus-rmq-"))
         self.start_timeout = start_timeout
@@ -45,6 +47,11 @@ class PrivateBroker:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_port is not None, "PrivateBroker(management=True)"
+        return f"http://127.0.0.1:{self.management_port}/"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -72,10 +79,13 @@ class PrivateBroker:
         )
 
     def __enter__(self) -> PrivateBroker:
-        (self.dir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
-        )
-        (self.dir / "enabled_plugins").write_text("[].\n")
+        conf = f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        plugins = "[]."
+        if self.management_port is not None:
+            conf += f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+            plugins = "[rabbitmq_management]."
+        (self.dir / "rabbitmq.conf").write_text(conf)
+        (self.dir / "enabled_plugins").write_text(plugins + "\n")
         with contextlib.suppress(KeyError, OSError):
             import pwd
 

@@ -18,7 +18,10 @@ prints one line of figures, then a JSON object:
 
 By default everything runs against a private RabbitMQ node started for the
 soak (so restarting it disturbs nobody); `--shared-broker` uses --amqp-url
-and leaves broker restarts out.
+and leaves broker restarts out. At the end it kills its processes, deletes
+its namespace (shared broker) or its node (private), and its temporary
+directory unless something was lost or duplicated (then the logs stay there,
+and the JSON says where).
 
 Usage: bench/chaos.py [--seconds 300] [--concurrency 8] [--shared-broker [--amqp-url URL]]
 """
@@ -31,6 +34,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from execbus import Client  # noqa: E402
+from execbus.cli.purge import purge_namespace  # noqa: E402
 from execbus.errors import BrokerError, ExecbusError, UnknownAgent  # noqa: E402
 from execbus.testing.broker import PrivateBroker  # noqa: E402
 from execbus.testing.faultproxy import FaultProxy  # noqa: E402
@@ -206,6 +211,16 @@ async def chaos(stack: Stack, tally: Tally, until: float, kinds: list[str]) -> N
         await asyncio.sleep(random.uniform(3, 9))
 
 
+async def purge(url: str, ns: str) -> None:
+    try:
+        async with asyncio.timeout(60):
+            report = await purge_namespace(url, ns, agents=["a1"])
+        summary = report.summary().replace("purged namespace", f"purged namespace {ns}")
+        print(summary, file=sys.stderr, flush=True)
+    except Exception as exc:
+        print(f"could not purge namespace {ns}: {exc!r}", file=sys.stderr, flush=True)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     ns = f"chaos{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="execbus-chaos-"))
@@ -241,9 +256,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                     await watcher
         finally:
             stack.stop_all()
+            if broker is None:  # the shared broker keeps the namespace: delete it
+                await purge(url, ns)
     effects = Counter(marker.read_text().split()) if marker.exists() else Counter()
     lost = len(tally.sent - tally.replied - tally.exits)
     duplicated = sum(1 for n in effects.values() if n > 1)
+    if lost == 0 and duplicated == 0:
+        shutil.rmtree(workdir, ignore_errors=True)  # logs are kept only when something went wrong
     return {
         "requests": len(tally.sent),
         "replies": len(tally.replied),
@@ -255,7 +274,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "errors": dict(tally.errors),
         "not_answered": tally.diagnosis,
         "seconds": args.seconds,
-        "workdir": str(workdir),
+        "workdir": str(workdir) if lost or duplicated else None,
     }
 
 

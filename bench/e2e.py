@@ -64,12 +64,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from execbus import Client  # noqa: E402
+from execbus.cli.purge import purge_namespace  # noqa: E402
 from execbus.connections.agent_client import AgentClient  # noqa: E402
 from execbus.connections.base import AgentExec  # noqa: E402
 from execbus.connections.factory import unix_dialer  # noqa: E402
 from execbus.wire.config import ExecConfig  # noqa: E402
 from execbus.wire.ids import new_exec_id  # noqa: E402
-from execbus.wire.routing import Names  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 DOCS = ROOT / "docs"
@@ -816,22 +816,13 @@ async def delete_names(amqp_url: str, queues: list[str], exchanges: list[str]) -
 
 
 async def cleanup_namespace(amqp_url: str, ns: str) -> None:
-    names = Names(ns)
-    queues = set(await asyncio.to_thread(list_queues, f"{ns}."))
-    queues |= {names.agent_queue(AGENT), names.dead_queue, names.unrouted_queue}
-    exchanges = [
-        names.requests_exchange,
-        names.events_exchange,
-        names.dead_exchange,
-        names.unrouted_exchange,
-        names.control_exchange,
-    ]
+    """Delete every queue and exchange of the benchmark's namespace (``execbus purge``'s code)."""
     try:
-        async with asyncio.timeout(30):
-            n = await delete_names(amqp_url, sorted(queues), exchanges)
-        say(f"deleted {n} queues of namespace {ns}")
+        async with asyncio.timeout(60):
+            report = await purge_namespace(amqp_url, ns, agents=[AGENT])
+        say(report.summary().replace("purged namespace", f"purged namespace {ns}"))
     except Exception as exc:
-        say(f"namespace cleanup failed ({exc!r}); delete the queues {ns}.* by hand")
+        say(f"namespace cleanup failed ({exc!r}); run `execbus purge --namespace {ns}`")
 
 
 # -- the Celery baseline -----------------------------------------------------

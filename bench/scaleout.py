@@ -9,6 +9,8 @@ ownership is balanced, then:
 2. starts a new worker and counts the agents that moved.
 
 Prints one JSON object. Usage: bench/scaleout.py [--agents 30] [--workers 3]
+At the end it kills its processes, deletes its namespace from the broker
+(``execbus purge``'s code) and its temporary directory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,6 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import aio_pika  # noqa: E402
 
+from execbus.cli.purge import purge_namespace  # noqa: E402
 from execbus.testing.cluster import Cluster  # noqa: E402
 
 
@@ -77,6 +81,7 @@ def owner_map(cluster: Cluster) -> dict[str, int]:
 async def measure(args: argparse.Namespace) -> dict[str, object]:
     ns = f"scale{uuid.uuid4().hex[:8]}"
     cluster = Cluster(args.amqp_url, ns, Path(tempfile.mkdtemp(prefix="execbus-scale-")))
+    print(f"namespace {ns}, workdir {cluster.workdir}", file=sys.stderr, flush=True)
     try:
         cluster.start_agents(args.agents)
         t0 = time.monotonic()
@@ -118,6 +123,12 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         }
     finally:
         cluster.stop()
+        try:
+            report = await purge_namespace(args.amqp_url, ns, agents=cluster.agent_names)
+            print(report.summary().replace("purged namespace", f"purged {ns}"), file=sys.stderr)
+        except Exception as exc:
+            print(f"could not purge namespace {ns}: {exc!r}", file=sys.stderr)
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
 
 
 def main() -> int:

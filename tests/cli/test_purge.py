@@ -281,6 +281,18 @@ def test_management_api_lists_the_namespace(tmp_path: Path) -> None:
         assert "(found by names; management API at http://127.0.0.1:1: " in out
         assert "rabbitmqctl is not installed here" in out
         assert list_names("queues", ns, node.node) == [odd], "names cannot find it, and said so"
+        # With rabbitmqctl on the PATH: it lists this host's default node, not the private
+        # one, and purge sees that (its marker queue is missing) instead of trusting it.
+        if shutil.which("rabbitmqctl"):
+            asyncio.run(_declare(node.url, ns, odd))
+            wrong_node = runner(child_env(EXECBUS_AMQP_URL=node.url))(
+                "purge", "--namespace", ns, "--yes", "--management-url", "http://127.0.0.1:1/"
+            )
+            assert wrong_node.returncode == 0, wrong_node.stderr
+            assert "rabbitmqctl (this host's node) lists another broker or vhost" in (
+                wrong_node.stdout.decode()
+            )
+            assert "(found by names;" in wrong_node.stdout.decode()
 
 
 async def _declare(url: str, ns: str, odd: str) -> None:

@@ -18,6 +18,9 @@ The names are found by the first of these that works (``--via``):
   queues every namespace has, plus the agent, pool and holder queues of the
   agents and pools named with ``--agent`` / ``--pool`` or announced by live
   workers. Other queues of the namespace may be left; the output says so.
+
+A listing counts only if it shows a queue purge has just declared through its
+AMQP connection, so another node or vhost is never taken for ours.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from yarl import URL
 
 from execbus.cli.common import Parser, execute, fail
@@ -70,14 +74,16 @@ what it can find (--via):
   management   the management HTTP API (rabbitmq_management plugin) at
                --management-url, with the AMQP URL's user: every queue and
                exchange of the namespace
-  rabbitmqctl  `rabbitmqctl list_queues/list_exchanges` on this host (root or
-               the rabbitmq user; used by auto only when the broker is on this
-               host): every queue and exchange of the namespace
+  rabbitmqctl  `rabbitmqctl list_queues/list_exchanges` on this host's node
+               (root or the rabbitmq user; auto tries it only when the broker
+               is on this host): every queue and exchange of the namespace
   names        AMQP only (it cannot list names): the five exchanges, <ns>.dead
                and <ns>.unrouted, and the agent/pool/holder queues of the
                agents and pools given with --agent/--pool or announced by live
                workers; other queues of the namespace are not found
   auto         (default) the first of these that works
+  A listing counts only if it shows a queue purge has just declared on the
+  broker of --amqp-url, so another node or vhost is never taken for it.
 what it cannot delete:
   exclusive queues of live connections (<ns>.owner.* locks of running
   workers, <ns>.client.* queues of running clients): the broker deletes them
@@ -183,7 +189,9 @@ def _http_get(url: str, user: str, password: str) -> Any:
         return json.loads(response.read())
 
 
-async def list_via_management(management_url: str, amqp_url: str, ns: str) -> Inventory:
+async def list_via_management(
+    management_url: str, amqp_url: str, ns: str, marker: str
+) -> Inventory:
     amqp = URL(amqp_url)
     user, password = amqp.user or "guest", amqp.password or "guest"
     base = management_url.rstrip("/")
@@ -205,6 +213,7 @@ async def list_via_management(management_url: str, amqp_url: str, ns: str) -> In
         raise ListingFailed(f"management API at {base}: {reason}") from None
     if not isinstance(queues, list) or not isinstance(exchanges, list):
         raise ListingFailed(f"management API at {base}: unexpected answer")
+    _check_marker(marker, (str(q.get("name")) for q in queues), f"the management API at {base}")
     found = {}
     for q in queues:
         name = str(q.get("name", ""))
@@ -213,6 +222,19 @@ async def list_via_management(management_url: str, amqp_url: str, ns: str) -> In
             found[name] = QueueInfo(name, q.get("messages"), q.get("consumers"), exclusive)
     names = sorted(str(e["name"]) for e in exchanges if _in_namespace(str(e.get("name")), ns))
     return Inventory("management", found, names, complete=True)
+
+
+def _check_marker(marker: str, names: Iterable[str], source: str) -> None:
+    """The listing is of our broker and vhost: it shows the queue we just declared there."""
+    if marker not in set(names):
+        raise ListingFailed(f"{source} lists another broker or vhost")
+
+
+async def _marker(connection: AbstractConnection) -> tuple[str, AbstractChannel]:
+    """A server-named exclusive queue (outside the namespace) to recognise our broker by."""
+    channel = await connection.channel(publisher_confirms=False)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    return queue.name, channel
 
 
 def _rabbitmqctl(*args: str) -> list[dict[str, Any]]:
@@ -239,12 +261,13 @@ def _rabbitmqctl(*args: str) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)]
 
 
-async def list_via_rabbitmqctl(amqp_url: str, ns: str) -> Inventory:
+async def list_via_rabbitmqctl(amqp_url: str, ns: str, marker: str) -> Inventory:
     vhost = vhost_of(amqp_url)
     rows = await asyncio.to_thread(
         _rabbitmqctl, "list_queues", "-p", vhost, "name", "messages", "consumers", "exclusive"
     )
     exchanges = await asyncio.to_thread(_rabbitmqctl, "list_exchanges", "-p", vhost, "name")
+    _check_marker(marker, (str(r.get("name")) for r in rows), "rabbitmqctl (this host's node)")
     found = {}
     for row in rows:
         name = str(row.get("name", ""))
@@ -305,31 +328,40 @@ async def list_via_names(
 
 
 async def take_inventory(
-    args: argparse.Namespace,
-    settings: Settings,
+    amqp_url: str,
     connection: AbstractConnection,
     names: Names,
-    agents: set[str],
-    pools: set[str],
+    *,
+    via: str = "auto",
+    management_url: str | None = None,
+    agents: set[str] | frozenset[str] = frozenset(),
+    pools: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[Inventory, list[str]]:
-    """The inventory by ``--via``, and why the methods tried before it failed."""
-    url, ns = settings.amqp_url, names.ns
+    """The inventory by ``via``, and why the methods tried before it failed."""
+    ns = names.ns
     tried: list[str] = []
-    order = [args.via] if args.via != "auto" else ["management", "rabbitmqctl", "names"]
-    for via in order:
-        try:
-            if via == "management":
-                management_url = args.management_url or default_management_url(url)
-                return await list_via_management(management_url, url, ns), tried
-            if via == "rabbitmqctl":
-                if args.via == "auto" and not is_local(url):
-                    raise ListingFailed("the broker is not on this host")
-                return await list_via_rabbitmqctl(url, ns), tried
-            return await list_via_names(connection, names, agents, pools), tried
-        except ListingFailed as exc:
-            if args.via != "auto":
-                raise
-            tried.append(str(exc))
+    order = [via] if via != "auto" else ["management", "rabbitmqctl", "names"]
+    marker, marker_channel = await _marker(connection)
+    try:
+        for method in order:
+            try:
+                if method == "management":
+                    url = management_url or default_management_url(amqp_url)
+                    return await list_via_management(url, amqp_url, ns, marker), tried
+                if method == "rabbitmqctl":
+                    if via == "auto" and not is_local(amqp_url):
+                        raise ListingFailed("the broker is not on this host")
+                    return await list_via_rabbitmqctl(amqp_url, ns, marker), tried
+                return await list_via_names(connection, names, set(agents), set(pools)), tried
+            except ListingFailed as exc:
+                if via != "auto":
+                    raise
+                tried.append(str(exc))
+    finally:
+        with contextlib.suppress(Exception):
+            await marker_channel.queue_delete(marker)
+        with contextlib.suppress(Exception):
+            await marker_channel.close()
     raise AssertionError("unreachable: names never fails")
 
 
@@ -403,6 +435,81 @@ async def _delete(connection: AbstractConnection, kind: str, name: str) -> str |
             await channel.close()
 
 
+async def delete_all(connection: AbstractConnection, inventory: Inventory) -> list[str]:
+    """Delete the inventory's queues (not the exclusive ones), then its exchanges.
+
+    Returns what could not be deleted, and why.
+    """
+    deletable = sorted(q.name for q in inventory.queues.values() if not q.exclusive)
+    failures = []
+    async with asyncio.timeout(OP_TIMEOUT + 0.5 * (len(deletable) + len(inventory.exchanges))):
+        for name in deletable:
+            if (why := await _delete(connection, "queue", name)) is not None:
+                failures.append(f"queue {name}: {why}")
+        for name in inventory.exchanges:
+            if (why := await _delete(connection, "exchange", name)) is not None:
+                failures.append(f"exchange {name}: {why}")
+    return failures
+
+
+@dataclasses.dataclass
+class PurgeReport:
+    via: str
+    queues: list[str]  # deleted, or attempted (see failures)
+    exchanges: list[str]
+    exclusive: list[str]  # left to the broker (their connection is still open)
+    failures: list[str]
+    complete: bool  # False: listed by known names only
+
+    def summary(self) -> str:
+        text = (
+            f"purged namespace: {_plural(len(self.queues), 'queue')} and "
+            f"{_plural(len(self.exchanges), 'exchange')} (found by {self.via})"
+        )
+        if self.exclusive:
+            text += f"; left to the broker: {', '.join(self.exclusive)}"
+        if self.failures:
+            text += f"; NOT deleted: {'; '.join(self.failures)}"
+        return text
+
+
+async def purge_namespace(
+    amqp_url: str,
+    namespace: str,
+    *,
+    agents: Iterable[str] = (),
+    pools: Iterable[str] = (),
+    via: str = "auto",
+    management_url: str | None = None,
+) -> PurgeReport:
+    """Delete every queue and exchange of ``namespace``, for scripts that stopped their own
+    workers (benchmarks, tests): no liveness check, no confirmation.
+
+    Raises :class:`ListingFailed` (``via`` other than auto) and the broker's errors.
+    """
+    names = Names(namespace)
+    connection = await aio_pika.connect(amqp_url, timeout=OP_TIMEOUT)
+    try:
+        inventory, _ = await take_inventory(
+            amqp_url,
+            connection,
+            names,
+            via=via,
+            management_url=management_url,
+            agents=set(agents),
+            pools=set(pools),
+        )
+        failures = await delete_all(connection, inventory)
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close()
+    queues = sorted(q.name for q in inventory.queues.values() if not q.exclusive)
+    exclusive = sorted(q.name for q in inventory.queues.values() if q.exclusive)
+    return PurgeReport(
+        inventory.via, queues, inventory.exchanges, exclusive, failures, inventory.complete
+    )
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -445,7 +552,13 @@ async def purge_command(args: argparse.Namespace, settings: Settings) -> int:
             # rabbitmqctl has 60 s per listing; the names probe 3 per agent
             async with asyncio.timeout(150 + 0.1 * len(agents | pools)):
                 inventory, tried = await take_inventory(
-                    args, settings, connection, names, agents, pools
+                    settings.amqp_url,
+                    connection,
+                    names,
+                    via=args.via,
+                    management_url=args.management_url,
+                    agents=agents,
+                    pools=pools,
                 )
         except ListingFailed as exc:
             return fail(f"cannot list namespace {ns!r}: {exc}")
@@ -486,14 +599,7 @@ async def purge_command(args: argparse.Namespace, settings: Settings) -> int:
         if not args.yes and not await asyncio.to_thread(confirm, f"Delete {summary}? [y/N] "):
             print("nothing deleted")
             return EXIT_REFUSED
-        failures = []
-        async with asyncio.timeout(OP_TIMEOUT + 0.5 * (len(deletable) + len(inventory.exchanges))):
-            for q in sorted(deletable, key=lambda q: q.name):
-                if (why := await _delete(connection, "queue", q.name)) is not None:
-                    failures.append(f"queue {q.name}: {why}")
-            for name in inventory.exchanges:
-                if (why := await _delete(connection, "exchange", name)) is not None:
-                    failures.append(f"exchange {name}: {why}")
+        failures = await delete_all(connection, inventory)
         for failure in failures:
             print(f"execbus: not deleted: {failure}", file=sys.stderr)
         done = len(deletable) + len(inventory.exchanges) - len(failures)

@@ -273,6 +273,8 @@ def test_agent_type_checks_against_python_310() -> None:
             "--python-version",
             "3.10",
             "--no-incremental",
+            "--cache-dir",
+            os.devnull,
             "--config-file",
             "/dev/null",
             "src/execbus/agent",

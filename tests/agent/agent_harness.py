@@ -116,6 +116,22 @@ class AgentProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the agent alone (not its process group), as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def lifeline(self, timeout: float = 5.0) -> int:
+        """The pid of the agent's lifeline process (started with its first exec)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = lifeline_of(self.pid)
+            if found is not None:
+                return found
+            time.sleep(0.01)
+        raise AssertionError(f"agent {self.pid} has no lifeline")
+
     def cleanup(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -170,6 +186,59 @@ def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"process group {pgid} still exists")
+
+
+def lifeline_of(agent_pid: int) -> int | None:
+    """The lifeline child of an agent process, if it runs."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == agent_pid and b"guard_main" in cmdline:
+            return int(entry)
+    return None
+
+
+def start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat of a live (non-zombie) process, else None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def is_running(pid: int, started: str | None) -> bool:
+    """True while that very process (pid and start time) runs (zombies do not)."""
+    return started is not None and start_time(pid) == started
+
+
+def wait_process_gone(pid: int, started: str | None, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while is_running(pid, started):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} still runs")
+        time.sleep(0.01)
+
+
+def wait_for_file(path: str, timeout: float = 10.0) -> str:
+    """The contents of ``path`` once it exists and is not empty."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            if text.endswith("\n"):
+                return text
+        time.sleep(0.01)
+    raise AssertionError(f"{path} was not written")
 
 
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (user switching)")

@@ -1,12 +1,18 @@
-"""The guest agent's defences: tokens, TLS and mTLS, socket ownership, limits, privileged."""
+"""The guest agent's defences: tokens, TLS and mTLS, socket ownership, limits, privileged,
+the journal at rest (#16.5), TLS handshake floods (#16.6), timeouts that bound every
+process an exec started (#16.7)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import pwd
+import shutil
+import socket
 import stat
 import struct
+import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -254,8 +260,16 @@ async def test_connection_limit(daemon: Daemon) -> None:
     agent = daemon("--max-connections", "2")
     sock = str(agent.socket)
     first = await RawClient.open("", 0, unix=sock)
-    second = await RawClient.open("", 0, unix=sock)
     await first.hello()
+    # A connection that says nothing holds a slot, but only until a newer one
+    # needs it: at most max-1 connections may wait for their hello.
+    silent = await RawClient.open("", 0, unix=sock)
+    second = await RawClient.open("", 0, unix=sock)
+    frame = await silent.frame()
+    assert frame is not None and frame.header["error"]["code"] == "limit_exceeded"
+    assert "waiting for their hello" in frame.header["error"]["message"]
+    assert await silent.closed()
+    await silent.close()
     await second.hello()
     third = await RawClient.open("", 0, unix=sock)
     try:
@@ -369,3 +383,224 @@ async def test_privileged_refusal_reaches_the_worker_client_as_forbidden(daemon:
             await conn.start(uuid.uuid4().hex, ExecConfig(cmd=["true"], privileged=True), {})
     finally:
         await conn.close()
+
+
+# -- #16.5: env secrets at rest ------------------------------------------------------
+
+SECRET = "PASSWORD=tenant-a-s3cret-4f9c2e"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the attacker's exec as nobody (needs root)")
+async def test_journal_keeps_no_env_value_and_no_other_user_reads_it(daemon: Daemon) -> None:
+    """#16.5 as reported: tenant A's exec holds a PASSWORD; tenant B's exec, running as
+    nobody, reads the agent's --state-dir. Now the directory is 0700, its files 0600,
+    and no file holds the value anyway; exec ids cannot name a path outside it."""
+    base = Path(tempfile.mkdtemp(prefix="eb-sec-state-"))
+    os.chmod(base, 0o755)  # the attacker can reach the state directory's parent
+    state = base / "state"
+    try:
+        agent = daemon("--state-dir", str(state))
+        client = await RawClient.open("", 0, unix=str(agent.socket))
+        try:
+            await client.hello()
+            meta = {"cfg": {"cmd": ["sleep", "30"], "env": [SECRET, "MODE=x"]}, "rt": []}
+            await client.call(
+                "start", exec_id="victim", cmd=["sleep", "30"], env=[SECRET, "MODE=x"], meta=meta
+            )
+            attack = f"cat {state}/*.exec.json {state}/victim.exec.json; ls {state}"
+            await client.call("start", exec_id="attack", cmd=["sh", "-c", attack], user="nobody")
+            result = await client.call("wait", exec_id="attack")
+            assert result["exit"]["exit_code"] != 0, "nobody could read the state directory"
+            # the traversal of the report: refused before it touches a path
+            for bad in ("../x", "../../tmp/x", "a/b", ".x", "-x", "x" * 129, "x\n"):
+                with pytest.raises(AgentRefused) as refused:
+                    await client.call("start", exec_id=bad, cmd=["true"])
+                assert refused.value.code == "invalid"
+            await client.call("signal", exec_id="victim", signal="SIGKILL")
+        finally:
+            await client.close()
+        _check_state_at_rest(state)
+        assert "tenant-a-s3cret" not in agent.log_text()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _check_state_at_rest(state: Path) -> None:
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    files = list(state.iterdir())
+    assert any(f.name == "victim.exec.json" for f in files)
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        assert "tenant-a-s3cret" not in f.read_text(), f"{f.name} holds the secret"
+    assert "PASSWORD=<redacted>" in (state / "victim.exec.json").read_text()
+    assert not (state.parent / "x.exec.json").exists()
+    assert not Path("/tmp/x.exec.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_state_dir_open_to_others_is_narrowed_and_one_of_another_user_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#16.5, enforced at start: a journal left world-readable by an older agent is
+    narrowed; a directory another user owns (who could plant entries) is refused."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    old = state / "old.exec.json"
+    old.write_text('{"exec_id": "old", "meta": {}}')
+    old.chmod(0o644)
+    agent = AgentDaemon("--state-dir", str(state)).start()
+    try:
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    finally:
+        agent.stop()
+    nobody = pwd.getpwnam("nobody")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    sock = tmp_path / "a.sock"
+    assert agent_main(["--listen", f"unix://{sock}", "--state-dir", str(theirs)]) == 2
+    err = capsys.readouterr().err
+    assert f"belongs to uid {nobody.pw_uid}" in err and err.count("\n") == 1
+
+
+# -- #16.6: TLS handshakes -----------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _silent_connections(port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+    return socks
+
+
+async def _tls_hello(port: int, certs: Certs) -> dict[str, Any]:
+    client = await RawClient.open("127.0.0.1", port, client_context(certs))
+    try:
+        return await client.hello(TOKEN)
+    finally:
+        await client.close()
+
+
+async def test_tls_handshake_flood_neither_locks_out_a_client_nor_keeps_the_memory(
+    daemon: Daemon, certs: Certs, token_file: Path
+) -> None:
+    """#16.6 as reported: 1000 silent connections to a TLS agent (they never send a
+    ClientHello). Each held ~300 KiB in its TLS handshake, uncounted, never returned.
+    Now they count against the limits (at most --max-handshakes in their handshake:
+    a newer one drops the oldest), a client that authenticates still gets in during
+    the flood, and the memory comes back once the flood ends."""
+    agent = tls_agent(daemon, certs, token_file, mtls=False)
+    port = agent.port("tls")
+    assert agent.proc is not None
+    pid = agent.proc.pid
+    await _tls_hello(port, certs)  # warm up: TLS loaded, one connection served
+    await asyncio.sleep(1.5)  # its reclaim ran
+    before = _rss_kib(pid)
+    socks = await asyncio.to_thread(_silent_connections, port, 1000)
+    try:
+        assert (await _tls_hello(port, certs))["version"] == 1, "not locked out by the flood"
+        during = _rss_kib(pid)
+        # the oldest silent connections were dropped: at most 64 are held
+        open_ = await asyncio.to_thread(_still_open, socks)
+        assert open_ <= 64, f"{open_} silent connections held"
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 15
+    after = _rss_kib(pid)
+    while after - before > 8 * 1024 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        after = _rss_kib(pid)
+    print(f"agent RSS: before {before} KiB, during the flood {during} KiB, after {after} KiB")
+    assert during - before < 64 * 1024, f"the flood cost {during - before} KiB"
+    assert after - before < 8 * 1024, f"{after - before} KiB not returned after the flood"
+
+
+def _still_open(socks: list[socket.socket]) -> int:
+    """Sockets the agent has not closed (a read would block rather than see EOF)."""
+    count = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            count += s.recv(1) != b""
+        except BlockingIOError:
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+async def test_tls_handshakes_count_against_the_connection_limit_and_time_out(
+    daemon: Daemon, certs: Certs, token_file: Path
+) -> None:
+    agent = daemon(
+        "--listen", "tls://127.0.0.1:0", "--token-file", str(token_file),
+        "--tls-cert", str(certs.pem("server")), "--tls-key", str(certs.key("server")),
+        "--max-connections", "3", "--handshake-timeout", "0.5",
+    )  # fmt: skip
+    port = agent.port("tls")
+    socks = await asyncio.to_thread(_silent_connections, port, 5)
+    try:
+        await asyncio.sleep(0.2)
+        # 3 connections at most, and one slot kept for a client that authenticates
+        assert await asyncio.to_thread(_still_open, socks) <= 2
+        assert (await _tls_hello(port, certs))["version"] == 1
+        await asyncio.sleep(1.0)  # the handshake timeout covers TLS
+        assert await asyncio.to_thread(_still_open, socks) == 0
+    finally:
+        for s in socks:
+            s.close()
+
+
+# -- #16.7: a timeout bounds every process of the exec ----------------------------------
+
+
+async def test_timeout_bounds_background_processes(daemon: Daemon, tmp_path: Path) -> None:
+    """#16.7 as reported: ``sh -c 'sleep 600 & exit 0'`` with ``timeout: 2`` left the
+    sleep running forever (outside --max-execs too). Now the timeout kills it, even
+    though the main process exited first; so it does with what called setsid when the
+    agent runs as root (a cgroup per exec)."""
+    agent = daemon()
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    pids.chmod(0o777)
+    client = await RawClient.open("", 0, unix=str(agent.socket))
+    escapes = [f"sleep 600 & echo $! > {pids}/bg"]
+    if os.geteuid() == 0:
+        escapes.append(f"setsid sleep 600 & echo $! > {pids}/setsid")
+    started = time.monotonic()
+    try:
+        await client.hello()
+        script = "; ".join(escapes) + "; exit 0"
+        exec_id = uuid.uuid4().hex
+        await client.call("start", exec_id=exec_id, cmd=["sh", "-c", script], timeout=2)
+        result = await client.call("wait", exec_id=exec_id)
+        assert result["exit"]["exit_code"] == 0 and not result["exit"]["timed_out"]
+    finally:
+        await client.close()
+    victims = [int((pids / name).read_text()) for name in ("bg", "setsid")[: len(escapes)]]
+    identities = [(pid, _start_time(pid)) for pid in victims]
+    assert all(started_at is not None for _, started_at in identities), "running after the exit"
+    while any(_start_time(pid) == since for pid, since in identities):
+        assert time.monotonic() - started < 10, "still running long after the timeout"
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started >= 2.0
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]

@@ -13,8 +13,10 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from execbus.agent.cgroups import CgroupError
 from execbus.agent.compat import slots_dataclass
 from execbus.agent.http import HealthServer
+from execbus.agent.journal import JournalError
 from execbus.agent.listeners import ListenerSpec, parse_listen_url
 from execbus.agent.logs import setup_logging
 from execbus.agent.options import (
@@ -23,6 +25,7 @@ from execbus.agent.options import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_EXECS,
     DEFAULT_SOCKET,
+    MAX_DEFAULT_HANDSHAKES,
     AgentOptions,
 )
 from execbus.agent.protocol import DEFAULT_MAX_FRAME
@@ -55,7 +58,10 @@ examples:
   execbus agent --runc-root /run/containerd/runc/k8s.io --log-format json
 
 SIGTERM/SIGINT: stop accepting, give running execs --grace seconds, then kill
-their process groups, report their exits and exit."""
+them (their cgroups, else their process groups) and what finished execs left
+running in the background, report their exits and exit. Killed outright
+(SIGKILL, a crash), the agent takes its execs with it: a small helper process
+(the lifeline) kills them as soon as the agent is gone."""
 
 
 class ConfigError(Exception):
@@ -148,6 +154,16 @@ def _listening_options(group: argparse._ArgumentGroup) -> None:
         help=f"connections served at once (default: {DEFAULT_MAX_CONNECTIONS})",
     )
     add(
+        "--max-handshakes",
+        metavar="N",
+        type=int,
+        default=0,
+        help="connections that may be unauthenticated at once (TLS handshake or hello in "
+        "progress; one more drops the oldest of them). Always below --max-connections, so "
+        "a slot is left for a client that authenticates (default: --max-connections - 1, "
+        f"at most {MAX_DEFAULT_HANDSHAKES})",
+    )
+    add(
         "--handshake-timeout",
         metavar="SECONDS",
         type=float,
@@ -204,8 +220,20 @@ def _exec_options(group: argparse._ArgumentGroup) -> None:
     add(
         "--state-dir",
         metavar="DIR",
-        help="journal held execs here, so that after the agent is killed and restarted "
-        "the execs it lost are reported failed (agent_lost) instead of vanishing",
+        help="journal held execs here (a 0700 directory of the agent's user; env values are "
+        "never written), so that after the agent is killed and restarted the execs it lost "
+        "are reported failed (agent_lost) instead of vanishing, and whatever of them "
+        "survived is killed",
+    )
+    add(
+        "--cgroup-root",
+        metavar="PATH",
+        help="give each exec a cgroup below PATH, so that a timeout, a shutdown or the "
+        "agent's death kills every process the exec started, even those that left its "
+        "process group (setsid). 'auto' (the default): <cgroup mount>/execbus (cgroup v2, "
+        "else the v1 pids or freezer hierarchy) when running as root, else off; 'off': "
+        "process groups only, and a process that calls setsid escapes timeouts and "
+        "shutdown",
     )
 
 
@@ -265,6 +293,8 @@ def make_config(args: argparse.Namespace) -> Config:
     _check_tls(args, listeners)
     if args.max_connections < 1:
         raise ConfigError("--max-connections must be at least 1")
+    if args.max_handshakes < 0:
+        raise ConfigError("--max-handshakes must be >= 0 (0: the default)")
     if args.max_execs_per_connection < 0:
         raise ConfigError("--max-execs-per-connection must be >= 0 (0: no cap)")
     if not args.handshake_timeout > 0:
@@ -296,6 +326,8 @@ def make_config(args: argparse.Namespace) -> Config:
         grace=args.grace,
         allow_privileged=args.allow_privileged,
         state_dir=args.state_dir,
+        cgroup_root=args.cgroup_root,
+        max_handshakes=args.max_handshakes,
         log_level=args.log_level,
         log_format=args.log_format,
         http_host=args.http_host,
@@ -363,7 +395,10 @@ def _read_token(path: str) -> str:
 
 async def run(config: Config) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    core = AgentCore(config.options)
+    try:
+        core = AgentCore(config.options)
+    except (JournalError, CgroupError) as exc:
+        raise ConfigError(str(exc)) from None
     server = AgentServer(
         core, config.listeners, socket_mode=config.options.socket_mode, token=config.token
     )

@@ -11,6 +11,7 @@ import pwd
 import shutil
 from typing import Protocol
 
+from execbus.agent.cgroups import ExecCgroup
 from execbus.agent.errors import (
     FORBIDDEN,
     UNSUPPORTED,
@@ -37,8 +38,8 @@ class Backend(Protocol):
 
     name: str
 
-    async def launch(self, spec: ExecSpec) -> Launched:
-        """Spawn ``spec``; raises :class:`StartFailure` or :class:`AgentError`."""
+    async def launch(self, spec: ExecSpec, cgroup: ExecCgroup | None = None) -> Launched:
+        """Spawn ``spec`` (into ``cgroup``); raises :class:`StartFailure` or :class:`AgentError`."""
         ...
 
     def close(self) -> None:
@@ -56,12 +57,12 @@ class HostBackend:
         self._users = HostUserDB()
         self._own_home = _home_of(os.geteuid())
 
-    async def launch(self, spec: ExecSpec) -> Launched:
+    async def launch(self, spec: ExecSpec, cgroup: ExecCgroup | None = None) -> Launched:
         # Synchronous on purpose: every step is a quick local system call, and
         # a start that never yields keeps pipelined requests in order.
-        return self._launch(spec)
+        return self._launch(spec, cgroup)
 
-    def _launch(self, spec: ExecSpec) -> Launched:
+    def _launch(self, spec: ExecSpec, cgroup: ExecCgroup | None) -> Launched:
         cwd = spec.working_dir or "/"
         if not os.path.isdir(cwd):
             raise bad_working_dir(f"working directory {cwd!r} does not exist")
@@ -79,6 +80,7 @@ class HostBackend:
             stdin=spec.stdin,
             stdout=spec.attach_stdout,
             stderr=spec.attach_stderr,
+            cgroup=cgroup,
         )
         proc, stdio = spawn(plan)
         exited = self._reaper.watch_process(proc)

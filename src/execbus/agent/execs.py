@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ from execbus.agent.output import Capture, ChunkSink, OutputPump
 from execbus.agent.signames import signal_name
 from execbus.agent.spawn import Launched, set_winsize
 from execbus.agent.stdin import StdinWriter
+from execbus.agent.tracking import ProcessSet
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,17 @@ class Exec:
         self._status: tuple[int, int | None] | None = None
         self._timed_out = False
         self._timers: list[asyncio.TimerHandle] = []
+        # Every process the exec started (kept by the supervisor's tracker
+        # after the exit too), and when its timeout runs out (a loop time).
+        self.procs: ProcessSet | None = None
+        self.deadline: float | None = None
 
     # -- lifecycle -------------------------------------------------------
 
-    def attach(self, launched: Launched) -> None:
+    def attach(self, launched: Launched, procs: ProcessSet) -> None:
         """Take over a spawned process: read its output, arm its timeout."""
         loop = asyncio.get_running_loop()
-        self._launched, self.pid = launched, launched.pid
+        self._launched, self.pid, self.procs = launched, launched.pid, procs
         stdio = launched.stdio
         streams = [("stdout", stdio.stdout), ("stderr", stdio.stderr)]
         self._pumps = [
@@ -85,7 +89,8 @@ class Exec:
         for pump in self._pumps:
             pump.start()
         if self.spec.timeout:
-            self._timers.append(loop.call_later(self.spec.timeout, self._on_timeout))
+            self.deadline = loop.time() + self.spec.timeout
+            self._timers.append(loop.call_at(self.deadline, self._on_timeout))
         launched.exited.add_done_callback(self._on_exited)
 
     def fail(self, failure: StartFailure) -> None:
@@ -166,9 +171,10 @@ class Exec:
     # -- requests --------------------------------------------------------
 
     def kill(self) -> None:
-        """SIGKILL every process group of the exec (timeouts, shutdown)."""
-        if self._launched is not None:
-            _signal_groups(self._launched.kill_groups, signal.SIGKILL)
+        """SIGKILL every process of the exec: its cgroup and process groups (timeouts,
+        shutdown). Processes of a finished exec are the tracker's to kill."""
+        if self._launched is not None and self.procs is not None:
+            self.procs.kill()
 
     def send_signal(self, signum: int) -> None:
         launched = self._require_running()

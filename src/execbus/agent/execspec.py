@@ -12,7 +12,9 @@ from execbus.agent.errors import INVALID, AgentError
 
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 DEFAULT_CONSOLE = (80, 24)
-MAX_EXEC_ID = 256
+MAX_EXEC_ID = 128
+# The protocol's exec id rule (the worker's too): ids become file and cgroup names.
+_EXEC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", re.ASCII)
 _CONTAINER_ID = re.compile(r"[\w+.-]+", re.ASCII)
 # Room left in a frame for the exec state header next to both captures.
 _HEADER_ROOM = 1024 * 1024
@@ -71,13 +73,20 @@ def parse_start(req: dict[str, Any], max_frame: int) -> ExecSpec:
 
 
 def exec_id_of(req: dict[str, Any]) -> str:
-    """The request's ``exec_id``: a non-empty printable string."""
+    """The request's ``exec_id``: 1-128 letters, digits, ``_`` and ``-``, not starting
+    with ``_`` or ``-`` (so it is a safe file name, never a path)."""
     value = req.get("exec_id")
-    if not isinstance(value, str) or not value or len(value) > MAX_EXEC_ID:
-        raise _bad(f"exec_id must be a non-empty string of at most {MAX_EXEC_ID} characters")
-    if not value.isprintable():
-        raise _bad("exec_id must be printable")
+    if not isinstance(value, str) or not valid_exec_id(value):
+        raise _bad(
+            f"exec_id must be 1 to {MAX_EXEC_ID} letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
     return value
+
+
+def valid_exec_id(value: str) -> bool:
+    """True when ``value`` follows the protocol's exec id rule."""
+    return _EXEC_ID.fullmatch(value) is not None
 
 
 def _bad(message: str) -> AgentError:

@@ -10,6 +10,14 @@ DEFAULT_MAX_EXECS = 1024
 DEFAULT_GRACE = 10.0
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+MAX_DEFAULT_HANDSHAKES = 64
+
+
+def handshake_cap(options: AgentOptions) -> int:
+    """Connections that may be in their handshake at once (see AgentOptions)."""
+    if options.max_handshakes > 0:
+        return min(options.max_handshakes, max(1, options.max_connections - 1))
+    return max(1, min(MAX_DEFAULT_HANDSHAKES, options.max_connections - 1))
 
 
 @slots_dataclass()
@@ -21,8 +29,11 @@ class AgentOptions:
     ``runc --root``; None uses runc's own default.
 
     Limits: ``max_connections`` connections at once (greeted or not; more are
-    answered ``limit_exceeded`` and closed); a connection must complete its
-    ``hello`` within ``handshake_timeout`` seconds; ``max_execs`` execs held
+    answered ``limit_exceeded`` and closed), of which at most
+    ``max_handshakes`` not yet greeted (a TLS handshake or a ``hello`` in
+    progress; one more drops the oldest of them), so that one slot is always
+    left for a client that authenticates; a connection must complete TLS and
+    its ``hello`` within ``handshake_timeout`` seconds; ``max_execs`` execs held
     by the agent; ``max_execs_per_connection`` (0: no cap) running execs
     started over one connection.
     """
@@ -48,6 +59,13 @@ class AgentOptions:
     # The exec journal (execbus.agent.journal): execs of a killed agent are
     # reported lost by its next life. None: off.
     state_dir: str | None = None
+    # Where execs get a cgroup each (execbus.agent.cgroups): None or "auto" (a
+    # cgroup hierarchy's "execbus" directory when root, else none), "off", or
+    # a path in a cgroup file system.
+    cgroup_root: str | None = None
+    # Connections still in their TLS handshake or before hello, at once (the
+    # oldest is dropped for a new one); 0: max_connections - 1, at most 64.
+    max_handshakes: int = 0
     log_level: str = "info"
     log_format: str = "text"
     # The health/metrics HTTP endpoint (execbus.agent.http); None: off.

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from execbus.agent import compat
+from execbus.agent.cgroups import ExecCgroup
 from execbus.agent.compat import slots_dataclass
 from execbus.agent.errors import (
     CONTAINER_NOT_FOUND,
@@ -125,17 +126,19 @@ class RuncBackend:
         self._counter = 0
         self._known: dict[str, KnownContainer] = {}
 
-    async def launch(self, spec: ExecSpec) -> Launched:
+    async def launch(self, spec: ExecSpec, cgroup: ExecCgroup | None = None) -> Launched:
         rootfs, base = await self._container(spec.container_id)
         user = resolve_user(spec.user, FileUserDB(rootfs)) if spec.user else None
         workdir = self._exec_dir()
         try:
-            return await self._start(spec, build_process(base, spec, user), workdir)
+            return await self._start(spec, build_process(base, spec, user), workdir, cgroup)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
 
-    async def _start(self, spec: ExecSpec, process: dict[str, Any], workdir: str) -> Launched:
+    async def _start(
+        self, spec: ExecSpec, process: dict[str, Any], workdir: str, cgroup: ExecCgroup | None
+    ) -> Launched:
         paths = {name: os.path.join(workdir, name) for name in ("process.json", "pid", "log")}
         _write_json(paths["process.json"], process)
         argv = [*self._global, "--log", paths["log"], "--log-format", "json", "exec"]
@@ -149,6 +152,7 @@ class RuncBackend:
             stdout=spec.attach_stdout,
             stderr=spec.attach_stderr,
             raw_tty=True,  # see the module docstring on line endings
+            cgroup=cgroup,  # runc exec moves the container process to the container's
         )
         proc, stdio = spawn(plan)
         exited = self._reaper.watch_process(proc)

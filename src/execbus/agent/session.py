@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from execbus.agent import compat
@@ -52,11 +53,19 @@ class Session:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         token: str | None,
+        *,
+        deadline: float | None = None,
+        on_greeted: Callable[[], bool] | None = None,
     ) -> None:
+        """``deadline``: the loop time by which hello must be done (default: the
+        handshake timeout from now); ``on_greeted``: told when it is (False:
+        the connection was dropped meanwhile)."""
         self.core = core
         self._reader = reader
         self._writer = writer
         self._token = token
+        self._deadline = deadline
+        self._on_greeted = on_greeted
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = 0
         self._room = asyncio.Event()
@@ -81,8 +90,10 @@ class Session:
     async def _handshake(self) -> bool:
         """``hello`` within the handshake timeout, in frames of at most HELLO_MAX_FRAME."""
         timeout = self.core.options.handshake_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if self._deadline is None else self._deadline
         try:
-            async with compat.timeout(timeout):
+            async with compat.timeout(max(0.0, deadline - loop.time())):
                 return await self._greet()
         except TimeoutError:
             log.info("handshake timed out", extra={"peer": self.peer})
@@ -106,6 +117,8 @@ class Session:
                 log.info("handshake refused: %s", exc.message, extra={"peer": self.peer})
                 self._error(rid, exc.code, exc.message)
                 return False
+            if self._on_greeted is not None and not self._on_greeted():
+                return False  # dropped for a newer connection while saying hello
             self._reply(rid, result)
             extra = {"peer": self.peer, "client": str(frame.header.get("client"))[:64]}
             if self.tls_subject is not None:
@@ -241,6 +254,11 @@ class Session:
 
     def watch(self) -> None:
         self.core.supervisor.add_watcher(self)
+
+    def drop(self, code: str, message: str) -> None:
+        """Answer an error frame (``re: null``) and close the connection."""
+        self._error(None, code, message)
+        self.close()
 
     def close(self) -> None:
         """Ask the connection to close once its queued frames are sent."""

@@ -2,7 +2,9 @@
 
 The pipe path passes no ``preexec_fn`` so ``subprocess`` uses its fast vfork
 path (CPython gives it up only for ``preexec_fn`` or a user/group switch);
-only TTY execs run one, to make the PTY their controlling terminal.
+only TTY execs run one, to make the PTY their controlling terminal. An exec
+with a cgroup (:mod:`execbus.agent.cgroups`) is born in it: the agent steps
+into the cgroup for the moment of the spawn and back out.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import struct
 import subprocess
@@ -19,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import Any
 
+from execbus.agent.cgroups import ExecCgroup
 from execbus.agent.compat import slots_dataclass
 from execbus.agent.errors import (
     START_FAILED,
@@ -27,6 +31,8 @@ from execbus.agent.errors import (
     not_executable,
     not_found,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NOT_EXECUTABLE = {errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ETXTBSY}
@@ -56,6 +62,7 @@ class ProcessPlan:
     stdout: bool = True  # False: /dev/null (pipes only; a PTY is always read)
     stderr: bool = True
     raw_tty: bool = False  # the PTY only relays another terminal (runc's)
+    cgroup: ExecCgroup | None = None  # moved into it right after the spawn
 
 
 @slots_dataclass()
@@ -96,7 +103,16 @@ class Launched:
 
 def spawn(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:
     """Start ``plan`` in a new session; raises :class:`StartFailure`."""
-    return _spawn_tty(plan) if plan.tty else _spawn_pipes(plan)
+    if plan.cgroup is None:
+        return _spawn_tty(plan) if plan.tty else _spawn_pipes(plan)
+    with plan.cgroup.entered() as inside:  # born in the cgroup: nothing escapes it
+        proc, stdio = _spawn_tty(plan) if plan.tty else _spawn_pipes(plan)
+    if not inside:
+        try:
+            plan.cgroup.adopt(proc.pid)
+        except OSError as exc:  # still tracked by its process group
+            log.warning("cannot move the process into its cgroup: %s", exc, extra={"pid": proc.pid})
+    return proc, stdio
 
 
 def _spawn_pipes(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:

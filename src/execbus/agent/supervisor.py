@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Protocol
 
+from execbus.agent import lifeline
+from execbus.agent.cgroups import CgroupRoot
 from execbus.agent.containers import Backend, backend_for, make_backends
 from execbus.agent.errors import (
     AGENT_LOST,
@@ -27,11 +30,24 @@ from execbus.agent.metrics import AgentMetrics
 from execbus.agent.options import AgentOptions
 from execbus.agent.protocol import encode_frame
 from execbus.agent.reaper import ChildReaper
+from execbus.agent.tracking import ProcessSet, Tracker
 
 log = logging.getLogger(__name__)
 
 # How long shutdown waits for killed execs to be reaped and reported.
 KILL_WAIT = 5.0
+# How long a starting agent waits for the processes of its previous life it killed.
+RECOVERY_KILL_WAIT = 5.0
+
+LOST_KILLED_NOW = (
+    "the agent restarted; the exec's processes were still running and have been killed "
+    "(exit status unknown)"
+)
+LOST_KILLED_WITH_AGENT = (
+    "the agent restarted; the exec's processes were killed when the agent died "
+    "(exit status unknown)"
+)
+LOST_ENDED = "the agent restarted; the process had already ended (its exit status is lost)"
 
 
 class Watcher(Protocol):
@@ -50,16 +66,19 @@ class Supervisor:
     """Owns every exec of the agent until a client acknowledges its exit."""
 
     def __init__(self, options: AgentOptions) -> None:
+        """Raises JournalError for an unusable ``state_dir``, CgroupError for an
+        unusable ``cgroup_root``."""
         self.options = options
         self.reaper = ChildReaper()
         self.metrics = AgentMetrics()
+        self.journal = Journal(options.state_dir)
+        self.tracker = Tracker(self.journal, CgroupRoot.open(options.cgroup_root))
         self.backends: dict[str, Backend] = make_backends(options, self.reaper)
         self._execs: dict[str, Exec] = {}
         self._starting: dict[str, asyncio.Future[Exec]] = {}
         self._watchers: set[Watcher] = set()
         self._launches: set[asyncio.Task[None]] = set()
         self._closing = False
-        self.journal = Journal(options.state_dir)
         # Exec ids already acknowledged: a late or redelivered start for one of
         # them must not run the command again (bounded; kept across restarts
         # with --state-dir).
@@ -67,21 +86,59 @@ class Supervisor:
         self._recover()
 
     def _recover(self) -> None:
-        """Execs journaled by a previous life of the agent: report them lost."""
+        """Execs journaled by a previous life of the agent: kill what survived of
+        them, and report each one lost, saying what became of its processes."""
+        killed_with_agent = (
+            lifeline.read_log(self.options.state_dir) if self.options.state_dir else set()
+        )
+        outcomes: dict[str, str] = {}
+        killed: list[ProcessSet] = []
+        found: list[tuple[dict[str, object], ProcessSet | None]] = []
         for doc in self.journal.leftovers():
+            exec_id = str(doc["exec_id"])
+            pset = ProcessSet.from_journal(doc)
+            found.append((doc, pset))
+            if pset is not None and pset.alive():
+                pset.kill()
+                killed.append(pset)
+                outcomes[exec_id] = LOST_KILLED_NOW
+            elif exec_id in killed_with_agent:
+                outcomes[exec_id] = LOST_KILLED_WITH_AGENT
+            else:
+                outcomes[exec_id] = LOST_ENDED
+        deadline = time.monotonic() + RECOVERY_KILL_WAIT
+        while any(p.alive() for p in killed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for doc, pset in found:
+            exec_id = str(doc["exec_id"])
+            if pset is not None:
+                if pset.alive():
+                    log.error("lost exec survived SIGKILL", extra={"exec_id": exec_id})
+                pset.remove()
+            extra = {"exec_id": exec_id, "outcome": outcomes[exec_id]}
+            if doc.get("acked"):  # acknowledged; only its processes were still tracked
+                self.journal.forget(exec_id)
+                log.warning("processes of an acknowledged exec found after a restart", extra=extra)
+                continue
             meta = doc.get("meta")
             spec = ExecSpec(
-                exec_id=doc["exec_id"],
+                exec_id=exec_id,
                 cmd=["?"],
                 tty=bool(doc.get("tty", False)),
                 container_id=str(doc.get("container_id") or ""),
                 meta=meta if isinstance(meta, dict) else {},
             )
             exe = Exec(spec, self)
-            exe.started_at = float(doc.get("started_at") or exe.started_at)
+            started_at = doc.get("started_at")
+            if isinstance(started_at, (int, float)):
+                exe.started_at = float(started_at)
             self._execs[spec.exec_id] = exe
-            exe.fail(StartFailure(AGENT_LOST, "the agent restarted; the process is gone"))
-            log.warning("exec lost in an agent restart", extra={"exec_id": spec.exec_id})
+            exe.fail(StartFailure(AGENT_LOST, outcomes[exec_id]))
+            log.warning("exec lost in an agent restart", extra=extra)
+        root = self.tracker.cgroup_root
+        if root is not None:
+            for path in root.sweep_dead_lives():
+                log.warning("killed the processes a dead agent left in %s", path)
 
     # -- start -----------------------------------------------------------
 
@@ -126,12 +183,14 @@ class Supervisor:
 
     async def _launch(self, spec: ExecSpec, backend: Backend, fut: asyncio.Future[Exec]) -> None:
         exe = Exec(spec, self)
+        cgroup = self.tracker.cgroup_for(spec.exec_id)
         # Journal before spawning: killed between the spawn and the journal, the
         # next life of the agent would not know the exec and would run it again.
-        self.journal.record(spec, exe.started_at)
+        self.journal.record(spec, exe.started_at, cgroup.path if cgroup else None)
         try:
-            launched = await backend.launch(spec)
+            launched = await backend.launch(spec, cgroup)
         except StartFailure as failure:
+            self.tracker.discard_cgroup(cgroup)
             log.info(
                 "exec failed to start: %s",
                 failure.message,
@@ -141,10 +200,12 @@ class Supervisor:
             self.metrics.exec_started(spawned=False)
             exe.fail(failure)
         except AgentError as exc:
+            self.tracker.discard_cgroup(cgroup)
             self.journal.forget(spec.exec_id)
             fut.set_exception(exc)
             return
         except Exception as exc:
+            self.tracker.discard_cgroup(cgroup)
             self.journal.forget(spec.exec_id)
             log.exception("exec start crashed", extra={"exec_id": spec.exec_id})
             fut.set_exception(AgentError(INTERNAL, f"starting the exec failed: {exc}"))
@@ -152,7 +213,9 @@ class Supervisor:
         else:
             self._execs[spec.exec_id] = exe
             self.metrics.exec_started(spawned=True)
-            exe.attach(launched)
+            procs = ProcessSet.spawned(spec.exec_id, cgroup, launched.kill_groups)
+            self.tracker.track(procs)
+            exe.attach(launched, procs)
             log.info(
                 "exec started",
                 extra={"exec_id": spec.exec_id, "pid": exe.pid, "program": spec.cmd[0]},
@@ -188,7 +251,7 @@ class Supervisor:
         if exe.state == RUNNING:
             raise AgentError(NOT_FINISHED, f"exec {exec_id!r} is still running")
         del self._execs[exec_id]
-        self.journal.acknowledged(exec_id)
+        self.journal.acknowledged(exec_id, lingering=self.tracker.acked(exec_id))
         self._acked[exec_id] = None
         if len(self._acked) > MAX_TOMBSTONES:
             self._acked.popitem(last=False)
@@ -210,6 +273,8 @@ class Supervisor:
         return asyncio.gather(*congested) if congested else None
 
     def finished(self, exe: Exec) -> None:
+        if exe.procs is not None:
+            self.tracker.settle(exe.exec_id, exe.deadline)
         self.metrics.exec_finished(exe.exit)
         extra = {"exec_id": exe.exec_id, "state": exe.state}
         if exe.exit is not None:
@@ -238,6 +303,8 @@ class Supervisor:
                 exe.kill()
         if pending:
             await asyncio.wait(pending, timeout=KILL_WAIT)
+        # Then what finished execs left running in the background.
+        await self.tracker.close(KILL_WAIT)
         for backend in self.backends.values():
             backend.close()
 

@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -303,3 +304,29 @@ async def _declare(url: str, ns: str, odd: str) -> None:
             await channel.declare_exchange(f"{ns}.{suffix}", aio_pika.ExchangeType.TOPIC)
         for name in (f"{ns}.dead", f"{ns}.unrouted", odd):
             await channel.declare_queue(name, durable=True)
+
+
+@needs_rabbitmqctl
+def test_without_the_permissions_one_line(amqp_url: str, namespace: str, served: Any) -> None:
+    """A caller's permissions (none on the namespace's control exchange): refused, one line."""
+    name, password = f"ebpurge-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    vhost = urlsplit(amqp_url).path.lstrip("/") or "/"
+    subprocess.run(["rabbitmqctl", "-q", "add_user", name, password], check=True, timeout=60)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, name, "^$", "^$", "^$"],
+            check=True,
+            timeout=60,
+        )
+        parts = urlsplit(amqp_url)
+        netloc = f"{name}:{password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit(parts._replace(netloc=netloc))
+        result = runner(child_env(EXECBUS_AMQP_URL=url))(
+            "purge", "--namespace", namespace, "--yes", "--listen", "0.5"
+        )
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_user", name], check=True, timeout=60)
+    assert result.returncode == 125
+    line = one_line_error(result)
+    assert line.startswith("execbus: access refused: purge needs the workers' permissions"), line
+    assert f"{namespace}.agent.a1" in list_names("queues", namespace), "nothing deleted"

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -607,6 +608,11 @@ async def purge_command(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_REFUSED if failures else 0
     except TimeoutError:
         return fail("the broker did not answer in time")
+    except aiormq.exceptions.ChannelAccessRefused:
+        return fail(
+            f"access refused: purge needs the workers' permissions on namespace {ns!r} "
+            f"(configure, write and read on '^{re.escape(ns)}\\..*')"
+        )
     except aiormq.exceptions.AMQPError as exc:
         return fail(f"broker error: {exc!r}")
     finally:

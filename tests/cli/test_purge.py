@@ -243,6 +243,7 @@ def test_errors_are_one_line(amqp_url: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # a private node starts and stops
 @pytest.mark.skipif(not private_broker.available(), reason="needs rabbitmq-server and root")
 def test_management_api_lists_the_namespace(tmp_path: Path) -> None:
     """A private node with the management plugin; rabbitmqctl out of reach (PATH)."""
@@ -294,6 +295,7 @@ def test_management_api_lists_the_namespace(tmp_path: Path) -> None:
                 wrong_node.stdout.decode()
             )
             assert "(found by names;" in wrong_node.stdout.decode()
+    assert not node.dir.exists(), "the private node leaves no directory behind"
 
 
 async def _declare(url: str, ns: str, odd: str) -> None:

@@ -110,7 +110,26 @@ class PrivateBroker:
         self.ctl("start_app")
         self.ctl("await_startup")
 
+    def _pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.dir / "mnesia" / f"{self.node}.pid").read_text().strip())
+        return None
+
     def __exit__(self, *exc: object) -> None:
+        pid = self._pid()
         with contextlib.suppress(Exception):
             self.ctl("stop", timeout=60)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        # The node may still be writing its files for a moment after `stop`
+        # returns: wait for its process, then remove the directory for good.
+        deadline = time.monotonic() + 30
+        while pid is not None and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:  # gone
+                break
+            time.sleep(0.1)
+        for _ in range(20):
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if not self.dir.exists():
+                break
+            time.sleep(0.1)

@@ -15,6 +15,7 @@ from tests.conftest import ROOT, child_env
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
+    pytest.mark.timeout(180),
     pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl lists the queues"),
 ]
 

@@ -32,6 +32,7 @@ a client catches the same exception the worker raised.
     │   └── AgentProtocolError                   the peer broke the agent protocol
     ├── BrokerError                         talking to RabbitMQ went wrong
     │   ├── BrokerUnavailable                    cannot connect (names the URL)
+    │   │   └── BrokerRefused                    credentials, vhost or permissions refused
     │   └── PublishFailed                        no confirm in time, or a nack
     └── InternalError       internal        a bug; the message says what
 
@@ -221,6 +222,10 @@ class BrokerError(ExecbusError):
 
 class BrokerUnavailable(BrokerError):
     """RabbitMQ could not be reached."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """RabbitMQ refused us for good: credentials, vhost or permissions (not retried)."""
 
 
 class PublishFailed(BrokerError):

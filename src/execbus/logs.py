@@ -56,3 +56,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+    # aiormq logs every failed connection attempt at ERROR; execbus says the same in
+    # one line of its own (with the URL redacted), so the two would double up.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)

@@ -326,7 +326,7 @@ checks.base64_alphabets = async (peer) => {
   ok(await peer.call({ type: "exec.stdin", exec_id: execId, data: "-_-_" }), "stdin url-safe");
   ok(await peer.call({ type: "exec.stdin", exec_id: execId, data: "YWI/" }), "stdin standard");
   ok(await peer.call({ type: "exec.stdin", exec_id: execId, data: "YQ", close: true }), "stdin unpadded");
-  const done = ok(await peer.call({ type: "exec.wait", exec_id: execId }), "wait cat");
+  const done = ok(await peer.call({ type: "exec.wait", exec_id: execId, include_output: true }), "wait cat");
   const expected = Buffer.from([0xfb, 0xff, 0xbf, 0x61, 0x62, 0x3f, 0x61]);
   expect(decodeStd(done.exit.stdout, "stdout").equals(expected), "stdin bytes came back", done.exit);
   expect(done.exit.stdout === "+/+/YWI/YQ==", "standard base64 out", done.exit);
@@ -404,6 +404,14 @@ checks.create_start_inspect_list_remove = async (peer) => {
   expect(ok(rerun, "run of a created+started exec").exit.exit_code === 7 && rerun.replayed === true, "run replays", rerun);
   const waited = ok(await peer.call({ type: "exec.wait", exec_id: execId }), "wait finished");
   expect(waited.exit.exit_code === 7, "wait answers at once when finished", waited);
+  // Captured output only when asked: an inspect or a list never amplifies a small request.
+  expect(!("stdout" in waited.exit) && !("stderr" in waited.exit), "wait leaves the capture out", waited.exit);
+  const bare = ok(await peer.call({ type: "exec.inspect", exec_id: execId }), "inspect finished");
+  expect(!("stdout" in bare.exit), "inspect leaves the capture out", bare.exit);
+  const full = ok(await peer.call({ type: "exec.inspect", exec_id: execId, include_output: true }), "inspect with output");
+  expect(unb64(full.exit.stdout).toString() === "started\n", "inspect with include_output", full.exit);
+  const all = ok(await peer.call({ type: "exec.list" }), "list finished");
+  expect(all.execs.every((e) => !e.exit || !("stdout" in e.exit)), "list never carries captures", all);
   const unfinished = ok(await peer.call({ type: "exec.list", include_finished: false }), "list running");
   expect(!unfinished.execs.some((e) => e.exec_id === execId), "finished execs left out", unfinished);
   ok(await peer.call({ type: "exec.remove", exec_id: execId }), "remove");
@@ -454,7 +462,7 @@ checks.stdin = async (peer) => {
     ok(await peer.call({ type: "exec.stdin", exec_id: execId, data: b64(Buffer.from(chunk)) }), "stdin");
   }
   ok(await peer.call({ type: "exec.stdin", exec_id: execId, close: true }), "close stdin");
-  const done = ok(await peer.call({ type: "exec.wait", exec_id: execId }), "wait");
+  const done = ok(await peer.call({ type: "exec.wait", exec_id: execId, include_output: true }), "wait");
   const text = decodeStd(done.exit.stdout, "stdout").toString();
   expect(text === "got:one\ngot:two\ngot:three\neof\n", "stdin in order", text);
   const noStdin = newId();
@@ -478,7 +486,7 @@ checks.tty_resize = async (peer) => {
   ok(await peer.call({ type: "exec.start", exec_id: execId, detach: true }), "start tty");
   ok(await peer.call({ type: "exec.resize", exec_id: execId, width: 100, height: 40 }), "resize");
   ok(await peer.call({ type: "exec.stdin", exec_id: execId, data: b64("go\n") }), "stdin");
-  const done = ok(await peer.call({ type: "exec.wait", exec_id: execId }), "wait tty");
+  const done = ok(await peer.call({ type: "exec.wait", exec_id: execId, include_output: true }), "wait tty");
   const text = decodeStd(done.exit.stdout, "stdout").toString();
   expect(/40 100\r?\n$/.test(text), "the new size reached the process", text);
   // Resize of a non-TTY exec is refused.

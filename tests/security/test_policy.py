@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from execbus.connections.factory import broker_tls_context
+from execbus.broker import broker_tls_context
 from execbus.errors import ConfigError, ErrorCode, Forbidden, InvalidRequest, LimitExceeded
 from execbus.registry import ExecRegistry, RegistryLimits
 from execbus.settings import load_settings

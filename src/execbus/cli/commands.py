@@ -139,13 +139,20 @@ def run_main(argv: list[str]) -> int:
 def build_inspect_parser() -> argparse.ArgumentParser:
     p = new_parser("inspect", "Show one exec as JSON (state, command, exit, output).")
     p.add_argument("exec_id", metavar="EXEC_ID")
+    p.add_argument(
+        "--no-output",
+        dest="output",
+        action="store_false",
+        help="leave the captured stdout/stderr out (a smaller reply)",
+    )
     add_agent_arg(p)
     return p
 
 
 async def inspect_command(args: argparse.Namespace, settings: Settings) -> int:
     async with Client(settings=settings) as client:
-        print(to_json(await client.inspect(args.agent, args.exec_id)), flush=True)
+        info = await client.inspect(args.agent, args.exec_id, include_output=args.output)
+        print(to_json(info), flush=True)
     return 0
 
 

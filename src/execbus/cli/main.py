@@ -20,6 +20,7 @@ commands:
   events     follow exec events as JSON lines
   status     live workers, the agents they own, queue depths
   purge      delete every queue and exchange of a stopped namespace
+  permissions  the RabbitMQ permissions of a caller, observer or worker (rabbitmqctl lines)
   worker     serve agents: consume exec requests, drive the agents, publish results
   agent      the guest agent daemon (standard library only)
   agent-bundle  write the agent as one file for guests (python3 >= 3.9, nothing installed)
@@ -37,6 +38,7 @@ COMMANDS = {
     "events": "execbus.cli.commands:events_main",
     "status": "execbus.cli.commands:status_main",
     "purge": "execbus.cli.purge:main",
+    "permissions": "execbus.cli.permissions:main",
     "worker": "execbus.cli.worker:main",
     "agent": "execbus.agent.cli:main",
     "agent-bundle": "execbus.cli.bundle:main",

@@ -16,7 +16,7 @@ import urllib.request
 from execbus import __version__, loops
 from execbus.connections.address import AgentAddress, parse_agent_spec
 from execbus.connections.factory import ConnectOptions
-from execbus.errors import ConfigError
+from execbus.errors import BrokerRefused, ConfigError
 from execbus.logs import setup_logging
 from execbus.settings import Settings, load_settings
 
@@ -186,6 +186,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"execbus worker: {exc.message}", file=sys.stderr)
         return 2
+    except BrokerRefused as exc:
+        log.error("giving up: %s", exc.message)
+        return 1
     return 0
 
 

@@ -137,7 +137,7 @@ class Client:
         if self._connection is not None:
             return self
         url = self.settings.amqp_url
-        connection = await connect(url)
+        connection = await connect(url, settings=self.settings)
         try:
             await self._setup(connection)
         except CONNECTION_EXCEPTIONS as exc:
@@ -152,7 +152,14 @@ class Client:
 
     async def _setup(self, connection: AbstractRobustConnection) -> None:
         inbox_channel = await connection.channel(publisher_confirms=False)
-        inbox = Inbox(inbox_channel, self.names, self._on_reply, self._on_event, self._follows)
+        inbox = Inbox(
+            inbox_channel,
+            self.names,
+            self._on_reply,
+            self._on_event,
+            self._follows,
+            user=amqp_user(self.settings.amqp_url),
+        )
         publish_channel = await connection.channel(publisher_confirms=True)
         rpc = Rpc(
             publish_channel,
@@ -231,7 +238,8 @@ class Client:
                     unplaced.append(watch)
                     continue
                 try:
-                    exits.deliver_record(await self.inspect(watch.agent, watch.exec_id))
+                    record = await self.inspect(watch.agent, watch.exec_id, include_output=True)
+                    exits.deliver_record(record)
                 except ExecbusError as exc:
                     log.info("re-check of exec %s failed: %s", watch.exec_id, exc.message)
                     failed = True
@@ -259,7 +267,7 @@ class Client:
             )
             for agent in candidates:
                 try:
-                    info = await self.inspect(agent, watch.exec_id)
+                    info = await self.inspect(agent, watch.exec_id, include_output=True)
                 except (NotFound, UnknownAgent):
                     continue
                 except ExecbusError as exc:
@@ -499,9 +507,11 @@ class Client:
         except ExecbusError as exc:  # e.g. the process exited without reading: harmless
             log.debug("stdin of exec %s not written: %s", execution.exec_id, exc.message)
 
-    async def inspect(self, agent: str, exec_id: str) -> ExecInfo:
-        """One exec's record (:class:`~execbus.errors.NotFound` if unknown)."""
-        return await self._exec_call(agent, model(InspectRequest, agent=agent, exec_id=exec_id))
+    async def inspect(self, agent: str, exec_id: str, *, include_output: bool = False) -> ExecInfo:
+        """One exec's record (:class:`~execbus.errors.NotFound` if unknown); its captured
+        output (``exit.stdout``/``stderr``) only with ``include_output``."""
+        request = model(InspectRequest, agent=agent, exec_id=exec_id, include_output=include_output)
+        return await self._exec_call(agent, request)
 
     async def list(
         self, agent: str, container_id: str | None = None, include_finished: bool = True
@@ -547,13 +557,22 @@ class Client:
         """Close the exec's stdin (the process reads end-of-file)."""
         return await self.write_stdin(agent, exec_id, b"", close=True)
 
-    async def wait(self, agent: str, exec_id: str, timeout: float | None = None) -> ExecInfo:
-        """The exec's record once it has finished; :class:`ExecTimeout` after ``timeout`` s."""
+    async def wait(
+        self,
+        agent: str,
+        exec_id: str,
+        timeout: float | None = None,
+        *,
+        include_output: bool = True,
+    ) -> ExecInfo:
+        """The exec's record once it has finished, with its captured output unless
+        ``include_output=False``; :class:`ExecTimeout` after ``timeout`` s."""
         rpc, exits, agents = self._require()
         await agents.ensure_served(agent)
         watch = await exits.watch(agent, exec_id)
+        request = model(WaitRequest, agent=agent, exec_id=exec_id, include_output=include_output)
         try:
-            pending = await rpc.send(agent, model(WaitRequest, agent=agent, exec_id=exec_id))
+            pending = await rpc.send(agent, request)
             try:
                 async with asyncio.timeout(timeout):
                     reply, final = await first_of(pending, watch)
@@ -567,7 +586,7 @@ class Client:
             return info_of(reply)
         if isinstance(final, ExecInfo):
             return final
-        return await self.inspect(agent, exec_id)
+        return await self.inspect(agent, exec_id, include_output=include_output)
 
     async def remove(self, agent: str, exec_id: str, *, force: bool = False) -> ExecInfo:
         """Forget a finished exec (``force``: kill a running one first)."""
@@ -619,7 +638,13 @@ class Client:
     def _subscription(self, patterns: builtins.list[str]) -> Subscription:
         if self._connection is None:
             raise BrokerError("the client is not connected; use `async with Client(...)`")
-        sub = Subscription(self._connection, self.names, patterns, self._subscriptions.discard)
+        sub = Subscription(
+            self._connection,
+            self.names,
+            patterns,
+            self._subscriptions.discard,
+            user=amqp_user(self.settings.amqp_url),
+        )
         self._subscriptions.add(sub)
         return sub
 

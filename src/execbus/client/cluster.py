@@ -8,10 +8,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelNotFoundEntity
+from aiormq.exceptions import ChannelAccessRefused
 
+from execbus.errors import BrokerError
 from execbus.wire.control import Announcement
 from execbus.wire.routing import Names
 
@@ -91,11 +92,18 @@ async def _listen(
 
     channel = await connection.channel(publisher_confirms=False)
     try:
-        exchange = await channel.declare_exchange(
-            names.control_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, "worker.#")
+        try:
+            exchange = await channel.declare_exchange(names.control_exchange, passive=True)
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange, "worker.#")
+        except ChannelNotFoundEntity:
+            return seen  # no worker ever ran in this namespace
+        except ChannelAccessRefused as exc:
+            raise BrokerError(
+                f"cannot listen to worker announcements on {names.control_exchange}: "
+                f"{exc.args[0] if exc.args else exc} (the caller needs read permission on it; "
+                "see docs/security.md)"
+            ) from None
 
         async def consume(message: AbstractIncomingMessage) -> None:
             on_message(message)

@@ -1,9 +1,11 @@
 """The client's private queue: replies to its requests and the exit events it watches.
 
 The queue is exclusive and auto-delete, so the broker drops it with the
-connection, and it has a fixed name (``<ns>.client.<uuid>``) so the robust
-connection re-declares the very queue the workers reply to, bindings and
-consumer included, after a reconnect.
+connection, and it has a fixed name (``<ns>.client.<user>.<uuid>``) so the
+robust connection re-declares the very queue the workers reply to, bindings
+and consumer included, after a reconnect. The ``<user>`` segment (the AMQP
+user, percent-encoded) lets RabbitMQ permissions give each caller exactly its
+own queues, and workers reply only to a caller's own queues.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ EventHandler = Callable[[Event], None]
 ExecFilter = Callable[[str], bool]
 
 
-def client_queue_name(names: Names) -> str:
-    """A fresh private queue name of this namespace."""
-    return f"{names.ns}.client.{uuid.uuid4().hex}"
+def client_queue_name(names: Names, user: str | None) -> str:
+    """A fresh private queue name of ``user`` in this namespace."""
+    return f"{names.client_prefix(user)}{uuid.uuid4().hex}"
 
 
 class Inbox:
@@ -43,6 +45,7 @@ class Inbox:
         on_reply: ReplyHandler,
         on_event: EventHandler,
         wants: ExecFilter | None = None,
+        user: str | None = None,
     ) -> None:
         self._channel = channel
         self._names = names
@@ -52,7 +55,7 @@ class Inbox:
         # (other clients' runs on the same agent, a run already answered by its
         # reply) are dropped before their body is parsed.
         self._wants = wants
-        self.name = client_queue_name(names)
+        self.name = client_queue_name(names, user)
         self._queue: AbstractQueue | None = None
         self._bound: set[str] = set()
 

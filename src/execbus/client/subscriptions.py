@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
 from execbus.client.dedupe import SeenIds
 from execbus.client.inbox import client_queue_name
@@ -33,10 +32,20 @@ from execbus.wire.routing import Names
 log = logging.getLogger("execbus.client")
 
 
-async def declare_events_exchange(channel: AbstractChannel, names: Names) -> None:
-    """Declare ``<ns>.events`` exactly as the workers do (idempotent), so events can be
-    followed before any worker ever ran in the namespace."""
-    await channel.declare_exchange(names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+async def check_events_exchange(connection: AbstractRobustConnection, names: Names) -> None:
+    """Look ``<ns>.events`` up passively: callers need no right to create or delete
+    shared exchanges (only workers declare them). A failed passive declare closes
+    its channel, so it gets a throwaway one."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_exchange(names.events_exchange, passive=True, robust=False)
+    except ChannelNotFoundEntity:
+        raise BrokerError(
+            f"{names.events_exchange} does not exist: no worker has run in namespace "
+            f"{names.ns!r} yet"
+        ) from None
+    finally:
+        await close_quietly(channel)
 
 
 class Subscription:
@@ -48,8 +57,10 @@ class Subscription:
         names: Names,
         patterns: list[str],
         on_close: Callable[[Subscription], None] | None = None,
+        user: str | None = None,
     ) -> None:
         self._connection = connection
+        self._user = user
         self._names = names
         self._patterns = patterns
         self._on_close = on_close
@@ -65,10 +76,10 @@ class Subscription:
             return
         self._opened = True
         try:
+            await check_events_exchange(self._connection, self._names)
             self._channel = await self._connection.channel(publisher_confirms=False)
-            await declare_events_exchange(self._channel, self._names)
             queue = await self._channel.declare_queue(
-                client_queue_name(self._names), exclusive=True, auto_delete=True
+                client_queue_name(self._names, self._user), exclusive=True, auto_delete=True
             )
             for pattern in self._patterns:
                 await queue.bind(self._names.events_exchange, routing_key=pattern)

@@ -8,6 +8,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from execbus.broker import tls_context
 from execbus.connections.address import AgentAddress
 from execbus.connections.agent_client import AgentClient, Dialer
 from execbus.connections.base import AgentConnection
@@ -125,42 +126,7 @@ def client_tls_context(options: ConnectOptions) -> ssl.SSLContext:
     name or IP address in its subjectAltName). Unreadable files are a
     :class:`ConfigError`.
     """
-    return _tls_context("agent", options.tls_ca_file, options.tls_cert_file, options.tls_key_file)
-
-
-def broker_tls_context(
-    url: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
-) -> ssl.SSLContext | None:
-    """The TLS context for an ``amqps://`` broker URL, or None to use aio-pika's default.
-
-    aio-pika's default for ``amqps://`` verifies the broker against the system
-    trust store (or the URL's ``?cafile=``/``certfile=``/``keyfile=``). With
-    a CA, certificate or key file given this builds the context instead: it
-    verifies the broker's certificate and host name, and presents the client
-    certificate (broker mTLS, e.g. RabbitMQ's EXTERNAL auth).
-    """
-    if ca_file is None and cert_file is None and key_file is None:
-        return None
-    if not url.startswith("amqps://"):
-        raise ConfigError(
-            "EXECBUS_AMQP_CA_FILE/CERT_FILE/KEY_FILE need an amqps:// URL (TLS to the broker)"
-        )
-    return _tls_context("broker", ca_file, cert_file, key_file)
-
-
-def _tls_context(
-    peer: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
-) -> ssl.SSLContext:
-    if key_file is not None and cert_file is None:
-        raise ConfigError(f"a {peer} TLS key file needs its certificate file too")
-    try:
-        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if cert_file is not None:
-            ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the {peer} TLS files: {exc}") from exc
-    return ctx
+    return tls_context("agent", options.tls_ca_file, options.tls_cert_file, options.tls_key_file)
 
 
 def make_connection(name: str, address: AgentAddress, options: ConnectOptions) -> AgentConnection:

@@ -50,6 +50,7 @@ class ExecRecord:
         "final_published",
         "finished_at",
         "instance",
+        "owner",
         "pid",
         "start_request_id",
         "started_at",
@@ -74,6 +75,7 @@ class ExecRecord:
         error: ErrorInfo | None = None,
         final_published: bool = False,
         agent_acked: bool = False,
+        owner: str | None = None,
     ) -> None:
         self.exec_id = exec_id
         self.agent = agent
@@ -88,6 +90,7 @@ class ExecRecord:
         self.error = error
         self.final_published = final_published  # the exited/failed event was confirmed
         self.agent_acked = agent_acked  # the agent was told to forget the finished exec
+        self.owner = owner  # the caller (AMQP user_id) that created it, if known
         self.config = config
         self.exit = exit
 
@@ -139,9 +142,13 @@ class ExecRecord:
             self._config = _pack(self._config, self._exit)
             self._exit = None
 
-    def info(self) -> ExecInfo:
-        """The public view (env keys only, never values)."""
+    def info(self, *, output: bool = True) -> ExecInfo:
+        """The public view (env keys only, never values); ``output=False`` leaves the
+        captured stdout/stderr out of the exit (inspect and list replies)."""
         cfg = self.config
+        exit_info = self.exit
+        if exit_info is not None and not output:
+            exit_info = exit_info.model_copy(update={"stdout": None, "stderr": None})
         return ExecInfo(
             exec_id=self.exec_id,
             agent=self.agent,
@@ -159,6 +166,6 @@ class ExecRecord:
             created_at=utc(self.created_at) or datetime.now(UTC),
             started_at=utc(self.started_at),
             finished_at=utc(self.finished_at),
-            exit=self.exit,
+            exit=exit_info,
             error=self.error,
         )

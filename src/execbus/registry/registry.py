@@ -119,7 +119,12 @@ class ExecRegistry:
     # -- transitions ---------------------------------------------------
 
     def create(
-        self, config: ExecConfig, exec_id: str | None = None, *, instance: str | None = None
+        self,
+        config: ExecConfig,
+        exec_id: str | None = None,
+        *,
+        instance: str | None = None,
+        owner: str | None = None,
     ) -> tuple[ExecRecord, bool]:
         """Register an exec; returns ``(record, created)``.
 
@@ -139,6 +144,7 @@ class ExecRegistry:
             config=config,
             instance=instance or secrets.token_hex(8),
             created_at=self._clock(),
+            owner=owner,
         )
         self._insert(record)
         return record, True

@@ -32,15 +32,21 @@ class ErrorInfo(StrictModel):
 
 
 class ExitInfo(StrictModel):
-    """How a process ended, and what it wrote (capped, with dropped-byte counts)."""
+    """How a process ended, and what it wrote (capped, with dropped-byte counts).
+
+    ``stdout``/``stderr`` are left out (null) where the capture was not asked
+    for: ``exec.inspect`` and ``exec.wait`` carry it only with
+    ``include_output: true``, ``exec.list`` never. The final reply of a run
+    and the ``exec.exited`` event always carry it.
+    """
 
     exit_code: int = Field(ge=0, le=255, description="128+n when killed by signal n")
     signal: str | None = Field(default=None, description="e.g. SIGKILL when signalled")
     timed_out: bool = False
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    stdout: WireBytes = b""
-    stderr: WireBytes = b""
+    stdout: WireBytes | None = b""
+    stderr: WireBytes | None = b""
     stdout_dropped: int = Field(default=0, ge=0)
     stderr_dropped: int = Field(default=0, ge=0)
 

@@ -103,21 +103,29 @@ class StdinRequest(RequestBase):
 
 
 class InspectRequest(RequestBase):
-    """Return one exec."""
+    """Return one exec; its captured output only with ``include_output``."""
 
     type: Literal["exec.inspect"] = "exec.inspect"
     exec_id: ExecId
+    include_output: bool = Field(
+        default=False, description="also return the captured stdout/stderr (up to output_limit)"
+    )
 
 
 class WaitRequest(RequestBase):
-    """Reply once the exec has finished (at once if it already has)."""
+    """Reply once the exec has finished (at once if it already has); its captured
+    output only with ``include_output``."""
 
     type: Literal["exec.wait"] = "exec.wait"
     exec_id: ExecId
+    include_output: bool = Field(
+        default=False, description="also return the captured stdout/stderr (up to output_limit)"
+    )
 
 
 class ListRequest(RequestBase):
-    """List execs, optionally of one container; finished ones only when asked."""
+    """List execs, optionally of one container; finished ones only when asked.
+    Never with captured output (inspect an exec for it)."""
 
     type: Literal["exec.list"] = "exec.list"
     container_id: ContainerId | None = None

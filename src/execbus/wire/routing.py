@@ -9,6 +9,14 @@
     <ns>.events     topic exchange   exec.<agent>.<container>.<event>; exec id in x-execbus-exec-id
     <ns>.dead       fanout + queue   dead letters; reason in x-execbus-reason
     <ns>.control    topic exchange   worker membership (scale-out)
+    <ns>.client.<user>.<id>   a caller's own queues (replies, exit events)
+
+A request's ``reply_to`` must name one of the caller's own queues: a
+server-named ``amq.gen-*`` queue, direct reply-to (``amq.rabbitmq.reply-to``),
+or ``<ns>.client.<user>.*`` where ``<user>`` is the request's ``user_id``
+(percent-encoded like container ids); without ``user_id``, any
+``<ns>.client.*``. Workers refuse other reply targets, so nobody can make a
+worker write into a queue they could not write to themselves.
 """
 
 from __future__ import annotations
@@ -65,6 +73,20 @@ class Names:
     @property
     def control_exchange(self) -> str:
         return f"{self.ns}.control"
+
+    def client_prefix(self, user: str | None) -> str:
+        """``<ns>.client.<user>.``: the prefix of a caller's own queues (permissions
+        can grant exactly these: ``^<ns>\\.client\\.<user>\\..*``)."""
+        if user is None:
+            return f"{self.ns}.client."
+        return f"{self.ns}.client.{encode_key_segment(user)}."
+
+    def reply_queue_allowed(self, reply_to: str, user: str | None) -> bool:
+        """May a request of ``user`` (its ``user_id``) name ``reply_to``?"""
+        if reply_to.startswith(("amq.gen-", "amq.rabbitmq.reply-to")):
+            return True
+        prefix = self.client_prefix(user)
+        return reply_to.startswith(prefix) and len(reply_to) > len(prefix)
 
     def agent_queue(self, agent: str) -> str:
         return f"{self.ns}.agent.{agent}"

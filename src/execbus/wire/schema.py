@@ -84,7 +84,9 @@ def standardize(node: Any, mode: Mode) -> Any:
       accepted ones take either alphabet, padded or not;
     - ``ExecConfig.env`` entries carry the ``KEY=VALUE`` pattern the model enforces;
     - produced objects list as required every field that always appears on the wire
-      (``codec.dump`` leaves out only the fields whose value is null).
+      (``codec.dump`` leaves out only the fields whose value is null, so a field that
+      may be null, like an exit's ``stdout`` when the capture was not asked for, is
+      not required).
     """
     if isinstance(node, list):
         for item in node:
@@ -117,13 +119,19 @@ def standardize(node: Any, mode: Mode) -> Any:
     if mode == "serialization" and node.get("type") == "object" and isinstance(props, dict):
         required = node.setdefault("required", [])
         for key, prop in props.items():
-            always = not isinstance(prop, dict) or prop.get("default", 0) is not None
+            always = not isinstance(prop, dict) or (
+                prop.get("default", 0) is not None and not _nullable(prop)
+            )
             if always and key not in required:
                 required.append(key)
     for key, value in node.items():
         if key not in ("default", "const", "enum", "examples"):
             standardize(value, mode)
     return node
+
+
+def _nullable(prop: dict[str, Any]) -> bool:
+    return any(isinstance(alt, dict) and alt.get("type") == "null" for alt in prop.get("anyOf", []))
 
 
 def asyncapi() -> dict[str, Any]:

@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from execbus.broker import undecodable_property
 from execbus.errors import ErrorCode, Forbidden, InvalidRequest, LimitExceeded, PublishFailed
 from execbus.wire.codec import parse_request
 from execbus.wire.ids import new_exec_id
 from execbus.wire.replies import Reply
 from execbus.wire.requests import CreateRequest, Request, RunRequest
+from execbus.wire.routing import Names
 from execbus.worker.acks import Disposition, settle
 from execbus.worker.execs import AgentExecs, Outcome, ReplyTarget, RequestContext, derive_exec_id
 from execbus.worker.publisher import Publisher
@@ -29,12 +31,37 @@ log = logging.getLogger("execbus.worker")
 Observer = Callable[[str, Disposition, float], None]  # (request type, disposition, seconds)
 
 
-def request_context(message: AbstractIncomingMessage, request: Request | None) -> RequestContext:
-    """Reply target, request id and caller identity of a delivery."""
-    reply = ReplyTarget(message.reply_to, message.correlation_id) if message.reply_to else None
+def request_context(
+    message: AbstractIncomingMessage, request: Request | None, names: Names
+) -> RequestContext:
+    """Reply target, request id and caller identity of a delivery.
+
+    A ``reply_to`` that is not one of the caller's own queues is not a reply
+    target: it is recorded as refused instead.
+    """
+    user_id = message.user_id or None
+    reply, refused = None, None
+    if message.reply_to:
+        if names.reply_queue_allowed(message.reply_to, user_id):
+            reply = ReplyTarget(message.reply_to, message.correlation_id)
+        else:
+            refused = message.reply_to
     request_id = request.request_id if request is not None else None
     return RequestContext(
-        reply=reply, request_id=request_id or message.message_id, user_id=message.user_id
+        reply=reply,
+        request_id=request_id or message.message_id,
+        user_id=user_id,
+        refused_reply_to=refused,
+    )
+
+
+def refused_reply_to(ctx: RequestContext, names: Names) -> InvalidRequest:
+    where = names.client_prefix(ctx.user_id)
+    return InvalidRequest(
+        f"reply_to {ctx.refused_reply_to[:64]!r} is not one of the caller's own queues "
+        f"(amq.gen-*, amq.rabbitmq.reply-to or {where}*); the request was not run"
+        if ctx.refused_reply_to
+        else "reply_to refused"
     )
 
 
@@ -47,10 +74,13 @@ def with_exec_id(request: Request, ctx: RequestContext) -> Request:
 
 
 def parse_delivery(message: AbstractIncomingMessage, max_bytes: int) -> Request:
-    """Size check, then parse and validate the body."""
+    """Size check, properties, then parse and validate the body."""
     size = len(message.body)
     if size > max_bytes:
         raise InvalidRequest(f"message of {size} bytes exceeds the limit of {max_bytes}")
+    bad = undecodable_property(message)
+    if bad is not None:
+        raise InvalidRequest(f"the AMQP property {bad} is not valid UTF-8")
     return parse_request(message.body)
 
 
@@ -63,7 +93,7 @@ class RequestConsumer:
         publisher: Publisher,
         max_message_bytes: int,
         observe: Observer | None = None,
-        authorize: Callable[[Request, RequestContext], Awaitable[None]] | None = None,
+        authorize: Callable[[Request, RequestContext], Awaitable[RequestContext]] | None = None,
         on_inflight: Callable[[float], None] | None = None,
     ) -> None:
         self.execs = execs
@@ -86,7 +116,7 @@ class RequestConsumer:
 
     def accept(self, message: AbstractIncomingMessage, request: Request, started: float) -> None:
         """Handle an already parsed request (also used for pool requests placed here)."""
-        ctx = request_context(message, request)
+        ctx = request_context(message, request, self.publisher.names)
         request = with_exec_id(request, ctx)
         key = getattr(request, "exec_id", None) or f"~{uuid.uuid4().hex}"
         decided = self.execs.lanes.submit(key, lambda: self._decide(request, ctx))
@@ -113,8 +143,10 @@ class RequestConsumer:
     async def _decide(self, request: Request, ctx: RequestContext) -> Outcome:
         """The request's effect, in its exec's lane."""
         try:
+            if ctx.refused_reply_to is not None:
+                raise refused_reply_to(ctx, self.publisher.names)
             if self.authorize is not None:
-                await self.authorize(request, ctx)
+                ctx = await self.authorize(request, ctx)
             return await self.execs.handle(request, ctx)
         except (InvalidRequest, Forbidden, LimitExceeded) as exc:  # policy and limit denials
             return Outcome(
@@ -147,9 +179,9 @@ class RequestConsumer:
     async def reject(
         self, message: AbstractIncomingMessage, exc: InvalidRequest, t0: float
     ) -> None:
-        log.warning("rejecting message %s: %s", message.message_id, exc.message)
+        log.warning("rejecting message %r: %s", (message.message_id or "")[:64], exc.message)
         reply = Reply.failure(exc.code, exc.message, agent=self.execs.agent)
-        ctx = request_context(message, None)
+        ctx = request_context(message, None, self.publisher.names)
         outcome = Outcome(reply, Disposition.dead_letter(f"{exc.code}: {exc.message}"))
         await self._finish(message, ctx, outcome, "invalid", t0)
 

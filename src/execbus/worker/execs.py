@@ -81,15 +81,24 @@ class ReplyTarget:
     reply_to: str
     correlation_id: str | None = None
     replayed: bool = False
+    output: bool = True  # the answer carries the captured output (exec.wait: if asked)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """What the delivery says about a request besides its body."""
+    """What the delivery says about a request besides its body.
+
+    ``refused_reply_to``: the delivery named a ``reply_to`` that is not the
+    caller's own queue (see ``Names.reply_queue_allowed``); it gets no reply.
+    ``owner``: set by the authorization hook when the caller may only see and
+    act on its own execs (a policy without ``all_execs`` for it).
+    """
 
     reply: ReplyTarget | None = None
     request_id: str | None = None
     user_id: str | None = None
+    refused_reply_to: str | None = None
+    owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -128,8 +137,9 @@ def build_meta(record: ExecRecord, targets: list[ReplyTarget]) -> dict[str, Any]
         "i": record.instance,
         "ca": record.created_at,
         "rid": record.start_request_id,
+        "u": record.owner,
         "cfg": record.config.model_dump(mode="json", exclude_defaults=True),
-        "rt": [[t.reply_to, t.correlation_id, *([1] if t.replayed else [])] for t in targets],
+        "rt": [_target_meta(t) for t in targets],
     }
 
 
@@ -150,6 +160,7 @@ def record_from_agent(agent: str, state: AgentExec) -> ExecRecord | None:
         created_at=float(meta.get("ca") or state.started_at or 0.0),
         state=ExecState.RUNNING,
         start_request_id=meta.get("rid"),
+        owner=meta.get("u") if isinstance(meta.get("u"), str) else None,
         pid=state.pid,
         started_at=state.started_at,
     )
@@ -166,12 +177,20 @@ def _exit_result(record: ExecRecord) -> str:
     return "ok" if exit_info.exit_code == 0 else "nonzero"
 
 
+def _target_meta(t: ReplyTarget) -> list[Any]:
+    """``[reply_to, correlation_id]``, plus flags only when they differ from the default."""
+    flags = (1 if t.replayed else 0) | (0 if t.output else 2)
+    return [t.reply_to, t.correlation_id, *([flags] if flags else [])]
+
+
 def targets_from_meta(meta: dict[str, Any]) -> list[ReplyTarget]:
-    return [
-        ReplyTarget(str(rt[0]), rt[1], bool(rt[2:] and rt[2]))
-        for rt in meta.get("rt", [])
-        if rt and rt[0]
-    ]
+    targets = []
+    for rt in meta.get("rt", []):
+        if not isinstance(rt, list) or not rt or not rt[0]:
+            continue
+        flags = rt[2] if len(rt) > 2 and isinstance(rt[2], int) else 0
+        targets.append(ReplyTarget(str(rt[0]), rt[1], bool(flags & 1), not flags & 2))
+    return targets
 
 
 class AgentExecs:
@@ -272,11 +291,16 @@ class AgentExecs:
         return await handler(self, request, ctx)
 
     async def _create(self, req: CreateRequest, ctx: RequestContext) -> Outcome:
-        record, created = await self._create_record(req.config, req.exec_id)
-        return self._ok(req, record.info(), record.exec_id, replayed=not created)
+        record, created = await self._create_record(req.config, req.exec_id, ctx.user_id)
+        return self._ok(req, record.info(output=False), record.exec_id, replayed=not created)
 
     async def _create_record(
-        self, config: ExecConfig, exec_id: str | None, *, pipelined: bool = False
+        self,
+        config: ExecConfig,
+        exec_id: str | None,
+        owner: str | None = None,
+        *,
+        pipelined: bool = False,
     ) -> tuple[ExecRecord, bool]:
         """Register the exec and publish ``exec.created``.
 
@@ -284,7 +308,7 @@ class AgentExecs:
         to the agent meanwhile); :meth:`_confirmed` waits for it before the
         delivery is settled.
         """
-        record, created = self.registry.create(config, exec_id)
+        record, created = self.registry.create(config, exec_id, owner=owner)
         if created:
             self._removed.pop(record.exec_id, None)  # the id is in use again
             self._send(record, "created", self._created_event(record))
@@ -322,7 +346,7 @@ class AgentExecs:
         exec_id = req.exec_id
         if exec_id is None and ctx.request_id is not None:
             exec_id = derive_exec_id(ctx.request_id)
-        record, _ = await self._create_record(req.config, exec_id, pipelined=True)
+        record, _ = await self._create_record(req.config, exec_id, ctx.user_id, pipelined=True)
         return await self._settled_after_confirms(
             record, self._start_record(req, record, ctx, req.config.detach, None)
         )
@@ -380,6 +404,7 @@ class AgentExecs:
         request_type: str = "exec.exit",
         *,
         replayed: bool = False,
+        output: bool = True,
     ) -> Reply:
         """The exec as a reply: its error when it failed, its info otherwise."""
         common: dict[str, Any] = {
@@ -392,7 +417,7 @@ class AgentExecs:
         if record.state is ExecState.FAILED and record.error is not None:
             err = record.error
             return Reply.failure(err.code, err.message, exit_code=err.exit_code, **common)
-        return Reply.success(record.info(), **common)
+        return Reply.success(record.info(output=output), **common)
 
     def _replay(
         self, req: Request, record: ExecRecord, ctx: RequestContext, detach: bool
@@ -443,28 +468,33 @@ class AgentExecs:
             await self._finish(record, state)
 
     async def _inspect(self, req: InspectRequest, ctx: RequestContext) -> Outcome:
-        return self._ok(req, self.registry.get(req.exec_id).info())
+        return self._ok(req, self.registry.get(req.exec_id).info(output=req.include_output))
 
     async def _list(self, req: ListRequest, ctx: RequestContext) -> Outcome:
         records = self.registry.list(req.container_id, req.include_finished)
-        return self._ok(req, ExecList(execs=[r.info() for r in records]))
+        if ctx.owner is not None:  # a policy lets this caller see its own execs only
+            records = [r for r in records if r.owner == ctx.owner]
+        return self._ok(req, ExecList(execs=[r.info(output=False) for r in records]))
 
     async def _wait(self, req: WaitRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.get(req.exec_id)
         if record.finished or ctx.reply is None:
-            return self._ok(req, record.info())
-        self.waiters.setdefault(record.exec_id, []).append(ctx.reply)
+            return self._ok(req, record.info(output=req.include_output))
+        target = ReplyTarget(
+            ctx.reply.reply_to, ctx.reply.correlation_id, output=req.include_output
+        )
+        self.waiters.setdefault(record.exec_id, []).append(target)
         return Outcome(None)
 
     async def _signal(self, req: SignalRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.check_running(req.exec_id)
         await self._agent_call(lambda: self.connection.signal(req.exec_id, req.signal))
-        return self._ok(req, record.info())
+        return self._ok(req, record.info(output=False))
 
     async def _resize(self, req: ResizeRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.check_resizable(req.exec_id)
         await self._agent_call(lambda: self.connection.resize(req.exec_id, req.width, req.height))
-        return self._ok(req, record.info())
+        return self._ok(req, record.info(output=False))
 
     async def _stdin(self, req: StdinRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.check_running(req.exec_id)
@@ -473,7 +503,7 @@ class AgentExecs:
         await self._agent_call(
             lambda: self.connection.write_stdin(req.exec_id, req.data, req.close)
         )
-        return self._ok(req, record.info())
+        return self._ok(req, record.info(output=False))
 
     async def _remove(self, req: RemoveRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.get(req.exec_id)
@@ -486,7 +516,7 @@ class AgentExecs:
         self._removed[req.exec_id] = None  # its exit notification may still be on its way
         while len(self._removed) > REMEMBER_REMOVED:
             self._removed.popitem(last=False)
-        return self._ok(req, removed.info())
+        return self._ok(req, removed.info(output=False))
 
     async def _agent_call(self, call: Callable[[], Awaitable[Any]]) -> Any:
         return await call_with_retry(call, self.retry)
@@ -587,12 +617,13 @@ class AgentExecs:
         targets = self.waiters.pop(record.exec_id, [])
         if not targets:
             return []
-        replies: dict[bool, Reply] = {}
+        replies: dict[tuple[bool, bool], Reply] = {}
         sends: list[asyncio.Future[None]] = []
         for t in targets:
-            reply = replies.get(t.replayed)
+            reply = replies.get((t.replayed, t.output))
             if reply is None:
-                reply = replies[t.replayed] = self._reply_for(None, record, replayed=t.replayed)
+                reply = self._reply_for(None, record, replayed=t.replayed, output=t.output)
+                replies[(t.replayed, t.output)] = reply
             sends.append(
                 asyncio.ensure_future(self.outbox.reply(t.reply_to, t.correlation_id, reply))
             )

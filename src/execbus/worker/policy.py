@@ -16,6 +16,7 @@ cannot claim to be someone else, unless the broker gives it the
     users = ["nobody", "1000"]       # exec users as written (globs); "" is the default user
     privileged = false               # may the exec be privileged
     max_timeout = 3600               # execs must set a timeout of at most this (seconds)
+    all_execs = false                # may act on (and list) other callers' execs
 
 Rules:
 
@@ -29,6 +30,11 @@ Rules:
   the caller that starts it (a start of an unknown exec only needs the agent).
 * Everything else (inspect, wait, list, signal, stdin, resize, remove): a
   rule must name the caller and the agent.
+* **Execs belong to their caller.** Any request that names an existing exec
+  (a repeated run or create, start, inspect, wait, signal, stdin, resize,
+  remove) of another caller is denied, and ``exec.list`` shows the caller's
+  own execs only, unless a rule naming the caller and the agent says
+  ``all_execs = true`` (an operator).
 * Pool requests are authorized after placement, against the agent chosen
   (the one that would run the command).
 * Patterns are shell globs (``*``, ``?``, ``[...]``), case-sensitive, against
@@ -36,7 +42,9 @@ Rules:
   host; user unset: the agent's default user, root for a root agent, or the
   container's own user) is matched only by the pattern ``""``; ``*`` never
   matches it. Users are compared as written: ``nobody`` allows neither
-  ``nobody:root`` nor ``65534``.
+  ``nobody:root`` nor ``65534``. A user pattern never reaches across the
+  ``:`` of ``user:group``: ``10*`` does not allow ``10:root``; write
+  ``10*:10*`` (or ``*:*``) to allow groups.
 * ``max_timeout``: a request without a timeout, or with a larger one, is
   denied (not clamped: the caller sees why and sets one).
 * Omitted fields allow nothing: no ``containers`` / ``users`` means the rule
@@ -50,6 +58,7 @@ dead-lettered. Neither message ever contains env values or stdin.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tomllib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -67,10 +76,10 @@ from execbus.worker.execs import RequestContext
 
 log = logging.getLogger("execbus.worker")
 
-Authorize = Callable[[Request, RequestContext], Awaitable[None]]
+Authorize = Callable[[Request, RequestContext], Awaitable[RequestContext]]
 
 RULE_FIELDS = frozenset(
-    {"name", "callers", "agents", "containers", "users", "privileged", "max_timeout"}
+    {"name", "callers", "agents", "containers", "users", "privileged", "max_timeout", "all_execs"}
 )
 MAX_REASONS = 3
 
@@ -95,6 +104,19 @@ def _matches(value: str, patterns: Sequence[str]) -> bool:
     return any(p != "" and fnmatchcase(value, p) for p in patterns)
 
 
+def _matches_user(value: str, patterns: Sequence[str]) -> bool:
+    """Like :func:`_matches`, but a glob never reaches across ``user:group``'s colon."""
+    if value == "" or (not any(":" in p for p in patterns) and ":" not in value):
+        return _matches(value, patterns)
+    user, sep, group = value.partition(":")
+    for pattern in patterns:
+        p_user, p_sep, p_group = pattern.partition(":")
+        same_shape = pattern != "" and bool(sep) == bool(p_sep)
+        if same_shape and fnmatchcase(user, p_user) and (not sep or fnmatchcase(group, p_group)):
+            return True
+    return False
+
+
 def _shown(patterns: Sequence[str]) -> str:
     return "[" + ", ".join(repr(p) for p in patterns) + "]"
 
@@ -110,6 +132,7 @@ class Rule:
     users: tuple[str, ...] = ()
     privileged: bool = False
     max_timeout: float | None = None
+    all_execs: bool = False
 
     def names(self, caller: str) -> bool:
         return _matches(caller, self.callers)
@@ -124,7 +147,7 @@ class Rule:
             what = f"container {container!r}" if container else "the agent's host (container '')"
             return f"{what} is not allowed (containers: {_shown(self.containers)})"
         user = config.user or ""
-        if not _matches(user, self.users):
+        if not _matches_user(user, self.users):
             what = f"user {user!r}" if user else "the default user (user '')"
             return f"{what} is not allowed (users: {_shown(self.users)})"
         if config.privileged and not self.privileged:
@@ -156,6 +179,10 @@ class Policy:
     def check_agent(self, caller: str, agent: str) -> None:
         """Allowed when some rule names the caller and the agent."""
         self._candidates(caller, agent)
+
+    def sees_all_execs(self, caller: str, agent: str) -> bool:
+        """May ``caller`` act on other callers' execs on ``agent`` (``all_execs``)?"""
+        return any(r.all_execs and r.names(caller) and r.covers(agent) for r in self.rules)
 
     def check_exec(self, caller: str, agent: str, config: ExecConfig) -> None:
         """Allowed when some rule for the caller and agent allows all of ``config``."""
@@ -244,6 +271,9 @@ def _parse_rule(entry: Any, index: int, source: str) -> Rule:
     privileged = entry.get("privileged", False)
     if not isinstance(privileged, bool):
         raise ConfigError(f"{where}: privileged must be true or false")
+    all_execs = entry.get("all_execs", False)
+    if not isinstance(all_execs, bool):
+        raise ConfigError(f"{where}: all_execs must be true or false")
     return Rule(
         label=label,
         callers=_patterns(entry["callers"], f"{where}: callers", allow_empty=False),
@@ -252,6 +282,7 @@ def _parse_rule(entry: Any, index: int, source: str) -> Rule:
         users=_patterns(entry.get("users", []), f"{where}: users", numbers=True),
         privileged=privileged,
         max_timeout=_timeout(entry.get("max_timeout"), where),
+        all_execs=all_execs,
     )
 
 
@@ -367,19 +398,22 @@ class RequestGuard:
     def for_agent(self, agent: str, registry: ExecRegistry) -> Authorize:
         """The consumer hook of ``agent`` (``registry``: for the config of a start)."""
 
-        async def authorize(request: Request, ctx: RequestContext) -> None:
-            self.check(agent, registry, request, ctx)
+        async def authorize(request: Request, ctx: RequestContext) -> RequestContext:
+            return self.check(agent, registry, request, ctx)
 
         return authorize
 
     def check(
         self, agent: str, registry: ExecRegistry, request: Request, ctx: RequestContext
-    ) -> None:
-        """Raise :class:`PolicyDenied` or :class:`RequestTooLarge`; return when allowed."""
+    ) -> RequestContext:
+        """Raise :class:`PolicyDenied` or :class:`RequestTooLarge`; when allowed, the
+        context to handle the request with (``owner``: the caller sees only its execs)."""
         config = request.config if isinstance(request, CreateRequest | RunRequest) else None
         if self.policy is not None:
             try:
                 self._authorize(agent, registry, request, ctx.user_id, config)
+                if not self.policy.sees_all_execs(ctx.user_id or "", agent):
+                    ctx = dataclasses.replace(ctx, owner=ctx.user_id)
             except PolicyDenied as exc:
                 log.warning(
                     "denied %s from caller %r on agent %s: %s",
@@ -392,6 +426,7 @@ class RequestGuard:
                 raise
         if config is not None:
             self.limits.check(config)
+        return ctx
 
     def _authorize(
         self,
@@ -407,8 +442,12 @@ class RequestGuard:
                 "the request has no user_id: this worker authorizes callers by the AMQP "
                 "user_id property, which must be set to the publishing RabbitMQ user"
             )
+        exec_id = getattr(request, "exec_id", None)
+        record = registry.find(exec_id) if exec_id else None
+        theirs = record is not None and record.owner != caller
+        if theirs and not self.policy.sees_all_execs(caller, agent):
+            raise PolicyDenied(f"exec {exec_id!r} belongs to another caller")
         if isinstance(request, StartRequest):
-            record = registry.find(request.exec_id)
             config = record.config if record is not None else None
         if config is None:
             self.policy.check_agent(caller, agent)

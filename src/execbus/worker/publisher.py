@@ -9,9 +9,11 @@ Events and replies (several per exec) take the lean path of
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from pamqp import encode
 from pydantic import BaseModel
 
 from execbus.publishing import Basic, publish_confirmed, publish_errors
@@ -19,6 +21,30 @@ from execbus.wire.codec import dump
 from execbus.wire.routing import EXEC_ID_HEADER, REASON_HEADER, Names
 
 JSON = "application/json"
+MAX_DEAD_HEADERS = 16 * 1024
+DROPPED_HEADERS = "x-execbus-headers-dropped"
+
+
+def dead_letter_headers(original: AbstractIncomingMessage, reason: str) -> dict[str, Any]:
+    """The original's headers (or, when too large or not encodable, their size), the
+    reason and the routing key."""
+    headers: dict[str, Any] = dict(original.headers or {})
+    try:
+        size = len(encode.field_table(headers))
+    except Exception:  # whatever the decoder let through, the encoder may refuse
+        size = -1
+    if not 0 <= size <= MAX_DEAD_HEADERS:
+        headers = {DROPPED_HEADERS: size}
+    headers[REASON_HEADER] = reason[:1024]
+    headers["x-execbus-routing-key"] = _short(original.routing_key) or ""
+    return headers
+
+
+def _short(value: str | None) -> str | None:
+    """``value`` cut to an AMQP short string's 255 bytes (on a character boundary)."""
+    if value is None or len(value) <= 63:
+        return value
+    return value.encode()[:255].decode("utf-8", "ignore")
 
 
 class Publisher:
@@ -29,6 +55,16 @@ class Publisher:
         self._names = names
         self._timeout = timeout
         self._dead: AbstractExchange | None = None
+
+    @property
+    def names(self) -> Names:
+        """The namespace's names."""
+        return self._names
+
+    @property
+    def channel(self) -> AbstractChannel:
+        """The confirm-mode channel everything is published on."""
+        return self._channel
 
     async def setup(self) -> None:
         """Look up the exchanges (declared by the topology beforehand)."""
@@ -61,18 +97,21 @@ class Publisher:
         await publish_confirmed(self._channel, exchange, key, body, props, timeout=self._timeout)
 
     async def dead_letter(self, original: AbstractIncomingMessage, reason: str) -> None:
-        """Copy ``original`` to ``<ns>.dead`` with the reason in a header."""
+        """Copy ``original`` to ``<ns>.dead`` with the reason in a header.
+
+        The copy is always publishable, whatever the original carried: headers
+        over :data:`MAX_DEAD_HEADERS` encoded bytes are replaced by a note of
+        their size (the copy must fit the broker's frame size, or the broker
+        closes the connection), and property strings are cut to AMQP's 255 bytes.
+        """
         assert self._dead is not None, "setup() first"
-        headers = dict(original.headers or {})
-        headers[REASON_HEADER] = reason[:1024]
-        headers["x-execbus-routing-key"] = original.routing_key or ""
         message = aio_pika.Message(
             original.body,
-            headers=headers,
-            content_type=original.content_type,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to,
-            message_id=original.message_id,
+            headers=dead_letter_headers(original, reason),
+            content_type=_short(original.content_type),
+            correlation_id=_short(original.correlation_id),
+            reply_to=_short(original.reply_to),
+            message_id=_short(original.message_id),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         key = original.routing_key or ""

@@ -25,19 +25,20 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractIncomingMessage,
     AbstractQueue,
 )
+from aiormq.exceptions import ChannelAccessRefused
 from pydantic import BaseModel
 
 from execbus.backoff import backoff_delay
+from execbus.broker import broker_tls_context, connect_plain, redact_url, scrub
 from execbus.connections.address import AgentAddress
-from execbus.connections.factory import ConnectOptions, broker_tls_context
-from execbus.errors import BrokerUnavailable, ErrorCode, PublishFailed
+from execbus.connections.factory import ConnectOptions
+from execbus.errors import BrokerRefused, BrokerUnavailable, ErrorCode, PublishFailed
 from execbus.loops import wait_event
 from execbus.settings import Settings
 from execbus.wire.replies import Reply
@@ -76,7 +77,11 @@ class SessionOutbox:
 CHANNEL_NUMBERS = range(1, 2000)
 # Bounds every step of a shutdown after the grace period (closing agents, the
 # broker connection, cancelled tasks), so a worker exits within grace + a few s.
-CLOSE_TIMEOUT = 1.0  # below RabbitMQ's default channel_max of 2047
+CLOSE_TIMEOUT = 1.0
+# A session that lasted less than this ended for a reason that may recur: back off.
+STABLE_SESSION = 10.0
+# Refusals (credentials, vhost, permissions) tried before the worker gives up.
+REFUSALS_TOLERATED = 3  # below RabbitMQ's default channel_max of 2047
 
 
 @dataclass(slots=True)
@@ -175,8 +180,15 @@ class Worker:
         self.started_at = time.time()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, reconnecting to the broker as needed."""
-        attempt = 0
+        """Serve until ``stop`` is set, reconnecting to the broker as needed.
+
+        Every way back to the broker backs off: a failed connection, and a
+        session that ended soon after it began (a permission the worker lacks
+        closes it at once). A refusal (credentials, vhost, permissions) is
+        tried :data:`REFUSALS_TOLERATED` times, then raised: retrying forever
+        would only fill the broker's log.
+        """
+        attempt = refusals = 0
         try:
             while not stop.is_set():
                 try:
@@ -185,29 +197,32 @@ class Worker:
                         break
                 except BrokerUnavailable as exc:
                     self.last_broker_error = str(exc)
+                    refusals = refusals + 1 if isinstance(exc, BrokerRefused) else 0
+                    if refusals >= REFUSALS_TOLERATED:
+                        raise
                     attempt += 1
                     delay = backoff_delay(attempt, cap=5.0, base=0.1)
                     log.warning("%s; retrying in %.1f s", exc, delay)
                     await wait_event(stop, delay)
                     continue
-                attempt = 0
-                await self._serve(session, stop)
+                began = time.monotonic()
+                failure = await self._serve(session, stop)
+                if time.monotonic() - began >= STABLE_SESSION:
+                    attempt = refusals = 0
+                elif not stop.is_set():
+                    if isinstance(failure, ChannelAccessRefused):
+                        refusals += 1
+                        if refusals >= REFUSALS_TOLERATED:
+                            raise _setup_error(failure, self.settings.amqp_url)
+                    attempt += 1
+                    await wait_event(stop, backoff_delay(attempt, cap=5.0, base=0.1))
         finally:
             await self._close_agents()
 
     async def _connect(self) -> BrokerSession:
         url = self.settings.amqp_url
-        try:
-            connection = await aio_pika.connect(
-                url,
-                ssl_context=self._amqp_tls,
-                timeout=10,
-                client_properties={"connection_name": f"execbus-worker-{self.worker_id}"},
-            )
-        except Exception as exc:  # aio-pika raises a wide family here
-            raise BrokerUnavailable(
-                f"cannot connect to the broker at {_redact(url)}: {exc}"
-            ) from exc
+        name = f"execbus-worker-{self.worker_id}"
+        connection = await connect_plain(url, name=name, tls=self._amqp_tls)
         try:
             channel = await open_channel(None, connection, publisher_confirms=True)
             await declare_base(channel, self.names)
@@ -218,16 +233,24 @@ class Worker:
             publisher = Publisher(channel, self.names, self.settings.publish_timeout)
             await publisher.setup()
         except Exception as exc:
-            await connection.close()
-            raise BrokerUnavailable(f"broker session setup failed: {exc}") from exc
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise _setup_error(exc, url) from exc
         self.metrics.broker_reconnects.inc()
-        log.info("worker %s connected to %s", self.worker_id, _redact(url))
+        log.info("worker %s connected to %s", self.worker_id, redact_url(url))
         return BrokerSession(connection, publisher, _cursor=1)
 
-    async def _serve(self, session: BrokerSession, stop: asyncio.Event) -> None:
+    async def _serve(self, session: BrokerSession, stop: asyncio.Event) -> BaseException | None:
+        """Run one broker session until it ends; the error that ended it, if any."""
         self.session = session
         self.outbox.publisher = session.publisher
         session.connection.close_callbacks.add(lambda *_: session.closed.set())
+        # A publishing channel the broker closed (a publish to an exchange someone
+        # deleted) ends the session: a new one redeclares everything. Without
+        # it no reply or event would go out again, while requests still ran.
+        session.publisher.channel.close_callbacks.add(
+            lambda *args: self._publisher_closed(session, args[-1] if args else None)
+        )
         self.ownership = OwnershipLoop(
             self.worker_id,
             self.names,
@@ -246,9 +269,11 @@ class Worker:
             asyncio.create_task(session.closed.wait()),
         ]
         await asyncio.wait([*waiters, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failure: BaseException | None = None
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("worker task failed: %r", task.exception())
+                failure = task.exception()
+                log.error("worker task failed: %s", scrub(repr(failure), self.settings.amqp_url))
         if stop.is_set() and not session.closed.is_set():
             await self._drain()
         await _cancel_all([*tasks, *waiters])
@@ -263,6 +288,13 @@ class Worker:
         if not stop.is_set():
             self.last_broker_error = "connection to the broker lost"
             log.warning("lost the broker connection; reconnecting")
+        return failure
+
+    def _publisher_closed(self, session: BrokerSession, exc: object) -> None:
+        if not session.closed.is_set():
+            log.warning("the publishing channel closed (%s); starting a new broker session", exc)
+            self.last_broker_error = f"the publishing channel closed: {exc}"
+            session.closed.set()
 
     async def _drain(self) -> None:
         """Stop taking work, then, within the grace period, finish the requests in
@@ -352,25 +384,33 @@ class Worker:
         await asyncio.Future()
 
     async def _unrouted(self, message: AbstractIncomingMessage, publisher: Publisher) -> None:
-        target = message.routing_key or "?"
+        """A request for an agent no worker declared: answered and dead-lettered, whatever
+        its body (it is only peeked at, for a better message)."""
+        target = (message.routing_key or "?")[:255]
         reason = f"no worker serves {target.replace('.', ' ', 1)!s} (routing key {target!r})"
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            doc = json.loads(message.body)
-            if isinstance(doc, dict) and doc.get("agent"):
-                reason = (
-                    f"no worker serves agent {str(doc['agent'])[:64]!r} (routing key {target!r})"
-                )
-        if message.reply_to:
-            reply = Reply.failure(ErrorCode.UNKNOWN_AGENT, reason)
-            with contextlib.suppress(PublishFailed):
-                await publisher.reply(message.reply_to, message.correlation_id, reply)
+        try:
+            agent = _named_agent(message.body)
+            if agent is not None:
+                reason = f"no worker serves agent {agent!r} (routing key {target!r})"
+            reply_to, user = message.reply_to, message.user_id or None
+            if reply_to and self.names.reply_queue_allowed(reply_to, user):
+                reply = Reply.failure(ErrorCode.UNKNOWN_AGENT, reason)
+                with contextlib.suppress(PublishFailed):
+                    await publisher.reply(reply_to, message.correlation_id, reply)
+        except Exception:
+            log.exception("answering an unrouted request failed; dead-lettering it")
         self.metrics.dead_letters.labels("unknown_agent").inc()
         await settle(message, Disposition.dead_letter(f"unknown_agent: {reason}"), publisher)
 
     def status(self) -> tuple[bool, dict[str, Any]]:
         """Readiness: connected to the broker, and every owned agent reachable."""
         agents = {name: rt.status() for name, rt in self.runtimes.items()}
-        broker = self.session is not None and not self.session.closed.is_set()
+        session = self.session
+        broker = (
+            session is not None
+            and not session.closed.is_set()
+            and not session.publisher.channel.is_closed
+        )
         agents_ok = all(a["connected"] is not False for a in agents.values())
         detail = {
             "worker_id": self.worker_id,
@@ -379,6 +419,18 @@ class Worker:
             "agents": agents,
         }
         return broker and agents_ok, detail
+
+
+def _named_agent(body: bytes) -> str | None:
+    """The ``agent`` a request body names, if it is a JSON object that names one."""
+    if len(body) > 64 * 1024:
+        return None
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    agent = doc.get("agent") if isinstance(doc, dict) else None
+    return str(agent)[:64] if agent else None
 
 
 async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
@@ -408,12 +460,12 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
             task.exception()  # retrieved: logged above when it mattered
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for logs and error messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+def _setup_error(exc: BaseException, url: str) -> BrokerUnavailable:
+    """A session setup (declares) that failed; a refused permission is permanent."""
+    reason = scrub(str(exc) or type(exc).__name__, url)
+    if isinstance(exc, ChannelAccessRefused):
+        return BrokerRefused(
+            f"the broker at {redact_url(url)} refused this worker's user an operation: "
+            f"{reason} (see the worker permissions in docs/security.md)"
+        )
+    return BrokerUnavailable(f"broker session setup failed: {reason}")

@@ -6,15 +6,24 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from agent_harness import IS_ROOT, AgentProcess, live_members
+from agent_harness import (
+    IS_ROOT,
+    AgentProcess,
+    is_running,
+    live_members,
+    start_time,
+    wait_process_gone,
+)
 from agent_testclient import TestClient, split_captures
 
 pytestmark = pytest.mark.runc
@@ -320,3 +329,112 @@ async def test_container_state_is_reused_until_the_container_changes(
         agent.terminate()
         agent.cleanup()
         container.runc("delete", "-f", cid)
+
+
+def _runc_exec_children(agent_pid: int) -> list[tuple[int, str | None]]:
+    """The agent's ``runc exec`` children (pid and start time)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == agent_pid and b"exec" in argv and any(a.endswith(b"runc") for a in argv):
+            found.append((int(entry), start_time(int(entry))))
+    return found
+
+
+async def _start_container_exec(
+    agent: AgentProcess, container: Container
+) -> list[tuple[int, str | None]]:
+    """A container exec with a background process; every process of it (host pids)."""
+    c = await agent.connect()
+    try:
+        cmd = ["sh", "-c", "sleep 600 & sleep 600"]
+        started = await c.call("start", exec_id="boxed", cmd=cmd, container_id=container.id)
+    finally:
+        await c.close()
+    pgid = started["pid"]
+    deadline = time.monotonic() + 10
+    # two sleeps (busybox sh execs its last command), or sh and two sleeps
+    while len(live_members(pgid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    procs = [(pid, start_time(pid)) for pid in live_members(pgid)]
+    runc = _runc_exec_children(agent.pid)
+    assert len(procs) >= 2 and len(runc) == 1, (procs, runc)
+    return procs + runc
+
+
+async def _lost(agent: AgentProcess) -> dict[str, Any]:
+    c = await agent.connect()
+    try:
+        execs = {e["exec_id"]: e for e in (await c.call("list"))["execs"]}
+        await c.call("ack", exec_id="boxed")
+    finally:
+        await c.close()
+    lost: dict[str, Any] = execs["boxed"]
+    assert lost["state"] == "failed" and lost["error"]["code"] == "agent_lost", lost
+    assert lost["container_id"]
+    return lost
+
+
+async def test_a_container_exec_dies_with_a_killed_agent(container: Container) -> None:
+    """SIGKILL the agent mid-exec: runc exec and the container processes die with it,
+    and the restarted agent says so."""
+    state_dir = tempfile.mkdtemp(prefix="eb-runc-state-")
+    args = ["--grace", "0", "--runc-root", container.runc_root, "--state-dir", state_dir]
+    agent = AgentProcess(args).start()
+    again: AgentProcess | None = None
+    try:
+        procs = await _start_container_exec(agent, container)
+        agent.kill()
+        for pid, since in procs:
+            wait_process_gone(pid, since)
+        again = AgentProcess(args).start()
+        lost = await _lost(again)
+        assert "killed when the agent died" in lost["error"]["message"]
+    finally:
+        for a in (agent, again):
+            if a is not None:
+                a.terminate()
+                a.cleanup()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+async def test_a_restarted_agent_kills_a_container_exec_that_survived(
+    container: Container,
+) -> None:
+    """The agent and its lifeline killed together: the container exec runs on until
+    the agent restarts with its state directory, which kills it and reports it."""
+    state_dir = tempfile.mkdtemp(prefix="eb-runc-state-")
+    args = ["--grace", "0", "--runc-root", container.runc_root, "--state-dir", state_dir]
+    agent = AgentProcess(args).start()
+    again: AgentProcess | None = None
+    procs: list[tuple[int, str | None]] = []
+    try:
+        procs = await _start_container_exec(agent, container)
+        lifeline = agent.lifeline()
+        os.kill(lifeline, signal.SIGSTOP)
+        agent.kill()
+        os.kill(lifeline, signal.SIGKILL)
+        time.sleep(0.2)
+        assert all(is_running(pid, since) for pid, since in procs), "nothing killed them yet"
+        again = AgentProcess(args).start()
+        for pid, since in procs:
+            wait_process_gone(pid, since, timeout=2)
+        lost = await _lost(again)
+        assert "still running and have been killed" in lost["error"]["message"]
+    finally:
+        for pid, since in procs:
+            if is_running(pid, since):
+                os.kill(pid, signal.SIGKILL)
+        for a in (agent, again):
+            if a is not None:
+                a.terminate()
+                a.cleanup()
+        shutil.rmtree(state_dir, ignore_errors=True)

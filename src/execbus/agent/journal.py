@@ -7,15 +7,16 @@ they run (cgroup, process group leaders with their start times), and deletes
 the file once a client has acknowledged the exit and no process of the exec
 is left. At start, every file left behind is an exec of a previous life: the
 agent kills whatever of it still runs, reports it ``failed`` with code
-``agent_lost`` (its ``meta`` intact, so the worker can answer the original
+``agent_lost`` (with its ``meta``, so the worker can answer the original
 caller) and keeps it until acknowledged, like any other exit.
 
 At rest: the directory is ``0700`` and every file ``0600``, owned by the
 agent's user (checked at start: a wider mode is narrowed, another owner is
-refused). No env value is ever written: the journal holds no command line or
-environment, and any string of ``meta`` equal to one of the exec's ``env``
-entries is written as ``KEY=<redacted>`` (the execbus worker keeps the exec's
-config in ``meta``). File names are exec ids, which the protocol restricts to
+refused: an entry names processes to kill). No env value is ever written:
+the journal holds no command line or environment, and any string of
+``meta`` equal to one of the exec's ``env`` entries is written as
+``KEY=<redacted>`` (the execbus worker keeps the exec's config in
+``meta``). File names are exec ids, which the protocol restricts to
 ``[A-Za-z0-9][A-Za-z0-9_-]{0,127}``; anything else never becomes a path.
 """
 
@@ -150,9 +151,7 @@ class Journal:
             return []
         path = self.directory / ACKED_LOG
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            with open(fd, encoding="utf-8", errors="replace") as f:
-                ids = f.read().split()[-MAX_TOMBSTONES:]
+            ids = read_private(path).split()[-MAX_TOMBSTONES:]
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -180,9 +179,7 @@ class Journal:
                 log.warning("ignoring journal entry %r: not an exec id", path.name[:80])
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                with open(fd, encoding="utf-8") as f:
-                    doc = json.load(f)
+                doc = json.loads(read_private(path))
             except (OSError, ValueError):
                 log.warning("unreadable journal entry %s", path.name)
                 continue
@@ -216,13 +213,16 @@ def secure_directory(directory: Path) -> None:
         log.warning(
             "state directory %s had mode %o; narrowed to 0700", directory, stat.S_IMODE(st.st_mode)
         )
-    for entry in os.scandir(directory):
+    with os.scandir(directory) as entries:
+        found = list(entries)
+    for entry in found:
         est = entry.stat(follow_symlinks=False)
-        if not stat.S_ISREG(est.st_mode):
-            raise JournalError(
-                f"--state-dir {directory} holds {entry.name!r}, which is not a regular file"
+        if not stat.S_ISREG(est.st_mode):  # never read: files are opened with O_NOFOLLOW
+            log.warning(
+                "state directory %s: ignoring %r (not a regular file)", directory, entry.name
             )
-        if est.st_uid != uid:
+            continue
+        if est.st_uid != uid:  # it could name processes for the next life to kill
             raise JournalError(
                 f"--state-dir {directory}: {entry.name!r} belongs to uid {est.st_uid}, "
                 f"not to the agent's uid {uid}"
@@ -230,6 +230,16 @@ def secure_directory(directory: Path) -> None:
         if stat.S_IMODE(est.st_mode) & 0o077:
             os.chmod(entry.path, 0o600)
             log.warning("journal file %s was readable by others; narrowed to 0600", entry.name)
+
+
+def read_private(path: str | Path) -> str:
+    """The text of a regular file of the state directory, never following a
+    symbolic link nor blocking on a FIFO (OSError otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(fd, encoding="utf-8", errors="replace") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
 
 
 def _open_append(path: Path) -> int:

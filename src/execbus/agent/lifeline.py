@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -182,9 +183,9 @@ def read_log(state_dir: str) -> set[str]:
     """Exec ids the lifeline of a previous life killed (and forget them)."""
     path = os.path.join(state_dir, LOG_NAME)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with open(fd, encoding="utf-8", errors="replace") as f:
-            ids = set(f.read().split())
+            ids = set(f.read().split()) if stat.S_ISREG(os.fstat(fd).st_mode) else set()
     except OSError:
         return set()
     with contextlib.suppress(OSError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -61,11 +62,12 @@ class ProcessSet:
                 and (item[1] is None or isinstance(item[1], str))
             ):
                 leaders.append((item[0], item[1]))
-        if not isinstance(cgroup, str) or not cgroup.startswith("/"):
+        exec_id = str(doc.get("exec_id"))
+        if not isinstance(cgroup, str) or not _exec_cgroup(cgroup, exec_id):
             cgroup = None
         if cgroup is None and not leaders:
             return None
-        return cls(str(doc.get("exec_id")), cgroup, leaders)
+        return cls(exec_id, cgroup, leaders)
 
     def identity(self) -> dict[str, Any]:
         """For the journal."""
@@ -86,6 +88,17 @@ class ProcessSet:
         """Remove the exec's cgroup (once it is empty)."""
         if self.cgroup is not None:
             cgroups.remove(self.cgroup)
+
+
+def _exec_cgroup(path: str, exec_id: str) -> bool:
+    """True if ``path`` can be the cgroup of that exec (a journal names nothing else)."""
+    name = os.path.basename(path)
+    return (
+        os.path.isabs(path)
+        and ".." not in path.split("/")
+        and (name == exec_id or name.startswith(exec_id + "."))
+        and cgroups.mount_of(path) is not None
+    )
 
 
 class Tracker:

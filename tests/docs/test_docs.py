@@ -107,3 +107,21 @@ def test_output_base64_pattern(data: bytes) -> None:
 def test_readme_configuration_table_matches_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     assert settings_table() in readme, "README settings table is stale: `execbus config --markdown`"
+
+
+def test_the_permissions_in_security_md_are_the_generated_ones() -> None:
+    """Every ``<!-- execbus permissions ARGS -->`` block shows exactly what the command
+    prints (the security tests create their users with the same generator)."""
+    import shlex
+
+    from execbus.cli.permissions import build_parser
+    from execbus.wire.permissions import permissions
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    blocks = re.findall(r"<!-- execbus permissions (.+?) -->\n\s*```sh\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    for args, shown in blocks:
+        parsed = build_parser().parse_args(shlex.split(args))
+        granted = permissions(parsed.role, parsed.user, parsed.namespace, parsed.agents)
+        expected = granted.commands(parsed.vhost)
+        assert [line.strip() for line in shown.strip().splitlines()] == expected, args

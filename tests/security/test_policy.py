@@ -226,10 +226,12 @@ async def test_a_start_is_checked_against_the_stored_exec(policy: Policy) -> Non
     hook = guard.for_agent("vm-1", registry)
     as_root = cfg(user="root", container_id="web", timeout=5)
     await hook(CreateRequest(exec_id="e1", config=as_root), RequestContext(user_id="ops"))
-    registry.create(as_root, "e1")
+    registry.create(as_root, "e1", owner="ops")
     await hook(StartRequest(exec_id="e1"), RequestContext(user_id="ops"))
+    # ci-1's own exec, stored as root (created under an older policy, say)
+    registry.create(as_root, "e3", owner="ci-1")
     with pytest.raises(Forbidden, match="user 'root' is not allowed"):
-        await hook(StartRequest(exec_id="e1"), RequestContext(user_id="ci-1"))
+        await hook(StartRequest(exec_id="e3"), RequestContext(user_id="ci-1"))
     # unknown exec: only the agent is checked (the handler answers not_found)
     await hook(StartRequest(exec_id="e2"), RequestContext(user_id="ci-1"))
 
@@ -331,3 +333,78 @@ async def test_worker_passes_the_broker_tls_context(
     assert seen["url"] == "amqps://u:p@mq.example:5671/"
     assert isinstance(seen["ssl_context"], ssl.SSLContext)
     assert seen["ssl_context"].verify_mode is ssl.CERT_REQUIRED
+
+
+# -- users and groups, exec ownership -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patterns", "user", "allowed"),
+    [
+        (["10*"], "1000", True),
+        (["10*"], "10:root", False),  # a glob never crosses the colon
+        (["10*"], "1000:1000", False),
+        (["10*:10*"], "1000:1000", True),
+        (["10*:10*"], "1000:root", False),
+        (["*"], "root", True),
+        (["*"], "root:root", False),
+        (["*:*"], "root:root", True),
+        (["*:*"], "root", False),
+        (["nobody", "nobody:nogroup"], "nobody:nogroup", True),
+        (["", "*"], "", True),
+    ],
+)
+def test_a_user_glob_never_reaches_across_user_group(
+    patterns: list[str], user: str, allowed: bool
+) -> None:
+    rule = {"callers": ["c"], "agents": ["a"], "containers": [""], "users": patterns}
+    policy = parse_policy({"rule": [rule]})
+    config = cfg(user=user) if user else cfg()
+    if allowed:
+        policy.check_exec("c", "a", config)
+    else:
+        assert "is not allowed (users:" in denied(policy.check_exec, "c", "a", config)
+
+
+def test_all_execs_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match="all_execs must be true or false"):
+        parse_policy({"rule": [{"callers": ["c"], "agents": ["a"], "all_execs": "yes"}]})
+
+
+def _owned_registry() -> ExecRegistry:
+    registry = ExecRegistry("vm-1", RegistryLimits())
+    registry.create(cfg(container_id="box", user="nobody", timeout=10), "mine", owner="ci-1")
+    return registry
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        InspectRequest(exec_id="mine"),
+        SignalRequest(exec_id="mine"),
+        StartRequest(exec_id="mine"),
+        RunRequest(exec_id="mine", config=cfg(container_id="box", user="nobody", timeout=10)),
+    ],
+)
+def test_execs_belong_to_their_caller(policy: Policy, request_: Request) -> None:
+    guard = RequestGuard(policy, RequestLimits.from_settings(load_settings()))
+    registry = _owned_registry()
+    owner_ctx = guard.check("vm-1", registry, request_, RequestContext(user_id="ci-1"))
+    assert owner_ctx.owner == "ci-1", "the owner sees its own execs only"
+    with pytest.raises(PolicyDenied, match="exec 'mine' belongs to another caller"):
+        guard.check("vm-1", registry, request_, RequestContext(user_id="ci-2"))
+
+
+def test_all_execs_lets_an_operator_act_on_every_exec() -> None:
+    policy = parse_policy(
+        {
+            "rule": [
+                {"name": "ops", "callers": ["ops"], "agents": ["vm-*"], "all_execs": True},
+            ]
+        }
+    )
+    guard = RequestGuard(policy, RequestLimits.from_settings(load_settings()))
+    ctx = guard.check(
+        "vm-1", _owned_registry(), SignalRequest(exec_id="mine"), RequestContext(user_id="ops")
+    )
+    assert ctx.owner is None, "an operator lists every exec"

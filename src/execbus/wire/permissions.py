@@ -71,6 +71,12 @@ class Permissions:
         return lines
 
 
+def _escape(name: str) -> str:
+    """A literal for RabbitMQ's (PCRE) regexes; only what needs it is escaped, so the
+    lines stay readable (names hold ``[A-Za-z0-9_.%-]``)."""
+    return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", name)
+
+
 def _alt(*parts: str) -> str:
     return "^(" + "|".join(parts) + ")$"
 
@@ -81,22 +87,22 @@ def permissions(
     """The permissions of ``user`` in ``role``; ``agents``: a regex of the agent (and
     pool) names a caller may address and follow (``vm-.*``)."""
     names = Names(namespace)
-    ns = re.escape(namespace)
-    own = re.escape(names.client_prefix(user)) + ".*"
+    ns = _escape(namespace)
+    own = _escape(names.client_prefix(user)) + ".*"
     server_named = r"amq\.gen-.*"
     if role == "caller":
         return Permissions(
             user,
             configure=_alt(server_named, own),
-            write=_alt(re.escape(names.requests_exchange), server_named, own),
-            read=_alt(re.escape(names.events_exchange), server_named, own),
+            write=_alt(_escape(names.requests_exchange), server_named, own),
+            read=_alt(_escape(names.events_exchange), server_named, own),
             topics=(
                 TopicPermission(names.requests_exchange, f"^(agent|pool)\\.({agents})$", "^$"),
                 TopicPermission(names.events_exchange, "^$", f"^exec\\.({agents})\\..*$"),
             ),
         )
     if role == "observer":
-        shared = (re.escape(names.events_exchange), re.escape(names.control_exchange))
+        shared = (_escape(names.events_exchange), _escape(names.control_exchange))
         return Permissions(
             user,
             configure=_alt(server_named, own),

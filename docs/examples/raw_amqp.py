@@ -34,6 +34,7 @@ FAILED_EVENT_CODES = {
     "container_not_running",
     "start_failed",
     "agent_unavailable",
+    "agent_auth_failed",
     "agent_lost",
 }
 

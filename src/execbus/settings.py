@@ -15,7 +15,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from execbus.errors import ConfigError
-from execbus.wire.config import MAX_ARG_BYTES, MAX_ARGS, MAX_ENV, MAX_OUTPUT_LIMIT
+from execbus.wire.config import (
+    LIFECYCLE_EVENTS,
+    MAX_ARG_BYTES,
+    MAX_ARGS,
+    MAX_ENV,
+    MAX_OUTPUT_LIMIT,
+    LifecycleEvent,
+)
 
 
 class Settings(BaseSettings):
@@ -145,11 +152,25 @@ class Settings(BaseSettings):
         default="info", description="Log level."
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
+    lifecycle_events: Annotated[list[LifecycleEvent], NoDecode] = Field(
+        default_factory=lambda: list(LIFECYCLE_EVENTS),
+        description="Worker: which of exec.created and exec.started it publishes, "
+        "comma-separated, or 'none' (the exit notification always goes out); a request "
+        "may turn more off (config.lifecycle_events), never on.",
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         default="auto",
         description="Event loop of the worker and the CLI: uvloop when it is installed "
         "(auto), or asyncio's own.",
     )
+
+    @field_validator("lifecycle_events", mode="before")
+    @classmethod
+    def _split_events(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            return [] if parts == ["none"] else parts
+        return value
 
     @field_validator("agents", "pools", mode="before")
     @classmethod

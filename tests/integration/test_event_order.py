@@ -186,3 +186,42 @@ async def test_order_holds_across_a_takeover(
         await settled(log, ids, timeout=40)
     problems = {i: p for i in ids if (p := order_problems(log.by_exec[i]))}
     assert not problems, problems
+
+
+@pytest.mark.parametrize(
+    ("worker_setting", "requested", "expected"),
+    [
+        (None, None, ["exec.created", "exec.started", "exec.exited"]),
+        (None, [], ["exec.exited"]),
+        (None, ["started"], ["exec.started", "exec.exited"]),
+        ("none", None, ["exec.exited"]),
+        ("started", ["created", "started"], ["exec.started", "exec.exited"]),
+    ],
+)
+async def test_lifecycle_events_are_selectable_the_exit_always_goes_out(
+    amqp_url: str,
+    namespace: str,
+    start_agent: Any,
+    start_worker: Any,
+    event_log: tuple[EventLog, Any],
+    worker_setting: str | None,
+    requested: list[str] | None,
+    expected: list[str],
+) -> None:
+    log, bind = event_log
+    agent = start_agent("l1")
+    env = {"EXECBUS_LIFECYCLE_EVENTS": worker_setting} if worker_setting is not None else {}
+    start_worker("--agent", f"l1={agent.address}", env=env).wait_owner("l1")
+    await bind("l1")
+    extra = {"lifecycle_events": requested} if requested is not None else {}
+    async with Bus(amqp_url, namespace) as bus:
+        bodies = [streaming_run("echo hi", stream_output=False, **extra) for _ in range(5)]
+        bodies.append(streaming_run(SCRIPT, **extra))  # streamed: output still in order
+        await run_all(bus, "l1", bodies)
+        ids = [b["exec_id"] for b in bodies]
+        await settled(log, ids)
+    for exec_id in ids[:-1]:
+        assert [e["type"] for e in log.by_exec[exec_id]] == expected
+    streamed = [e["type"] for e in log.by_exec[ids[-1]] if e["type"] != "exec.output"]
+    assert streamed == expected
+    assert not order_problems(log.by_exec[ids[-1]])

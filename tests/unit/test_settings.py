@@ -205,3 +205,26 @@ def test_several_invalid_values_are_all_named(monkeypatch: pytest.MonkeyPatch) -
 def test_settings_class_reads_the_environment_directly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXECBUS_WORKER_ID", "direct")
     assert Settings().worker_id == "direct"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("created,started", ["created", "started"]),
+        ("started", ["started"]),
+        (" created , started ", ["created", "started"]),
+        ("none", []),
+        ("", []),
+    ],
+)
+def test_lifecycle_events_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("EXECBUS_LIFECYCLE_EVENTS", value)
+    assert load_settings().lifecycle_events == expected
+
+
+def test_an_unknown_lifecycle_event_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXECBUS_LIFECYCLE_EVENTS", "created,exited")
+    with pytest.raises(ConfigError, match="lifecycle_events"):
+        load_settings()

@@ -30,6 +30,7 @@ class ExecOptions(TypedDict, total=False):
     output_limit: int | None
     stream_output: bool
     labels: Mapping[str, str] | None
+    lifecycle_events: Sequence[str] | None  # of "created", "started"; [] = the exit only
 
 
 def env_list(env: Mapping[str, str] | Sequence[str] | None) -> list[str]:
@@ -58,6 +59,8 @@ def build_config(
         fields["env"] = env_list(fields["env"])
     if "labels" in fields:
         fields["labels"] = dict(fields["labels"])
+    if "lifecycle_events" in fields:
+        fields["lifecycle_events"] = list(fields["lifecycle_events"])
     if "console_size" in fields:
         width, height = fields["console_size"]
         fields["console_size"] = {"width": width, "height": height}

@@ -8,7 +8,7 @@ value is a clear error, never a silent drop.
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
 
@@ -25,6 +25,10 @@ DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 MAX_CONSOLE_DIM = 10_000
 
 Dimension = Annotated[int, Field(ge=1, le=MAX_CONSOLE_DIM)]
+#: The lifecycle events a caller may turn off; the exit notification
+#: (``exec.exited``/``exec.failed``) is always published.
+LifecycleEvent = Literal["created", "started"]
+LIFECYCLE_EVENTS: tuple[LifecycleEvent, ...] = ("created", "started")
 
 
 def _b64encode(value: bytes) -> str:
@@ -94,6 +98,12 @@ class ExecConfig(StrictModel):
         description="bytes captured per stream; the rest is counted as dropped.",
     )
     stream_output: bool = Field(default=False, description="publish exec.output events")
+    lifecycle_events: list[LifecycleEvent] | None = Field(
+        default=None,
+        max_length=2,
+        description="which of exec.created and exec.started to publish (default: both, "
+        "unless the worker turned one off); [] for the exit notification only",
+    )
     labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
 
     @field_validator("cmd")

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -40,7 +40,7 @@ from execbus.errors import (
 from execbus.registry import ExecRecord, ExecRegistry, StartAction
 from execbus.registry.records import utc
 from execbus.wire import events as ev
-from execbus.wire.config import ExecConfig
+from execbus.wire.config import LIFECYCLE_EVENTS, ExecConfig
 from execbus.wire.records import ErrorInfo, ExecList, ExecState
 from execbus.wire.replies import Reply
 from execbus.wire.requests import (
@@ -204,8 +204,11 @@ class AgentExecs:
         outbox: Outbox,
         retry: RetryPolicy,
         names: Names,
+        lifecycle: Iterable[str] = LIFECYCLE_EVENTS,
     ) -> None:
         self.agent = agent
+        # The lifecycle events this worker publishes (EXECBUS_LIFECYCLE_EVENTS).
+        self.lifecycle = frozenset(lifecycle)
         self.registry = registry
         self.connection = connection
         self.outbox = outbox
@@ -311,10 +314,17 @@ class AgentExecs:
         record, created = self.registry.create(config, exec_id, owner=owner)
         if created:
             self._removed.pop(record.exec_id, None)  # the id is in use again
-            self._send(record, "created", self._created_event(record))
-            if not pipelined:
-                await self._confirmed(record)
+            if self._publishes(config, "created"):
+                self._send(record, "created", self._created_event(record))
+                if not pipelined:
+                    await self._confirmed(record)
         return record, created
+
+    def _publishes(self, config: ExecConfig, kind: str) -> bool:
+        """Is lifecycle event ``kind`` published for an exec of ``config``? Both the
+        worker and the request may turn it off."""
+        wanted = config.lifecycle_events
+        return kind in self.lifecycle and (wanted is None or kind in wanted)
 
     def _send(
         self, record: ExecRecord, kind: str, event: ev.EventBase, *, track: bool = True
@@ -461,7 +471,8 @@ class AgentExecs:
             await self._finish(record, state)
             return
         self.registry.mark_running(record.exec_id, state.pid, state.started_at)
-        self._send(record, "started", self._started_event(record))  # confirmed before the ack
+        if self._publishes(record.config, "started"):  # confirmed before the ack
+            self._send(record, "started", self._started_event(record))
         self._release_output(record)
         log.debug("exec %s started (pid %s)", record.exec_id, state.pid, extra=self._ctx(record))
         if state.finished:

@@ -84,6 +84,7 @@ class AgentRuntime:
             outbox,
             _retry(settings),
             self.names,
+            lifecycle=settings.lifecycle_events,
         )
         self.execs.on_retry = metrics.agent_retries.labels(name).inc
         self.execs.on_finished = metrics.observe_finished

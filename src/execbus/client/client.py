@@ -35,7 +35,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from execbus.client.agents import AgentDirectory
 from execbus.client.cluster import ClusterStatus, cluster_status
 from execbus.client.config import ExecOptions, build_config, event_kind, model, signal_arg
-from execbus.client.connection import connect, redact_url
+from execbus.client.connection import connect, redact_url, scrub
 from execbus.client.execution import Execution, first_of
 from execbus.client.exits import ExitWatcher, Watch
 from execbus.client.inbox import Inbox
@@ -142,7 +142,8 @@ class Client:
             await self._setup(connection)
         except CONNECTION_EXCEPTIONS as exc:
             await self._close_connection(connection)
-            raise BrokerUnavailable(f"broker at {redact_url(url)}: setup failed: {exc!r}") from exc
+            reason = scrub(str(exc) or type(exc).__name__, url)
+            raise BrokerUnavailable(f"broker at {redact_url(url)}: setup failed: {reason}") from exc
         except BaseException:
             await self._close_connection(connection)
             raise
@@ -256,8 +257,9 @@ class Client:
         if self._connection is None:
             return True
         try:
-            status = await cluster_status(self._connection, self.names, PLACEMENT_LISTEN, [])
-        except CONNECTION_EXCEPTIONS as exc:
+            user = amqp_user(self.settings.amqp_url)
+            status = await cluster_status(self._connection, self.names, PLACEMENT_LISTEN, [], user)
+        except (*CONNECTION_EXCEPTIONS, BrokerError) as exc:  # BrokerError: no read on control
             log.info("re-check of pool runs failed: %r", exc)
             return False
         complete = True
@@ -287,7 +289,8 @@ class Client:
         """Live workers (heard within ``listen`` seconds), who owns which agent, queue depths."""
         if self._connection is None:
             raise BrokerError("client is not connected")
-        return await cluster_status(self._connection, self.names, listen, agents or [])
+        user = amqp_user(self.settings.amqp_url)
+        return await cluster_status(self._connection, self.names, listen, agents or [], user)
 
     async def check_agent(self, agent: str) -> None:
         """Return if a worker serves ``agent``; :class:`~execbus.errors.UnknownAgent` if not."""

@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
+from execbus.client.inbox import client_queue_name
 from execbus.errors import BrokerError
 from execbus.wire.control import Announcement
 from execbus.wire.routing import Names
@@ -68,10 +69,17 @@ class ClusterStatus:
 
 
 async def cluster_status(
-    connection: AbstractConnection, names: Names, listen: float, extra_agents: list[str]
+    connection: AbstractConnection,
+    names: Names,
+    listen: float,
+    extra_agents: list[str],
+    user: str | None = None,
 ) -> ClusterStatus:
-    """Listen to worker announcements for ``listen`` seconds, then read the queue depths."""
-    workers = await _listen(connection, names, listen)
+    """Listen to worker announcements for ``listen`` seconds, then read the queue depths.
+
+    The listening queue is ``user``'s own (``<ns>.client.<user>.*``), a name the
+    caller and observer permissions let it declare."""
+    workers = await _listen(connection, names, listen, user)
     agents = sorted({a for w in workers.values() for a in w.agents} | set(extra_agents))
     pools = sorted({p for w in workers.values() for p in w.pools})
     queues = {a: await _queue(connection, names.agent_queue(a)) for a in agents}
@@ -80,7 +88,7 @@ async def cluster_status(
 
 
 async def _listen(
-    connection: AbstractConnection, names: Names, listen: float
+    connection: AbstractConnection, names: Names, listen: float, user: str | None
 ) -> dict[str, WorkerStatus]:
     seen: dict[str, WorkerStatus] = {}
 
@@ -94,15 +102,19 @@ async def _listen(
     try:
         try:
             exchange = await channel.declare_exchange(names.control_exchange, passive=True)
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            # Named: left unnamed, a robust channel names it amq_<uuid>, which no
+            # caller or observer permission covers.
+            queue = await channel.declare_queue(
+                client_queue_name(names, user), exclusive=True, auto_delete=True
+            )
             await queue.bind(exchange, "worker.#")
         except ChannelNotFoundEntity:
             return seen  # no worker ever ran in this namespace
         except ChannelAccessRefused as exc:
             raise BrokerError(
-                f"cannot listen to worker announcements on {names.control_exchange}: "
-                f"{exc.args[0] if exc.args else exc} (the caller needs read permission on it; "
-                "see docs/security.md)"
+                f"cannot read {names.control_exchange} (the worker announcements): "
+                f"{exc.args[0] if exc.args else exc}; this needs the observer permissions "
+                "(`execbus permissions observer`, docs/security.md)"
             ) from None
 
         async def consume(message: AbstractIncomingMessage) -> None:

@@ -86,7 +86,8 @@ class Subscription:
             await queue.consume(self._on_message, no_ack=True)
         except CONNECTION_EXCEPTIONS as exc:
             await self.close()
-            raise BrokerError(f"cannot subscribe to events: {exc!r}") from exc
+            reason = str(exc) or type(exc).__name__
+            raise BrokerError(f"cannot subscribe to events: {reason}") from exc
 
     async def close(self) -> None:
         """Delete the queue and end the iteration (idempotent)."""

@@ -37,7 +37,6 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
 
 from execbus.agent.procs import Leader
 
@@ -64,7 +63,7 @@ class Lifeline:
         self._proc: subprocess.Popen[bytes] | None = None
         self._targets: dict[str, list[str]] = {}
         self._closed = False
-        self._on_exit: Callable[[], None] | None = None
+        self._watching: tuple[asyncio.AbstractEventLoop, int] | None = None
 
     def start(self) -> None:
         """Start the lifeline now if it does not run (else it starts on first use)."""
@@ -134,8 +133,7 @@ class Lifeline:
             return
 
         def exited() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
+            self._unwatch()
             if self._proc is proc and not self._closed:
                 log.warning("the lifeline exited (%s); starting another", proc.poll())
                 self._lost()
@@ -144,7 +142,17 @@ class Lifeline:
             else:
                 proc.poll()
 
+        self._unwatch()
         loop.add_reader(pidfd, exited)
+        self._watching = (loop, pidfd)
+
+    def _unwatch(self) -> None:
+        watching, self._watching = self._watching, None
+        if watching is not None:
+            loop, pidfd = watching
+            if not loop.is_closed():
+                loop.remove_reader(pidfd)
+            os.close(pidfd)
 
     def _lost(self) -> None:
         proc, self._proc = self._proc, None
@@ -154,13 +162,10 @@ class Lifeline:
                     proc.stdin.close()
             proc.poll()
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def close(self) -> None:
         """The agent stops: the lifeline kills what is still registered, then exits."""
         self._closed = True
+        self._unwatch()
         proc, self._proc = self._proc, None
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(OSError):

@@ -73,9 +73,10 @@ def signal_group(leader: Leader, signum: int) -> bool:
     return True
 
 
-def group_alive(leader: Leader) -> bool:
+def group_alive(leader: Leader, members: dict[int, list[int]] | None = None) -> bool:
     """True while the leader's group is ours and has a live process (zombies, which
-    an init may take a while to reap, do not count)."""
+    an init may take a while to reap, do not count). ``members``: the result of
+    one :func:`live_group_members` scan for many groups (else one is made)."""
     if not owns_group(leader):
         return False
     try:
@@ -84,7 +85,9 @@ def group_alive(leader: Leader) -> bool:
         return False
     except PermissionError:
         pass
-    return bool(live_group_members([leader[0]])[leader[0]])
+    if members is None or leader[0] not in members:
+        members = live_group_members([leader[0]])
+    return bool(members[leader[0]])
 
 
 def is_live(pid: int) -> bool:

@@ -31,7 +31,7 @@ from execbus.agent.procs import Leader
 log = logging.getLogger(__name__)
 
 # How often processes left behind by finished execs are checked for.
-SWEEP_INTERVAL = 0.5
+SWEEP_INTERVAL = 1.0
 
 
 class ProcessSet:
@@ -73,11 +73,12 @@ class ProcessSet:
         """For the journal."""
         return {"cgroup": self.cgroup, "groups": [[pid, started] for pid, started in self.leaders]}
 
-    def alive(self) -> bool:
-        """True while any process of the exec is left (zombies included)."""
+    def alive(self, members: dict[int, list[int]] | None = None) -> bool:
+        """True while any live process of the exec is left (zombies do not count).
+        ``members``: one /proc scan for the groups of many sets (see _sweep)."""
         if self.cgroup is not None and cgroups.populated(self.cgroup):
             return True
-        return any(procs.group_alive(leader) for leader in self.leaders)
+        return any(procs.group_alive(leader, members) for leader in self.leaders)
 
     def kill(self) -> bool:
         """SIGKILL every process of the exec; True if there was any."""
@@ -184,10 +185,20 @@ class Tracker:
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeper = None
+        check: dict[str, ProcessSet] = {}
         for exec_id in list(self._lingering):
             pset = self._sets.get(exec_id)
-            if pset is None or not pset.alive():
+            if pset is None:
                 self._release(exec_id)
+            elif pset.cgroup is None or not cgroups.populated(pset.cgroup):
+                check[exec_id] = pset  # its process groups tell
+        if check:  # one scan of /proc for all of them
+            members = procs.live_group_members(
+                pid for pset in check.values() for pid, _ in pset.leaders
+            )
+            for exec_id, pset in check.items():
+                if not pset.alive(members):
+                    self._release(exec_id)
         self._schedule_sweep(loop)
 
     def _release(self, exec_id: str) -> None:

@@ -39,21 +39,25 @@ from execbus.agent import cgroups
 # cgroups: the agent's default when it runs as root on a system with a hierarchy
 DEFAULT_ROOT = cgroups.default_root() if IS_ROOT else None
 CGROUPS = DEFAULT_ROOT is not None
+V1_MOUNT = next(
+    (m.point for m in cgroups._mounts() if m.version == 1 and "pids" in m.options), None
+)
 MODES = [
     pytest.param(
         "cgroup", marks=pytest.mark.skipif(not CGROUPS, reason="needs root and a cgroup hierarchy")
+    ),
+    pytest.param(
+        "cgroup-v1",
+        marks=pytest.mark.skipif(
+            not IS_ROOT or V1_MOUNT is None, reason="needs root and a v1 pids hierarchy"
+        ),
     ),
     "off",
 ]
 
 
-@pytest.fixture
-def cgroup_root() -> Iterator[str]:
-    """A cgroup root of the test's own: agents under the shared default root remove
-    what dead agents left there, and other tests' agents start at any time."""
-    if DEFAULT_ROOT is None:
-        pytest.skip("needs root and a cgroup hierarchy")
-    path = os.path.join(os.path.dirname(DEFAULT_ROOT), f"execbus-test-{uuid.uuid4().hex[:12]}")
+def _private_root(parent: str) -> Iterator[str]:
+    path = os.path.join(parent, f"execbus-test-{uuid.uuid4().hex[:12]}")
     yield path
     if os.path.isdir(path):
         cgroups.kill(path)
@@ -62,12 +66,27 @@ def cgroup_root() -> Iterator[str]:
 
 
 @pytest.fixture
-def mode_args(request: pytest.FixtureRequest) -> list[str]:
-    """``--cgroup-root`` for the test's ``mode`` parameter: a private root, or off."""
+def cgroup_root() -> Iterator[str]:
+    """A cgroup root of the test's own: agents under the shared default root remove
+    what dead agents left there, and other tests' agents start at any time."""
+    if DEFAULT_ROOT is None:
+        pytest.skip("needs root and a cgroup hierarchy")
+    yield from _private_root(os.path.dirname(DEFAULT_ROOT))
+
+
+@pytest.fixture
+def mode_args(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """``--cgroup-root`` for the test's ``mode`` parameter: a private root (in the
+    default hierarchy, or in cgroup v1's pids one), or off."""
     mode = request.node.callspec.params["mode"]
     if mode == "off":
-        return ["--cgroup-root", "off"]
-    return ["--cgroup-root", request.getfixturevalue("cgroup_root")]
+        yield ["--cgroup-root", "off"]
+    elif mode == "cgroup-v1":
+        assert V1_MOUNT is not None
+        for root in _private_root(V1_MOUNT):
+            yield ["--cgroup-root", root]
+    else:
+        yield ["--cgroup-root", request.getfixturevalue("cgroup_root")]
 
 
 def bg_script(pidfile: str, then: str) -> list[str]:

@@ -247,3 +247,6 @@ def guard_main(argv: list[str]) -> None:
     for path in cgroup_paths:
         cgroups.wait_empty(path, 2.0)
         cgroups.remove(path)
+    for life in {os.path.dirname(path) for path in cgroup_paths}:
+        with contextlib.suppress(OSError):
+            os.rmdir(life)  # the agent's own directory, once empty

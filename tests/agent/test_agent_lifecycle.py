@@ -35,6 +35,7 @@ from agent_harness import (
 )
 
 from execbus.agent import cgroups
+from execbus.agent.cli import main as agent_main
 
 # cgroups: the agent's default when it runs as root on a system with a hierarchy
 DEFAULT_ROOT = cgroups.default_root() if IS_ROOT else None
@@ -407,3 +408,18 @@ def test_the_agent_runs_without_a_lifeline_when_it_cannot_start_one() -> None:
         check=False,
     )
     assert out.stdout.strip() == "0", out.stderr
+
+
+def test_a_cgroup_root_that_cannot_be_used_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--listen", f"unix://{tmp_path}/a.sock", "--cgroup-root", str(tmp_path)]
+    assert agent_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not in a cgroup file system" in err and err.count("\n") == 1
+
+
+def test_help_says_what_happens_without_a_cgroup(capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent_main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--cgroup-root" in out and "setsid escapes timeouts and shutdown" in out

@@ -71,13 +71,14 @@ class Lifeline:
             self._start()
 
     def register(self, exec_id: str, cgroup: str | None, leaders: list[Leader]) -> None:
-        """Kill these with the agent (replaces what was registered for the exec)."""
+        """Kill these with the agent (added to what was registered for the exec)."""
         lines = [f"+ {exec_id} c {cgroup}"] if cgroup else []
         lines += [f"+ {exec_id} g {pid} {started or '-'}" for pid, started in leaders]
-        if not lines:
-            return
-        self._targets[exec_id] = lines
-        self._send(lines)
+        known = self._targets.setdefault(exec_id, [])
+        new = [line for line in lines if line not in known]
+        if new:
+            known.extend(new)
+            self._send(new)
 
     def release(self, exec_id: str) -> None:
         """The exec's processes are gone: nothing to kill for it any more."""

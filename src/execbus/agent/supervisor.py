@@ -190,7 +190,7 @@ class Supervisor:
         try:
             launched = await backend.launch(spec, cgroup)
         except StartFailure as failure:
-            self.tracker.discard_cgroup(cgroup)
+            self.tracker.discard_cgroup(spec.exec_id, cgroup)
             log.info(
                 "exec failed to start: %s",
                 failure.message,
@@ -200,12 +200,12 @@ class Supervisor:
             self.metrics.exec_started(spawned=False)
             exe.fail(failure)
         except AgentError as exc:
-            self.tracker.discard_cgroup(cgroup)
+            self.tracker.discard_cgroup(spec.exec_id, cgroup)
             self.journal.forget(spec.exec_id)
             fut.set_exception(exc)
             return
         except Exception as exc:
-            self.tracker.discard_cgroup(cgroup)
+            self.tracker.discard_cgroup(spec.exec_id, cgroup)
             self.journal.forget(spec.exec_id)
             log.exception("exec start crashed", extra={"exec_id": spec.exec_id})
             fut.set_exception(AgentError(INTERNAL, f"starting the exec failed: {exc}"))

@@ -127,10 +127,14 @@ class Tracker:
         if self.cgroup_root is None:
             return None
         try:
-            return self.cgroup_root.create(exec_id)
+            cgroup = self.cgroup_root.create(exec_id)
         except OSError as exc:
             log.warning("cannot create the exec's cgroup: %s", exc, extra={"exec_id": exec_id})
             return None
+        # registered before the spawn: a container exec takes a while to hand
+        # over its pids, and whatever runs by then is in the cgroup already
+        self.lifeline.register(exec_id, cgroup.path, [])
+        return cgroup
 
     def track(self, pset: ProcessSet) -> None:
         """The exec's processes run: they die with the agent from now on."""
@@ -138,9 +142,10 @@ class Tracker:
         self.lifeline.register(pset.exec_id, pset.cgroup, pset.leaders)
         self.journal.identify(pset.exec_id, pset.identity())
 
-    def discard_cgroup(self, cgroup: ExecCgroup | None) -> None:
+    def discard_cgroup(self, exec_id: str, cgroup: ExecCgroup | None) -> None:
         """The spawn failed: its cgroup is not needed."""
         if cgroup is not None:
+            self.lifeline.release(exec_id)
             cgroup.remove()
 
     def kill(self, exec_id: str) -> bool:

@@ -33,10 +33,10 @@ def test_unknown_agent(offline_execbus: Execbus) -> None:
     assert "no worker serves agent 'nobody-serves-me'" in one_line(done.stderr)
 
 
-def test_env_without_equals_sign(offline_execbus: Execbus) -> None:
-    done = offline_execbus("run", "--agent", "local", "-e", "JUSTAKEY", "--", "true")
+def test_env_key_missing_from_the_environment(offline_execbus: Execbus) -> None:
+    done = offline_execbus("run", "--agent", "local", "-e", "JUSTAKEY_NOT_SET", "--", "true")
     assert done.returncode == 2
-    assert "'JUSTAKEY' is not KEY=VALUE" in one_line(done.stderr)
+    assert "JUSTAKEY_NOT_SET is not set in this environment" in one_line(done.stderr)
 
 
 def test_missing_command_and_agent(offline_execbus: Execbus) -> None:

@@ -76,9 +76,34 @@ def test_command_not_found_exits_127(execbus: Execbus, local_worker: Any) -> Non
 
 def test_timeout_kills_the_command(execbus: Execbus, local_worker: Any) -> None:
     started = time.monotonic()
-    done = execbus("run", "--agent", "local", "--timeout", "0.5", "--", "sleep", "30")
-    assert done.returncode == 137
+    done = execbus(
+        "run", "--agent", "local", "--timeout", "0.5", "--", "sh", "-c", "echo a; sleep 30"
+    )
     assert time.monotonic() - started < 10
+    assert done.returncode == 124, "timeout(1)'s convention, not 137 (an OOM kill looks the same)"
+    assert done.stdout == b"a\n"
+    assert done.stderr == b"execbus: timed out after 0.5 s; killed\n"
+
+
+def test_timeout_is_in_the_json_record(execbus: Execbus, local_worker: Any) -> None:
+    done = execbus("run", "--json", "--agent", "local", "--timeout", "1", "--", "sleep", "30")
+    assert done.returncode == 124
+    assert done.stderr == b"execbus: timed out after 1 s; killed\n"
+    info = json.loads(done.stdout)
+    assert info["state"] == "exited" and info["timeout"] == 1
+    assert info["exit"] == {
+        **info["exit"],
+        "exit_code": 137,
+        "signal": "SIGKILL",
+        "timed_out": True,
+    }
+
+
+def test_a_command_that_exits_124_by_itself_says_nothing(
+    execbus: Execbus, local_worker: Any
+) -> None:
+    done = execbus("run", "--agent", "local", "--timeout", "30", "--", "sh", "-c", "exit 124")
+    assert (done.returncode, done.stderr) == (124, b"")
 
 
 def test_detach_inspect_and_kill(execbus: Execbus, local_worker: Any) -> None:

@@ -17,12 +17,24 @@ import sys
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from execbus.cli.common import add_agent_arg, add_target_args, execute, key_value, new_parser
+from execbus.cli.common import (
+    EnvFileError,
+    add_agent_arg,
+    add_target_args,
+    env_entry,
+    execute,
+    key_value,
+    new_parser,
+    non_negative_int,
+    positive_seconds,
+    read_env_file,
+)
 from execbus.cli.render import list_json, ps_table, to_json
 from execbus.cli.run import RunSession, exec_options
 from execbus.client import Client, Subscription
 from execbus.client.cluster import ClusterStatus
 from execbus.settings import Settings
+from execbus.wire.config import DEFAULT_OUTPUT_LIMIT
 from execbus.wire.events import EVENT_KINDS
 from execbus.wire.records import ExecState
 
@@ -41,6 +53,23 @@ With -it your terminal is put in raw mode and every keystroke (Ctrl-C too)
 goes to the remote terminal, which follows your window size. Otherwise
 Ctrl-C (SIGINT), SIGTERM and SIGHUP are passed on to the command; a second
 one stops waiting and leaves the command running.
+
+With --json the output is not streamed: when the command ends, its exec
+record is printed as JSON on stdout, as `execbus inspect` prints it, with
+the captured output (exit.stdout/exit.stderr, base64; at most
+--output-limit bytes per stream, the rest counted in exit.stdout_dropped/
+stderr_dropped). stderr then carries execbus's own messages only, and the
+exit status is the command's, as without --json. With -d, --json prints
+the record of the started exec instead of its id.
+
+With --timeout, a command still running after SECONDS is killed with its
+whole process group; execbus then says `execbus: timed out after SECONDS s;
+killed` on stderr and exits 124, like timeout(1).
+
+Secrets: pass them as `-e KEY` or in an --env-file, not as `-e KEY=VALUE`
+(the command line is visible to every user of this machine in `ps`), or
+better on stdin (-i). Env values and stdin never appear in execbus's logs,
+whatever EXECBUS_LOG_LEVEL says; the exec's record shows env keys only.
 """
 
 RUN_EPILOG = """\
@@ -52,6 +81,19 @@ examples:
   execbus run -d --agent local -- sleep 600     (prints the exec id)
   execbus run --pool gpu -- nvidia-smi          (on any agent of the pool)
   execbus run -d --pool gpu -- ./train.sh       (exec id on stdout, agent on stderr)
+  TOKEN=... execbus run --agent vm1 -e TOKEN -- ./deploy.sh   (TOKEN's value from here)
+  execbus run --agent vm1 --env-file prod.env -- ./deploy.sh
+  execbus run --json --agent local -- make test | jq .exit.exit_code
+  execbus run --agent local --timeout 60 -- ./check.sh; [ $? = 124 ] && echo "timed out"
+
+env files (--env-file), docker's format:
+  # a comment (also after leading blanks); blank lines are skipped
+  MODE=debug          KEY=VALUE: the value is the rest of the line, verbatim
+                      (no quotes, no escapes, no $expansion)
+  TOKEN               KEY alone: the value of TOKEN in this environment
+  Files are read in order, then -e entries; a later KEY replaces an earlier one.
+  A KEY alone that is not set here is an error; errors name the file and the
+  line, never a value.
 """
 
 
@@ -63,10 +105,18 @@ def build_run_parser() -> argparse.ArgumentParser:
         "-e",
         "--env",
         action="append",
-        type=key_value,
+        type=env_entry,
         default=[],
-        metavar="KEY=VALUE",
-        help="set an environment variable (repeatable)",
+        metavar="KEY[=VALUE]",
+        help="set an environment variable (repeatable); KEY alone takes its value from "
+        "this environment (for secrets: the command line is visible in `ps`)",
+    )
+    p.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read environment variables from FILE (repeatable; format below)",
     )
     p.add_argument("-u", "--user", help="user: name, uid, uid:gid or name:group")
     p.add_argument("-w", "--workdir", metavar="DIR", help="working directory (absolute path)")
@@ -74,7 +124,22 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
     p.add_argument("--privileged", action="store_true", help="extended privileges (containers)")
     p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="kill the command after SECONDS"
+        "--timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="kill the command (its process group) after SECONDS; execbus then exits 124",
+    )
+    p.add_argument(
+        "--output-limit",
+        type=non_negative_int,
+        metavar="BYTES",
+        help=f"bytes of each stream kept in the exec's record (default {DEFAULT_OUTPUT_LIMIT}; "
+        "the worker allows up to EXECBUS_MAX_OUTPUT_LIMIT); streaming is not limited",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="do not stream the output: print the final exec record as JSON, output included",
     )
     p.add_argument(
         "-d", "--detach", action="store_true", help="start it, print the exec id and return"
@@ -107,7 +172,22 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         parser.error("no command given; put it after `--`")
     if args.detach and args.interactive:
         parser.error("--interactive cannot be combined with --detach")
+    if args.json and args.tty and args.interactive:
+        parser.error("--json does not stream the output, so it cannot drive a terminal (-it)")
+    try:
+        args.environment = merged_env(args.env_file, args.env)
+    except EnvFileError as exc:
+        parser.error(str(exc))
     return args
+
+
+def merged_env(files: list[str], entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The env files in order, then the ``-e`` entries; a later KEY replaces an earlier one."""
+    merged: dict[str, str] = {}
+    for path in files:
+        merged.update(read_env_file(path))
+    merged.update(entries)
+    return list(merged.items())
 
 
 async def run_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -121,7 +201,7 @@ async def run_command(args: argparse.Namespace, settings: Settings) -> int:
                 detach=True,
                 **exec_options(args),
             )
-            print(info.exec_id, flush=True)
+            print(to_json(info) if args.json else info.exec_id, flush=True)
             if args.pool is not None:  # stdout stays the exec id alone, for scripts
                 print(f"agent: {info.agent}", file=sys.stderr, flush=True)
             return 0

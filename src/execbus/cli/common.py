@@ -3,13 +3,20 @@
 Exit codes follow ``docker exec``: the command's own status when it ran
 (128+n when killed by signal n), 125 when execbus itself failed (broker
 unreachable, unknown agent, exec not found, invalid configuration), 126/127
-when the command could not be executed or found, 2 for invalid arguments.
+when the command could not be executed or found, 2 for invalid arguments;
+124 when ``run --timeout`` killed the command (the ``timeout(1)`` convention).
+
+Secrets: ``run`` takes env values from ``-e KEY=VALUE``, ``-e KEY`` (this
+process's environment) and ``--env-file``; none of them, nor stdin, ever
+reaches a log line: the AMQP libraries, whose debug output dumps every frame
+(message bodies included), are never let through, whatever the level.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -21,12 +28,15 @@ from execbus.errors import ExecbusError, StartFailed
 from execbus.settings import Settings, load_settings
 
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
 EXIT_EXECBUS = 125
 
 EXIT_STATUS_HELP = """\
 exit status:
   0        success
   2        invalid command-line arguments
+  124      (run) --timeout expired: the command was killed (`execbus: timed out after
+           N s; killed` on stderr; its record says "timed_out": true)
   125      execbus itself failed: broker unreachable, no worker serves the agent,
            exec not found, invalid configuration
   126/127  (run) the command could not be executed / was not found
@@ -99,21 +109,125 @@ def key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type for a duration: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type for a count of bytes: an integer, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def env_entry(text: str) -> tuple[str, str]:
+    """An argparse type for ``-e``: ``KEY=VALUE``, or ``KEY`` alone, whose value is taken
+    from this process's environment (like ``docker run -e KEY``), so a secret need not
+    be on the command line. Errors name the key, never a value."""
+    key, sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError("an entry has an empty KEY (KEY=VALUE or KEY)")
+    if sep:
+        return key, value
+    if key not in os.environ:
+        raise argparse.ArgumentTypeError(
+            f"{key} is not set in this environment (-e KEY takes its value from there; "
+            "or give KEY=VALUE)"
+        )
+    return key, os.environ[key]
+
+
+class EnvFileError(Exception):
+    """An env file cannot be used; the message names the file and line, never a value."""
+
+
+def read_env_file(path: str) -> list[tuple[str, str]]:
+    """The entries of an env file, in docker's ``--env-file`` format.
+
+    Each line is ``KEY=VALUE`` (the value taken verbatim to the end of the line:
+    no quotes, no escapes, no expansion), or ``KEY`` alone (its value taken from
+    this process's environment); lines starting with ``#`` (after leading
+    whitespace) and blank lines are skipped. Unlike docker, a ``KEY`` missing
+    from the environment is an error, not silently left out.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise EnvFileError(f"--env-file {path}: cannot read it: {exc.strerror or exc}") from None
+    entries: list[tuple[str, str]] = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+        where = f"--env-file {path} line {number}"
+        try:
+            line = raw.decode().removesuffix("\r").lstrip()
+        except UnicodeDecodeError:
+            raise EnvFileError(f"{where}: not UTF-8 text") from None
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not key:
+            raise EnvFileError(f"{where}: no variable name before '='")
+        if any(c.isspace() for c in key) or "\0" in key:
+            raise EnvFileError(f"{where}: not KEY=VALUE or KEY (the name has whitespace)")
+        if "\0" in value:
+            raise EnvFileError(f"{where}: the value of {key} has a NUL byte")
+        if not sep:
+            if key not in os.environ:
+                raise EnvFileError(
+                    f"{where}: {key} is not set in this environment "
+                    "(a line with KEY alone takes its value from there)"
+                )
+            value = os.environ[key]
+        entries.append((key, value))
+    return entries
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment plus ``--amqp-url`` / ``--namespace``."""
     return load_settings(amqp_url=args.amqp_url, namespace=args.namespace)
 
 
+# What the AMQP libraries may log, at most: aiormq's debug lines dump every frame
+# (request bodies: env values and stdin), and its errors may show a returned
+# message whole; aio-pika's info lines name channels and queues, never bodies.
+LIBRARY_LEVELS = {"aio_pika": logging.INFO, "aiormq": logging.CRITICAL + 1}
+
+
+class _LibraryFilter(logging.Filter):
+    """Drops library records below :data:`LIBRARY_LEVELS`, whoever set their loggers' levels."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.partition(".")[0]
+        return record.levelno >= LIBRARY_LEVELS.get(top, logging.NOTSET)
+
+
 def quiet_libraries() -> None:
-    """Keep aio-pika's logging off the terminal (we report errors); all of it with
-    ``EXECBUS_LOG_LEVEL=debug``."""
+    """Keep the AMQP libraries' logging off the terminal (execbus reports the errors in
+    one line); with ``EXECBUS_LOG_LEVEL=debug``, execbus's own debug lines and aio-pika's
+    info lines, but never a frame dump (see :data:`LIBRARY_LEVELS`)."""
     debug = os.environ.get("EXECBUS_LOG_LEVEL") == "debug"
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="execbus: %(name)s: %(message)s",
     )
-    for name in ("aio_pika", "aiormq"):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _LibraryFilter) for f in handler.filters):
+            handler.addFilter(_LibraryFilter())
+    for name, level in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(level if debug else logging.CRITICAL + 1)
 
 
 def fail(message: str, code: int = EXIT_EXECBUS) -> int:

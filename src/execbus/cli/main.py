@@ -42,7 +42,7 @@ COMMANDS = {
     "worker": "execbus.cli.worker:main",
     "agent": "execbus.agent.cli:main",
     "agent-bundle": "execbus.cli.bundle:main",
-    "config": "execbus.cli.worker:config_main",
+    "config": "execbus.cli.config:main",
 }
 
 

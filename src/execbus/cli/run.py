@@ -9,6 +9,10 @@ every chunk has been written.
 With ``--pool`` the agent is not known in advance: the session follows the
 exec's output on every agent (``exec.*.<container>.output``, filtered by exec
 id), and stdin, resizes and signals go to the agent the pool placed it on.
+
+With ``--json`` nothing is streamed (no output subscription, no ``exec.output``
+events): the final record, with its captured output, is printed at the end.
+A run killed by its ``--timeout`` exits 124 with one line saying so.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import signal
 import sys
 from typing import Any
 
+from execbus.cli.common import EXIT_TIMEOUT
+from execbus.cli.render import to_json
 from execbus.cli.terminal import StdinReader, is_tty, raw_mode, terminal_size
 from execbus.client import Client, Execution, OutputStream, RunResult
-from execbus.errors import ExecbusError
+from execbus.errors import ExecbusError, StartFailed
 from execbus.wire.events import OutputEvent
 from execbus.wire.ids import new_exec_id
 
@@ -39,7 +45,7 @@ def exec_options(args: argparse.Namespace) -> dict[str, Any]:
     """The exec's configuration from the command line."""
     return {
         "container_id": args.container,
-        "env": [f"{key}={value}" for key, value in args.env],
+        "env": [f"{key}={value}" for key, value in args.environment],
         "user": args.user,
         "working_dir": args.workdir,
         "tty": args.tty,
@@ -47,6 +53,7 @@ def exec_options(args: argparse.Namespace) -> dict[str, Any]:
         "attach_stdin": args.interactive,
         "privileged": args.privileged,
         "timeout": args.timeout,
+        "output_limit": args.output_limit,
         "labels": dict(args.label),
     }
 
@@ -73,12 +80,15 @@ class RunSession:
         self._signalled = False
 
     async def run(self) -> int:
-        """Run the command; its exit status (128+n when killed by signal n)."""
+        """Run the command; its exit status (128+n when killed by signal n, 124 when
+        its timeout killed it)."""
         # Fail fast, before subscribing.
         if self.args.pool is not None:
             await self.client.check_pool(self.args.pool)
         else:
             await self.client.check_agent(self.args.agent)
+        if self.args.json:  # nothing streamed: the output is in the record printed at the end
+            return await self._attached(None)
         stream = self.client.output(
             self.args.agent, self.exec_id, container_id=self.args.container, existing=False
         )
@@ -86,26 +96,63 @@ class RunSession:
             with raw_mode(sys.stdin.fileno()) if self.raw else contextlib.nullcontext():
                 return await self._attached(stream)
 
-    async def _attached(self, stream: OutputStream) -> int:
+    async def _attached(self, stream: OutputStream | None) -> int:
         execution = await self.client.submit(
             self.args.agent,
             self.args.cmd,
             pool=self.args.pool,
             exec_id=self.exec_id,
-            stream_output=True,
+            stream_output=stream is not None,
             **exec_options(self.args),
         )
-        pump = asyncio.create_task(self._pump(stream))
+        pump = asyncio.create_task(self._pump(stream)) if stream is not None else None
         self._start_helpers(execution)
         try:
-            result = await self._result(execution)
+            try:
+                result = await self._result(execution)
+            except StartFailed:
+                if self.args.json:  # the failed record, for scripts; then the error line
+                    await self._print_record(execution, None)
+                raise
             if result is None:
                 return self._abandoned(execution)
-            await self._drain(pump, stream)
+            if pump is not None and stream is not None:
+                await self._drain(pump, stream)
+            if self.args.json:
+                await self._print_record(execution, result)
+            if result.timed_out:
+                self._say(f"timed out after {self.args.timeout:g} s; killed")
+                return EXIT_TIMEOUT
             return result.exit_code
         finally:
             self._stop_helpers()
-            await _cancel(pump)
+            if pump is not None:
+                await _cancel(pump)
+
+    async def _print_record(self, execution: Execution, result: RunResult | None) -> None:
+        """``--json``: the exec's final record, with its captured output, on stdout.
+
+        The run's reply carries it; when only the exit event arrived (the worker
+        that ran it died), or for a start failure, it is asked for."""
+        info = result.info if result is not None else None
+        if info is None or info.exit is None or info.exit.stdout is None:
+            agent = execution.agent or (result.agent if result is not None else None)
+            if agent is None:
+                return  # a pool run that failed before any agent took it: no record
+            try:
+                info = await self.client.inspect(agent, self.exec_id, include_output=True)
+            except ExecbusError as exc:
+                self._say(f"cannot read the record of exec {self.exec_id}: {exc.message}")
+                return
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(to_json(info) + "\n")
+            sys.stdout.flush()
+
+    def _say(self, message: str) -> None:
+        """One ``execbus: ...`` line on stderr (``\r\n``-safe in raw mode)."""
+        prefix, newline = ("\r\n", "\r\n") if self.raw else ("", "\n")
+        sys.stderr.write(f"{prefix}execbus: {message}{newline}")
+        sys.stderr.flush()
 
     async def _result(self, execution: Execution) -> RunResult | None:
         """The exec's result, or ``None`` if the user gave up waiting (a second signal)."""
@@ -118,18 +165,12 @@ class RunSession:
         return None
 
     def _abandoned(self, execution: Execution) -> int:
-        # In raw mode the terminal does not turn "\n" into "\r\n": do it here.
-        prefix, newline = ("\r\n", "\r\n") if self.raw else ("", "\n")
         agent = execution.agent
         if agent is not None:
             hint = f"stop it with `execbus kill {self.exec_id} --agent {agent}`"
         else:  # a pool run no worker has placed yet
             hint = f"it was sent to pool {self.args.pool!r}; no agent has taken it yet"
-        sys.stderr.write(
-            f"{prefix}execbus: stopped waiting; exec {self.exec_id} may "
-            f"still be running ({hint}){newline}"
-        )
-        sys.stderr.flush()
+        self._say(f"stopped waiting; exec {self.exec_id} may still be running ({hint})")
         return self._abandon.result()
 
     @staticmethod

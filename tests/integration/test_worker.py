@@ -93,7 +93,8 @@ async def test_lifecycle_through_the_bus(amqp_url: str, namespace: str, agent_wo
             "a1", {"type": "exec.stdin", "exec_id": exec_id, "data": b64(b"hello\n")}
         )
         assert sent["ok"], sent
-        waited = await bus.call("a1", {"type": "exec.wait", "exec_id": exec_id})
+        wait = {"type": "exec.wait", "exec_id": exec_id, "include_output": True}
+        waited = await bus.call("a1", wait)
         out = unb64(waited["result"]["exit"]["stdout"])
         assert b"got:hello" in out and b"40 100" in out
         inspected = await bus.call("a1", {"type": "exec.inspect", "exec_id": exec_id})

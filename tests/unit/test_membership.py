@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from execbus.wire.control import Announcement
+from execbus.wire.control import Announcement, reach_digest
 from execbus.worker.membership import Membership, assign, ranking
 
 AGENTS = frozenset(f"agent{i}" for i in range(30))
@@ -87,7 +88,44 @@ def test_standby_is_the_next_in_line() -> None:
 
 
 def test_announcement_round_trip_and_malformed_fields() -> None:
-    a = Announcement("w", frozenset({"x"}), owned=frozenset({"x"}), load=3, pools=frozenset({"p"}))
+    a = Announcement(
+        "w",
+        frozenset({"x"}),
+        owned=frozenset({"x"}),
+        load=3,
+        pools=frozenset({"p"}),
+        reach=reach_digest(frozenset({"x"})),
+    )
     assert Announcement.from_json(a.to_json()) == a
     odd = Announcement.from_json({"worker_id": "w", "agents": "nope", "load": "x"})
     assert odd.agents == frozenset() and odd.load == 0
+
+
+def test_a_digest_only_announcement_uses_the_last_full_set() -> None:
+    view = Membership(Announcement("me", AGENTS))
+    full = Announcement("peer", AGENTS, reach=reach_digest(AGENTS))
+    digest_only = Announcement.from_json(dataclasses.replace(full, full=False).to_json())
+    assert digest_only.full is False and digest_only.agents == frozenset()
+    assert view.observe(digest_only) is True, "a new peer"
+    assert view.live()["peer"].agents == frozenset(), "its set is not known yet"
+    assert view.observe(full) is False
+    assert view.observe(digest_only) is False
+    assert view.live()["peer"].agents == AGENTS
+    changed = frozenset(list(AGENTS)[:3])
+    moved = Announcement("peer", changed, reach=reach_digest(changed), full=False)
+    view.observe(moved)
+    assert view.live()["peer"].agents == frozenset(), "a new digest needs its full set"
+
+
+def test_announcements_without_a_digest_are_full() -> None:
+    """Workers of the previous release send no ``reach``: their list is the full set."""
+    old = Announcement.from_json({"worker_id": "old", "agents": ["a", "b"], "owned": ["a"]})
+    assert old.full and old.agents == {"a", "b"} and old.reach == reach_digest(old.agents)
+
+
+def test_owned_by_someone() -> None:
+    view = Membership(Announcement("me", AGENTS))
+    agent = sorted(AGENTS)[0]
+    assert not view.owned_by_someone(agent)
+    view.observe(Announcement("peer", AGENTS, owned=frozenset({agent})))
+    assert view.owned_by_someone(agent)

@@ -2,11 +2,11 @@
 
 A namespace's workers declare its exchanges (``<ns>.requests``, ``.events``,
 ``.dead``, ``.unrouted``, ``.control``), its queues (``<ns>.dead``,
-``.unrouted``, ``.agent.<a>``, ``.pool.<p>``) and, per owned agent, a holder
-queue (``<ns>.holder.<a>``); none of them goes away when the workers stop.
-Exclusive queues (``<ns>.owner.<a>`` locks, clients' ``<ns>.client.*``
-queues) belong to a live connection: the broker deletes them when it closes,
-and nobody else can.
+``.unrouted``, ``.agent.<a>``, ``.pool.<p>``) and, per agent, an ownership
+lease (``<ns>.lease.<a>``; older workers used ``<ns>.holder.<a>``); none of
+them goes away when the workers stop. Exclusive queues (clients'
+``<ns>.client.*`` queues, older workers' ``<ns>.owner.<a>`` locks) belong to a
+live connection: the broker deletes them when it closes, and nobody else can.
 
 The names are found by the first of these that works (``--via``):
 
@@ -15,7 +15,7 @@ The names are found by the first of these that works (``--via``):
 * ``rabbitmqctl``: ``list_queues`` / ``list_exchanges`` on this host's node
   (tried only when the broker is on this host): everything of the namespace;
 * ``names``: AMQP alone, which cannot list: the five exchanges and two
-  queues every namespace has, plus the agent, pool and holder queues of the
+  queues every namespace has, plus the agent, pool and lease queues of the
   agents and pools named with ``--agent`` / ``--pool`` or announced by live
   workers. Other queues of the namespace may be left; the output says so.
 
@@ -313,7 +313,12 @@ async def list_via_names(
     ns = names.ns
     candidates = [f"{ns}.{q}" for q in FIXED_QUEUES]
     for agent in sorted(agents):
-        candidates += [names.agent_queue(agent), f"{ns}.holder.{agent}", f"{ns}.owner.{agent}"]
+        candidates += [
+            names.agent_queue(agent),
+            names.lease_queue(agent),
+            f"{ns}.holder.{agent}",
+            f"{ns}.owner.{agent}",
+        ]
     candidates += [names.pool_queue(pool) for pool in sorted(pools)]
     queues = {}
     for name in candidates:
@@ -404,7 +409,7 @@ def live_evidence(ns: str, workers: dict[str, dict[str, Any]], inventory: Invent
         q.name
         for q in inventory.queues.values()
         if (q.consumers or 0) > 0
-        and q.name.startswith((f"{ns}.agent.", f"{ns}.pool.", f"{ns}.holder."))
+        and q.name.startswith((f"{ns}.agent.", f"{ns}.pool.", f"{ns}.lease.", f"{ns}.holder."))
     )
     if consumed:
         evidence.append(f"queues with consumers: {', '.join(consumed)}")

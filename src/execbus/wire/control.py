@@ -5,13 +5,25 @@ topic exchange (routing key ``worker.<id>``) every ``control_interval``
 seconds. Workers build their membership view from them; ``execbus status``
 and operators' tools read them too. Parsing is lenient (a newer or older
 worker may add or lack fields): what is missing or malformed takes its default.
+
+The agents a worker can reach may be thousands: an announcement always
+carries their digest (``reach``) and the agents it owns, and the full list
+(``agents``) only when it changed, when a new peer appeared, and now and
+then; peers keep the last full list per worker (``Membership``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def reach_digest(agents: frozenset[str]) -> str:
+    """A short digest of a set of agent names (equal sets, equal digests)."""
+    joined = "\n".join(sorted(agents)).encode()
+    return hashlib.blake2b(joined, digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +68,26 @@ class Announcement:
     links: Mapping[str, AgentLink] = field(default_factory=dict)
     version: str = ""
     started_at: float = 0.0
+    reach: str = ""  # digest of ``agents``
+    full: bool = True  # ``agents`` is the full reachable set (else only its digest came)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "worker_id": self.worker_id,
-            "agents": sorted(self.agents),
-            "owned": sorted(self.owned),
-            "load": self.load,
-            "pools": sorted(self.pools),
-            "stopping": self.stopping,
-            "links": {name: link.to_json() for name, link in sorted(self.links.items())},
-            "version": self.version,
-            "started_at": self.started_at,
-        }
+        doc: dict[str, object] = {"worker_id": self.worker_id}
+        if self.full:
+            doc["agents"] = sorted(self.agents)
+        doc.update(
+            {
+                "reach": self.reach or reach_digest(self.agents),
+                "owned": sorted(self.owned),
+                "load": self.load,
+                "pools": sorted(self.pools),
+                "stopping": self.stopping,
+                "links": {name: link.to_json() for name, link in sorted(self.links.items())},
+                "version": self.version,
+                "started_at": self.started_at,
+            }
+        )
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> Announcement:
@@ -79,9 +98,14 @@ class Announcement:
             return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
 
         load, links, started = doc.get("load", 0), doc.get("links", {}), doc.get("started_at")
+        full = isinstance(doc.get("agents"), list)
+        agents = names("agents")
+        reach = doc.get("reach")
         return cls(
             worker_id=str(doc["worker_id"]),
-            agents=names("agents"),
+            agents=agents,
+            reach=str(reach)[:64] if isinstance(reach, str) else reach_digest(agents),
+            full=full or not isinstance(reach, str),
             owned=names("owned"),
             load=load if isinstance(load, int) else 0,
             pools=names("pools"),

@@ -9,6 +9,7 @@
     <ns>.events     topic exchange   exec.<agent>.<container>.<event>; exec id in x-execbus-exec-id
     <ns>.dead       fanout + queue   dead letters; reason in x-execbus-reason
     <ns>.control    topic exchange   worker membership (scale-out)
+    <ns>.lease.<a>  quorum queue     ownership lease of an agent (single active consumer, a token)
     <ns>.client.<user>.<id>   a caller's own queues (replies, exit events)
 
 A request's ``reply_to`` must name one of the caller's own queues: a
@@ -87,6 +88,10 @@ class Names:
             return True
         prefix = self.client_prefix(user)
         return reply_to.startswith(prefix) and len(reply_to) > len(prefix)
+
+    def lease_queue(self, agent: str) -> str:
+        """The ownership lease of an agent (see ``worker/lease.py``)."""
+        return f"{self.ns}.lease.{agent}"
 
     def agent_queue(self, agent: str) -> str:
         return f"{self.ns}.agent.{agent}"

@@ -12,6 +12,7 @@ so agents spread evenly and few move when a worker joins or leaves.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterable
@@ -66,17 +67,38 @@ class Membership:
     expiry: float = 3.0
     clock: Callable[[], float] = time.monotonic
     _peers: dict[str, tuple[Announcement, float]] = field(default_factory=dict)
+    # The last full reachable set each peer sent, by its digest.
+    _reach: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
     _cache_key: tuple[tuple[str, int], ...] = ()
     _cache: tuple[dict[str, str], set[str]] = field(default_factory=lambda: ({}, set()))
 
-    def observe(self, announcement: Announcement) -> None:
-        """Record a peer's announcement (our own ones are ignored)."""
-        if announcement.worker_id == self.me.worker_id:
-            return
+    def observe(self, announcement: Announcement) -> bool:
+        """Record a peer's announcement (our own ones are ignored); True for a peer not
+        in the view before (it needs our full reachable set)."""
+        worker = announcement.worker_id
+        if worker == self.me.worker_id:
+            return False
         if announcement.stopping:
-            self._peers.pop(announcement.worker_id, None)
-        else:
-            self._peers[announcement.worker_id] = (announcement, self.clock())
+            self._peers.pop(worker, None)
+            self._reach.pop(worker, None)
+            return False
+        new = worker not in self._peers
+        self._peers[worker] = (self._resolved(announcement), self.clock())
+        return new
+
+    def _resolved(self, a: Announcement) -> Announcement:
+        """``a`` with its full reachable set: sent along, or the last one with its digest.
+        A digest we have no set for yet counts as reaching nothing, for now."""
+        if a.full:
+            self._reach[a.worker_id] = (a.reach, a.agents)
+            return a
+        known = self._reach.get(a.worker_id)
+        agents = known[1] if known is not None and known[0] == a.reach else frozenset()
+        return dataclasses.replace(a, agents=agents, full=True)
+
+    def owned_by_someone(self, agent: str) -> bool:
+        """Does a live worker (ourselves included) announce owning ``agent``?"""
+        return any(agent in a.owned for a in self.live().values())
 
     def live(self) -> dict[str, Announcement]:
         """Peers heard from within ``expiry``, plus ourselves."""
@@ -84,6 +106,7 @@ class Membership:
         for worker_id, (_, seen) in list(self._peers.items()):
             if now - seen > self.expiry:
                 del self._peers[worker_id]
+                self._reach.pop(worker_id, None)
         peers = {w: a for w, (a, _) in self._peers.items()}
         peers[self.me.worker_id] = self.me
         return peers

@@ -23,15 +23,16 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
 from execbus import __version__
 from execbus.loops import wait_event
-from execbus.wire.control import Announcement
+from execbus.wire.control import Announcement, reach_digest
 from execbus.wire.routing import Names
 from execbus.worker.membership import Membership
 from execbus.worker.runtime import AgentRuntime, Role
 
 if TYPE_CHECKING:
-    from execbus.worker.service import BrokerSession
+    from execbus.worker.session import BrokerSession
 
 log = logging.getLogger("execbus.worker")
+FULL_EVERY = 10
 
 
 class OwnershipLoop:
@@ -52,6 +53,15 @@ class OwnershipLoop:
         self.started_at = time.time() if started_at is None else started_at
         self.names = names
         self.runtimes = runtimes
+        self._reachable = frozenset(runtimes)
+        self._reach = reach_digest(self._reachable)
+        # Send the full reachable set at the next announcement: at start, when a
+        # new peer appears, and every FULL_EVERY announcements.
+        self._send_full = True
+        self._announced = 0
+        # Designated-owner agents nobody announces owning, since when (the lease
+        # token watchdog, see _check_tokens).
+        self._unowned_since: dict[str, float] = {}
         self.interval = interval
         self.pools = pools
         self.stopping = False
@@ -62,11 +72,13 @@ class OwnershipLoop:
         self.on_change = on_change
         self._wake = asyncio.Event()
 
-    def _announcement(self) -> Announcement:
+    def _announcement(self, full: bool = True) -> Announcement:
         links = {name: rt.link() for name, rt in self.runtimes.items()}
         return Announcement(
             worker_id=self.worker_id,
-            agents=frozenset(self.runtimes),
+            agents=self._reachable,
+            reach=self._reach,
+            full=full,
             owned=frozenset(n for n, rt in self.runtimes.items() if rt.owner),
             load=sum(rt.load() for rt in self.runtimes.values()),
             pools=self.pools,
@@ -97,8 +109,11 @@ class OwnershipLoop:
         task.add_done_callback(self._tasks.discard)
 
     async def _announce(self, exchange: AbstractExchange) -> None:
+        full = self._send_full or self._announced % FULL_EVERY == 0
+        self._send_full = False
+        self._announced += 1
         self.membership.me = self._announcement()
-        body = json.dumps(self.membership.me.to_json()).encode()
+        body = json.dumps(self._announcement(full).to_json()).encode()
         message = aio_pika.Message(body, content_type="application/json", expiration=10)
         with contextlib.suppress(Exception):
             await exchange.publish(message, f"worker.{self.worker_id}", mandatory=False)
@@ -123,9 +138,10 @@ class OwnershipLoop:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed worker announcement")
             return
-        is_new = peer.worker_id not in self.membership.live() or peer.stopping
-        self.membership.observe(peer)
-        if is_new and peer.worker_id != self.worker_id:
+        is_new = self.membership.observe(peer)
+        if is_new:
+            self._send_full = True  # the newcomer needs our reachable set
+        if is_new or peer.stopping:
             self._wake.set()  # reconcile now, not at the next tick
 
     async def reconcile(self, session: BrokerSession) -> None:
@@ -148,5 +164,21 @@ class OwnershipLoop:
                 self._spawn(rt.hand_over(session, quiet=self.interval))
             elif role is not rt.role or (role is not Role.NONE and not rt.owner):
                 self._spawn(rt.set_role(role, session))
+        self._check_tokens(mine)
         if self.on_change is not None:
             self.on_change()
+
+    def _check_tokens(self, mine: set[str]) -> None:
+        """The lease watchdog, with no broker traffic: an agent this worker should own,
+        that nobody has announced owning for a while although we are in line, has
+        lost its token (an operator purged the lease queue, say): mint one."""
+        now = time.monotonic()
+        for name in mine:
+            rt = self.runtimes[name]
+            if self.membership.owned_by_someone(name) or not rt.lease.subscribed:
+                self._unowned_since.pop(name, None)
+                continue
+            since = self._unowned_since.setdefault(name, now)
+            if now - since > self.handover_grace:
+                self._unowned_since.pop(name, None)
+                self._spawn(rt.mint_token())

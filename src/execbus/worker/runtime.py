@@ -1,16 +1,15 @@
-"""One agent served by this worker: registry, agent connection, ownership lock, consumer.
+"""One agent served by this worker: registry, agent connection, ownership lease, consumer.
 
-Ownership of an agent is an exclusive, auto-delete queue
-``<ns>.owner.<agent>``: the broker grants it to one connection at a time and
-deletes it the moment that connection dies. A runtime is told its role by
-the membership reconciler:
+Ownership of an agent is a lease (``worker/lease.py``): being the single
+active consumer of ``<ns>.lease.<agent>`` and holding its token. A runtime
+is told its role by the membership reconciler:
 
-* ``owner``: it should own the agent: poll the lock quickly, and once held,
-  sync with the agent (takeover) and consume the agent's queue;
-* ``standby``: next in line: poll the lock too (slower), so a killed owner
-  is replaced as fast as the broker notices its dead connection;
+* ``owner``: it should own the agent: get in line for the lease; once the
+  token arrives, sync with the agent (takeover) and consume its queue;
+* ``standby``: next in line: get in line too, so that the broker hands the
+  token over the moment the owner's connection dies;
 * ``none``: give the agent up: stop consuming, finish what is in flight,
-  release the lock.
+  give the token back and leave the line.
 """
 
 from __future__ import annotations
@@ -18,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from aio_pika.abc import AbstractChannel, AbstractQueue
-from aiormq.exceptions import ChannelLockedResource
 
 from execbus.connections.address import AgentAddress
 from execbus.connections.base import AgentConnection
@@ -38,16 +35,15 @@ from execbus.wire.records import ExecState
 from execbus.wire.routing import Names
 from execbus.worker.consumer import RequestConsumer
 from execbus.worker.execs import AgentExecs, Outbox
+from execbus.worker.lease import Lease
 from execbus.worker.metrics import WorkerMetrics
 from execbus.worker.policy import RequestGuard
 from execbus.worker.topology import declare_agent_queue
 
 if TYPE_CHECKING:
-    from execbus.worker.service import BrokerSession
+    from execbus.worker.session import BrokerSession
 
 log = logging.getLogger("execbus.worker")
-OWNER_POLL = 0.1
-STANDBY_POLL = 0.25
 
 
 class Role(Enum):
@@ -98,41 +94,37 @@ class AgentRuntime:
         self.owner = False
         self.consumer: RequestConsumer | None = None
         self._opened = False
-        self._acquirer: asyncio.Task[None] | None = None
-        self._lock_channel: AbstractChannel | None = None
+        self.lease = Lease(self.names, name, self._granted, self._lost)
+        self._session: BrokerSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._queue_channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._transition = asyncio.Lock()
         self.owned_since = 0.0
-        self._lock_name = f"{self.names.ns}.owner.{name}"
-        self._holder_name = f"{self.names.ns}.holder.{name}"
         self._quiet_until = 0.0
 
     # -- roles ------------------------------------------------------------
 
     async def set_role(self, role: Role, session: BrokerSession) -> None:
-        """Move to ``role``: owner/standby contend for the lock; none releases it.
-
-        The lock attempt is never cancelled mid-call (aiormq does not survive a
-        channel RPC cancelled halfway); it notices the role change at its next
-        poll instead.
-        """
+        """Move to ``role``: owner/standby get in line for the lease; none leaves it."""
         self.role = role
+        self._session = session
         if role is Role.NONE:
             async with self._transition:
                 await self._release()
-        elif not self.owner and (self._acquirer is None or self._acquirer.done()):
-            self._acquirer = asyncio.create_task(self._acquire_and_own(session))
+        elif not self.lease.subscribed and time.monotonic() >= self._quiet_until:
+            await self.lease.subscribe(session)
 
     def owned_for(self) -> float:
         """Seconds since this worker took the agent (0 when it does not own it)."""
         return time.monotonic() - self.owned_since if self.owner else 0.0
 
     async def hand_over(self, session: BrokerSession, quiet: float) -> None:
-        """Release an agent we hold as standby to its designated owner, then stand by again.
+        """Give an agent we hold as standby to its designated owner, then stand by again.
 
-        ``quiet`` seconds without contending give the designated owner the lock.
+        For ``quiet`` seconds this worker stays out of the line, so the token goes
+        to the designated owner (next in line) and does not come straight back.
         """
         async with self._transition:
             if not self.owner:
@@ -141,73 +133,42 @@ class AgentRuntime:
         self._quiet_until = time.monotonic() + quiet
         await self.set_role(Role.STANDBY, session)
 
-    async def _acquire_and_own(self, session: BrokerSession) -> None:
-        try:
-            channel = await self._acquire(session)
-            if channel is None:
+    async def mint_token(self) -> None:
+        """The designated owner found nobody owning the agent for a while: add a token."""
+        if self.lease.subscribed and not self.lease.held:
+            await self.lease.mint()
+
+    def _granted(self) -> None:
+        """The lease's token arrived: this worker is the agent's owner now."""
+        task = asyncio.create_task(self._take())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _take(self) -> None:
+        session = self._session
+        async with self._transition:
+            if session is None or self.role is Role.NONE or session.closed.is_set():
+                await self.lease.release()
                 return
-            async with self._transition:
-                if self.role is Role.NONE or session.closed.is_set():
-                    await self._give_back(channel)
-                    return
-                self._lock_channel = channel
-                try:
-                    await self._mark_held(channel)
-                    await self._own(session)
-                except Exception:
-                    await self._release()
-                    raise
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("agent %s: taking ownership failed", self.name)
-
-    async def _give_back(self, lock_channel: AbstractChannel) -> None:
-        """Release the lock: an exclusive queue lives as long as its connection, not its
-        channel, so it must be deleted."""
-        with contextlib.suppress(Exception):
-            await lock_channel.queue_delete(self._lock_name)
-        with contextlib.suppress(Exception):
-            await lock_channel.close()
-
-    async def _acquire(self, session: BrokerSession) -> AbstractChannel | None:
-        """Poll the lock until it is ours (a channel holding it) or the role is none."""
-        queue_name = self._lock_name
-        while self.role is not Role.NONE and not session.closed.is_set():
-            if time.monotonic() < self._quiet_until or await self._held(session):
-                poll = OWNER_POLL if self.role is Role.OWNER else STANDBY_POLL
-                await asyncio.sleep(poll * random.uniform(0.8, 1.2))
-                continue
             try:
-                async with session.lock_attempts:
-                    log.debug("agent %s: lock attempt", self.name)
-                    channel = await session.channel()
-                    log.debug("agent %s: lock channel %s open", self.name, channel.number)
-                    await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
-                return channel
-            except ChannelLockedResource:
-                poll = OWNER_POLL if self.role is Role.OWNER else STANDBY_POLL
-                await asyncio.sleep(poll * random.uniform(0.8, 1.2))
-        return None
+                await self._own(session)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("agent %s: taking ownership failed", self.name)
+                await self._release()
 
-    async def _held(self, session: BrokerSession) -> bool:
-        """Does someone hold the lock? Asked without an error on the broker.
+    def _lost(self) -> None:
+        """The lease's channel closed under us: someone else may own the agent now."""
+        if self.owner:
+            log.warning("agent %s: lost the lease; giving the agent up", self.name)
+            task = asyncio.create_task(self._give_up())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-        A failed exclusive declare makes the broker close the channel and log an
-        error report; polled several times a second by every standby, those
-        reports swamp the broker. The holder also consumes from a plain queue,
-        whose consumer count a (non-passive, idempotent) declare reads for free.
-        """
-        probe = await session.probe_channel()
-        queue = await probe.declare_queue(self._holder_name, durable=False, auto_delete=False)
-        return (queue.declaration_result.consumer_count or 0) > 0
-
-    async def _mark_held(self, lock_channel: AbstractChannel) -> None:
-        """Consume (nothing) from the holder queue while the lock channel lives."""
-        holder = await lock_channel.declare_queue(
-            self._holder_name, durable=False, auto_delete=False
-        )
-        await holder.consume(_ignore, no_ack=True)
+    async def _give_up(self) -> None:
+        async with self._transition:
+            await self._release()
 
     async def _own(self, session: BrokerSession) -> None:
         self.owner = True
@@ -242,19 +203,17 @@ class AgentRuntime:
         self._tag = await self._queue.consume(self.consumer.on_message)
 
     async def _release(self) -> None:
-        """Stop consuming, finish in-flight requests, then give the lock back."""
-        if not self.owner:
-            return  # a running lock attempt sees the role and gives up by itself
-        await self.stop_consuming()
-        await self.drain()
-        if self._queue_channel is not None:
-            with contextlib.suppress(Exception):
-                await self._queue_channel.close()
-        if self._lock_channel is not None:
-            await self._give_back(self._lock_channel)
-        self._forget_session()
-        await self._drop_connection()
-        log.info("agent %s: handed over", self.name, extra={"agent": self.name})
+        """Stop consuming, finish in-flight requests, give the token back, leave the line."""
+        if self.owner:
+            await self.stop_consuming()
+            await self.drain()
+            if self._queue_channel is not None:
+                with contextlib.suppress(Exception):
+                    await self._queue_channel.close()
+            self._forget_session()
+            await self._drop_connection()
+            log.info("agent %s: handed over", self.name, extra={"agent": self.name})
+        await self.lease.release()
 
     async def _drop_connection(self) -> None:
         """Leave the agent to its new owner: some agents (qemu-ga) serve one client only.
@@ -271,10 +230,10 @@ class AgentRuntime:
         self._opened = False
 
     def end_session(self) -> None:
-        """The broker connection is gone: so are the lock and the consumer."""
-        if self._acquirer is not None:
-            self._acquirer.cancel()
+        """The broker connection is gone: so are the lease and the consumer."""
+        self.lease.forget()
         self._forget_session()
+        self._session = None
         self.role = Role.NONE
 
     def _forget_session(self) -> None:
@@ -283,7 +242,7 @@ class AgentRuntime:
         self.owner = False
         self.consumer = None
         self._queue = self._tag = None
-        self._queue_channel = self._lock_channel = None
+        self._queue_channel = None
 
     # -- work -------------------------------------------------------------
 
@@ -316,9 +275,12 @@ class AgentRuntime:
             self.metrics.registry_size.labels(self.name, state.value).set(count)
 
     def stop_contending(self) -> None:
-        """Shutting down: take nothing over (an attempt in flight gives the lock back)."""
+        """Shutting down: take nothing over (a token that still arrives goes back)."""
         if not self.owner:
             self.role = Role.NONE
+            task = asyncio.create_task(self.lease.release())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def link(self) -> AgentLink | None:
         """The link to the agent while this worker owns (and so talks to) it."""
@@ -333,15 +295,11 @@ class AgentRuntime:
             "address": str(self.address),
             "role": self.role.value,
             "owner": self.owner,
-            "contending": self._acquirer is not None and not self._acquirer.done(),
+            "contending": self.lease.subscribed and not self.lease.held,
             "connected": self.connection.connected if self._opened else None,
             "link": link.to_json() if link is not None else None,
             "execs": len(self.execs.registry),
         }
-
-
-async def _ignore(message: object) -> None:
-    """The holder queue never gets messages; its consumer only marks the lock held."""
 
 
 def _limits(settings: Settings) -> RegistryLimits:

@@ -22,17 +22,13 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
     AbstractIncomingMessage,
     AbstractQueue,
 )
 from aiormq.exceptions import ChannelAccessRefused
-from pydantic import BaseModel
 
 from execbus.backoff import backoff_delay
 from execbus.broker import broker_tls_context, connect_plain, redact_url, scrub
@@ -50,89 +46,20 @@ from execbus.worker.policy import RequestGuard
 from execbus.worker.pools import PoolConsumer
 from execbus.worker.publisher import Publisher
 from execbus.worker.runtime import AgentRuntime
+from execbus.worker.session import BrokerSession, SessionOutbox, open_channel
 from execbus.worker.topology import declare_agent_queue, declare_base, declare_pool_queue
 
 log = logging.getLogger("execbus.worker")
 T = TypeVar("T")
 
 
-class SessionOutbox:
-    """The outbox of the current broker session; fails fast between sessions."""
-
-    def __init__(self) -> None:
-        self.publisher: Publisher | None = None
-
-    def _require(self) -> Publisher:
-        if self.publisher is None:
-            raise PublishFailed("not connected to the broker")
-        return self.publisher
-
-    async def event(self, routing_key: str, event: BaseModel, event_id: str) -> None:
-        await self._require().event(routing_key, event, event_id)
-
-    async def reply(self, reply_to: str, correlation_id: str | None, reply: BaseModel) -> None:
-        await self._require().reply(reply_to, correlation_id, reply)
-
-
-CHANNEL_NUMBERS = range(1, 2000)
 # Bounds every step of a shutdown after the grace period (closing agents, the
 # broker connection, cancelled tasks), so a worker exits within grace + a few s.
 CLOSE_TIMEOUT = 1.0
 # A session that lasted less than this ended for a reason that may recur: back off.
 STABLE_SESSION = 10.0
 # Refusals (credentials, vhost, permissions) tried before the worker gives up.
-REFUSALS_TOLERATED = 3  # below RabbitMQ's default channel_max of 2047
-
-
-@dataclass(slots=True)
-class BrokerSession:
-    """One live broker connection and what hangs off it."""
-
-    connection: AbstractConnection
-    publisher: Publisher
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Ownership-lock attempts run one at a time: each failed attempt has the
-    #: broker close its channel, and aiormq silently drops the Channel.CloseOk
-    #: when its write queue is full, which later kills the whole connection.
-    lock_attempts: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _cursor: int = 0
-    _probe: AbstractChannel | None = None
-    _probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def probe_channel(self) -> AbstractChannel:
-        """One channel for harmless lock probes (opened on first use)."""
-        async with self._probe_lock:
-            if self._probe is None or self._probe.is_closed:
-                self._probe = await self.channel()
-            return self._probe
-
-    async def channel(self, publisher_confirms: bool = False) -> AbstractChannel:
-        """Open a channel, never reusing a recently closed channel number.
-
-        Failed ownership-lock attempts have the broker close their channel
-        several times a second; aiormq may hand that number out again before
-        the close handshake is over, and the broker then closes the whole
-        connection ("second 'channel.open' seen"). Cycling through the whole
-        range keeps a number unused for thousands of opens.
-        """
-        return await open_channel(self, self.connection, publisher_confirms)
-
-
-async def open_channel(
-    session: BrokerSession | None, connection: AbstractConnection, publisher_confirms: bool
-) -> AbstractChannel:
-    """Open a channel with the next free number of the session's cycle."""
-    underlay = getattr(connection.transport, "connection", None)
-    used: set[int] = set(getattr(underlay, "channels", {}) or {})
-    cursor = session._cursor if session is not None else 0
-    for _ in range(len(CHANNEL_NUMBERS)):
-        number = CHANNEL_NUMBERS[cursor % len(CHANNEL_NUMBERS)]
-        cursor += 1
-        if number not in used:
-            break
-    if session is not None:
-        session._cursor = cursor
-    return await connection.channel(number, publisher_confirms=publisher_confirms)
+REFUSALS_TOLERATED = 3
 
 
 class Worker:

@@ -40,7 +40,7 @@ EXIT = ExitInfo(
 
 def finished_record(registry: ExecRegistry, config: ExecConfig = RICH) -> ExecRecord:
     record, _ = registry.create(config, uuid.uuid4().hex)
-    registry.begin_start(record.exec_id, "req-1")
+    registry.begin_start(record.exec_id)
     registry.mark_running(record.exec_id, 4242)
     registry.notify_exit(record.exec_id, EXIT)
     return record
@@ -69,7 +69,7 @@ def test_only_finished_records_are_compacted() -> None:
 def test_failed_records_compact_with_their_error() -> None:
     registry = ExecRegistry("a1")
     record, _ = registry.create(RICH, "e1")
-    registry.begin_start("e1", None)
+    registry.begin_start("e1")
     error = ErrorInfo(code="start_failed", message="no such file", exit_code=127)
     registry.mark_failed("e1", error)
     before = record.info()

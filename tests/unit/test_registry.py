@@ -10,6 +10,7 @@ import pytest
 
 from execbus.errors import Conflict, LimitExceeded, NotFound
 from execbus.registry import ExecRecord, ExecRegistry, RegistryLimits, StartAction
+from execbus.registry.registry import config_digest
 from execbus.wire import ErrorInfo, ExecConfig, ExecState, ExitInfo, dump
 
 T0 = 1_700_000_000.0
@@ -52,7 +53,7 @@ def make(reg: ExecRegistry, state: str, exec_id: str = "e1", **kw: object) -> Ex
     record, _ = reg.create(cfg(**kw), exec_id)  # type: ignore[arg-type]
     if state == "created":
         return record
-    reg.begin_start(exec_id, f"start-{exec_id}")
+    reg.begin_start(exec_id)
     if state == "starting":
         return record
     if state == "failed":
@@ -127,33 +128,29 @@ def test_idempotent_create_works_on_a_full_registry(clock: FakeClock) -> None:
 
 def test_begin_start_spawns(reg: ExecRegistry) -> None:
     reg.create(cfg(), "e1")
-    decision = reg.begin_start("e1", "req-1")
+    decision = reg.begin_start("e1")
     assert decision.action is StartAction.SPAWN
     assert decision.record is reg.get("e1")
     assert decision.record.starting is True
-    assert decision.record.start_request_id == "req-1"
     assert decision.record.state is ExecState.CREATED
 
 
 @pytest.mark.parametrize("state", ["starting", "running", "exited", "failed"])
-@pytest.mark.parametrize("request_id", ["start-e1", "another-request", None])
-def test_any_later_start_replays_whatever_the_request_id(
-    reg: ExecRegistry, state: str, request_id: str | None
-) -> None:
+def test_any_later_start_replays(reg: ExecRegistry, state: str) -> None:
     """The exec id is the idempotency key: a caller that re-publishes a start
-    as a new message (new request id) gets the exec, never a second spawn."""
+    as a new message gets the exec, never a second spawn."""
     record = make(reg, state)
     before = (record.state, record.starting, record.pid, record.exit, record.error)
-    decision = reg.begin_start("e1", request_id)
+    decision = reg.begin_start("e1")
     assert decision.action is StartAction.REPLAY
     assert decision.record is record
     assert (record.state, record.starting, record.pid, record.exit, record.error) == before
 
 
-def test_start_without_request_id_spawns_once(reg: ExecRegistry) -> None:
+def test_a_start_spawns_once(reg: ExecRegistry) -> None:
     reg.create(cfg(), "e1")
-    assert reg.begin_start("e1", None).action is StartAction.SPAWN
-    assert reg.begin_start("e1", None).action is StartAction.REPLAY
+    assert reg.begin_start("e1").action is StartAction.SPAWN
+    assert reg.begin_start("e1").action is StartAction.REPLAY
     reg.mark_running("e1", 1)
     assert reg.begin_start("e1").action is StartAction.REPLAY
     reg.notify_exit("e1", exit_info())
@@ -168,9 +165,22 @@ def test_repeated_create_ignores_a_console_size_set_at_start(reg: ExecRegistry) 
         reg.create(cfg(cmd="other"), "e1")
 
 
+def test_a_record_rebuilt_with_redacted_env_is_recognised_by_its_digest(
+    reg: ExecRegistry,
+) -> None:
+    """An agent's journal keeps env values redacted; the meta carries the config's digest."""
+    original = ExecConfig(cmd=["true"], env=["TOKEN=s3cret"])
+    redacted = ExecConfig(cmd=["true"], env=["TOKEN=<redacted>"])
+    rebuilt = ExecRecord("e1", "agent-1", redacted, "i", 0.0, config_digest=config_digest(original))
+    reg.adopt(rebuilt)
+    assert reg.create(original, "e1") == (rebuilt, False)
+    with pytest.raises(Conflict, match="different config"):
+        reg.create(ExecConfig(cmd=["true"], env=["TOKEN=other"]), "e1")
+
+
 def test_begin_start_unknown_exec(reg: ExecRegistry) -> None:
     with pytest.raises(NotFound, match="no exec 'nope' on agent 'agent-1'"):
-        reg.begin_start("nope", "r")
+        reg.begin_start("nope")
 
 
 # -- abort_start -------------------------------------------------------------
@@ -181,18 +191,16 @@ def test_abort_start_allows_a_new_start(reg: ExecRegistry) -> None:
     reg.abort_start("e1")
     assert record.state is ExecState.CREATED
     assert record.starting is False
-    assert record.start_request_id is None
-    assert reg.begin_start("e1", "req-2").action is StartAction.SPAWN
-    assert record.start_request_id == "req-2"
+    assert reg.begin_start("e1").action is StartAction.SPAWN
 
 
 @pytest.mark.parametrize("state", ["running", "exited", "failed"])
 def test_abort_start_after_an_outcome_changes_nothing(reg: ExecRegistry, state: str) -> None:
     record = make(reg, state)
-    before = (record.state, record.starting, record.start_request_id)
+    before = (record.state, record.starting)
     reg.abort_start("e1")
-    assert (record.state, record.starting, record.start_request_id) == before
-    assert reg.begin_start("e1", "start-e1").action is StartAction.REPLAY
+    assert (record.state, record.starting) == before
+    assert reg.begin_start("e1").action is StartAction.REPLAY
 
 
 def test_abort_start_unknown_exec(reg: ExecRegistry) -> None:
@@ -638,7 +646,7 @@ def test_info_carries_env_keys_only(reg: ExecRegistry, clock: FakeClock) -> None
         labels={"k": "v"},
     )
     reg.create(config, "e1")
-    reg.begin_start("e1", "r")
+    reg.begin_start("e1")
     reg.mark_running("e1", 55)
     clock.advance(2)
     reg.notify_exit("e1", exit_info(0, stdout=b"TOKEN=..."))

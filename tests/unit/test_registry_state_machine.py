@@ -23,7 +23,6 @@ from execbus.wire import ErrorInfo, ExecConfig, ExecState, ExitInfo
 IDS = ["a", "b", "c", "d"]
 CONTAINERS = ["", "c1", "c2"]
 CMDS = ["true", "false"]
-REQUESTS = [None, "r1", "r2"]
 MAX_RECORDS = 4
 RETENTION = 100.0
 CREATED_TTL = 50.0
@@ -31,7 +30,6 @@ ERR = ErrorInfo(code="start_failed", message="boom")
 
 containers = st.sampled_from(CONTAINERS)
 cmds = st.sampled_from(CMDS)
-request_ids = st.sampled_from(REQUESTS)
 ttys = st.booleans()
 
 
@@ -47,7 +45,6 @@ class Expected:
     config: ExecConfig
     created_at: float
     starting: bool = False
-    request_id: str | None = None
     finished_at: float | None = None
     spawns: int = 0  # SPAWN decisions not undone by abort_start
 
@@ -144,25 +141,24 @@ class RegistryMachine(RuleBasedStateMachine):
         self.model[record.exec_id] = Expected(ExecState.CREATED, cfg, self.now)
         return record.exec_id
 
-    @rule(exec_id=known, request_id=request_ids)
-    def begin_start(self, exec_id: str, request_id: str | None) -> None:
+    @rule(exec_id=known)
+    def begin_start(self, exec_id: str) -> None:
         m = self.model.get(exec_id)
         if m is None:
             try:
-                self.reg.begin_start(exec_id, request_id)
+                self.reg.begin_start(exec_id)
             except NotFound:
                 return
             raise AssertionError("unknown exec must be NotFound")
         if m.starting or m.state is not ExecState.CREATED:
             # Any later start replays, whatever its request id: never a second spawn.
-            decision = self.reg.begin_start(exec_id, request_id)
+            decision = self.reg.begin_start(exec_id)
             assert decision.action is StartAction.REPLAY
             assert decision.record.state is m.state
             return
-        decision = self.reg.begin_start(exec_id, request_id)
+        decision = self.reg.begin_start(exec_id)
         assert decision.action is StartAction.SPAWN
         m.starting = True
-        m.request_id = request_id
         m.spawns += 1
         assert m.spawns == 1, "a start must never spawn twice"
 
@@ -178,7 +174,6 @@ class RegistryMachine(RuleBasedStateMachine):
         self.reg.abort_start(exec_id)
         if m.state is ExecState.CREATED:
             m.starting = False
-            m.request_id = None
             m.spawns = 0
 
     @rule(exec_id=known, pid=st.integers(1, 100))
@@ -296,7 +291,6 @@ class RegistryMachine(RuleBasedStateMachine):
             m = self.model[record.exec_id]
             assert record.state is m.state
             assert record.starting is m.starting
-            assert record.start_request_id == m.request_id
             assert record.config == m.config
 
     @invariant()

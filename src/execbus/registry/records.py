@@ -43,6 +43,7 @@ class ExecRecord:
         "_exit",
         "agent",
         "agent_acked",
+        "config_digest",
         "container_id",
         "created_at",
         "error",
@@ -52,7 +53,6 @@ class ExecRecord:
         "instance",
         "owner",
         "pid",
-        "start_request_id",
         "started_at",
         "starting",
         "state",
@@ -67,7 +67,6 @@ class ExecRecord:
         created_at: float,
         state: ExecState = ExecState.CREATED,
         starting: bool = False,
-        start_request_id: str | None = None,
         pid: int | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,
@@ -76,6 +75,7 @@ class ExecRecord:
         final_published: bool = False,
         agent_acked: bool = False,
         owner: str | None = None,
+        config_digest: str | None = None,
     ) -> None:
         self.exec_id = exec_id
         self.agent = agent
@@ -83,7 +83,6 @@ class ExecRecord:
         self.created_at = created_at
         self.state = state
         self.starting = starting
-        self.start_request_id = start_request_id
         self.pid = pid
         self.started_at = started_at
         self.finished_at = finished_at
@@ -91,6 +90,9 @@ class ExecRecord:
         self.final_published = final_published  # the exited/failed event was confirmed
         self.agent_acked = agent_acked  # the agent was told to forget the finished exec
         self.owner = owner  # the caller (AMQP user_id) that created it, if known
+        # For a record rebuilt from an agent's journal, whose copy of the config
+        # has its env values redacted: the digest of the config it was created with.
+        self.config_digest = config_digest
         self.config = config
         self.exit = exit
 

@@ -21,6 +21,7 @@ collects them. The number of records is capped; a full registry raises
 from __future__ import annotations
 
 import builtins
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -134,7 +135,7 @@ class ExecRegistry:
         exec_id = exec_id or new_exec_id()
         existing = self._records.get(exec_id)
         if existing is not None:
-            if not same_config(existing.config, config):
+            if not same_config(existing, config):
                 raise Conflict(f"exec {exec_id!r} already exists with a different config")
             return existing, False
         self._make_room()
@@ -149,18 +150,16 @@ class ExecRegistry:
         self._insert(record)
         return record, True
 
-    def begin_start(self, exec_id: str, request_id: str | None = None) -> StartDecision:
+    def begin_start(self, exec_id: str) -> StartDecision:
         """Claim the start of a created exec; every later start is a replay.
 
-        ``request_id`` is only recorded (it travels in the agent's meta); it
-        plays no part in the decision, so a caller that re-publishes the same
-        request as a new message gets the exec, not a conflict.
+        No request (or AMQP message) id plays a part: a caller that re-publishes
+        the same request as a new message gets the exec, not a conflict.
         """
         record = self.get(exec_id)
         if record.starting or record.state is not ExecState.CREATED:
             return StartDecision(StartAction.REPLAY, record)
         record.starting = True
-        record.start_request_id = request_id
         return StartDecision(StartAction.SPAWN, record)
 
     def abort_start(self, exec_id: str) -> None:
@@ -168,7 +167,6 @@ class ExecRegistry:
         record = self.get(exec_id)
         if record.state is ExecState.CREATED:
             record.starting = False
-            record.start_request_id = None
 
     def mark_running(
         self, exec_id: str, pid: int | None, started_at: float | None = None
@@ -278,14 +276,24 @@ class ExecRegistry:
                 del self._by_container[record.container_id]
 
 
-def same_config(recorded: ExecConfig, requested: ExecConfig) -> bool:
+def same_config(record: ExecRecord, requested: ExecConfig) -> bool:
     """Whether a repeated create/run asks for the exec already recorded.
 
     The console size is left out: ``exec.start`` may override it, and the
-    record keeps the size the exec was started with.
+    record keeps the size the exec was started with. A record rebuilt from an
+    agent's journal (env values redacted at rest) compares digests instead.
     """
+    if record.config_digest is not None:
+        return record.config_digest == config_digest(requested)
+    recorded = record.config
     if recorded.console_size == requested.console_size:
         return recorded == requested
     return recorded.model_copy(update={"console_size": None}) == requested.model_copy(
         update={"console_size": None}
     )
+
+
+def config_digest(config: ExecConfig) -> str:
+    """A digest of what makes two configs the same exec (the console size left out)."""
+    canonical = config.model_dump_json(exclude={"console_size"}, exclude_defaults=True)
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()

@@ -39,6 +39,7 @@ from execbus.errors import (
 )
 from execbus.registry import ExecRecord, ExecRegistry, StartAction
 from execbus.registry.records import utc
+from execbus.registry.registry import config_digest
 from execbus.wire import events as ev
 from execbus.wire.config import LIFECYCLE_EVENTS, ExecConfig
 from execbus.wire.records import ErrorInfo, ExecList, ExecState
@@ -136,9 +137,11 @@ def build_meta(record: ExecRecord, targets: list[ReplyTarget]) -> dict[str, Any]
         "v": META_VERSION,
         "i": record.instance,
         "ca": record.created_at,
-        "rid": record.start_request_id,
         "u": record.owner,
         "cfg": record.config.model_dump(mode="json", exclude_defaults=True),
+        # The agent may keep the meta at rest with env values redacted: the next
+        # owner recognises a retry of this exec by the digest.
+        "h": record.config_digest or config_digest(record.config),
         "rt": [_target_meta(t) for t in targets],
     }
 
@@ -159,8 +162,8 @@ def record_from_agent(agent: str, state: AgentExec) -> ExecRecord | None:
         instance=str(meta.get("i", "")),
         created_at=float(meta.get("ca") or state.started_at or 0.0),
         state=ExecState.RUNNING,
-        start_request_id=meta.get("rid"),
         owner=meta.get("u") if isinstance(meta.get("u"), str) else None,
+        config_digest=meta.get("h") if isinstance(meta.get("h"), str) else None,
         pid=state.pid,
         started_at=state.started_at,
     )
@@ -388,7 +391,7 @@ class AgentExecs:
         detach: bool,
         console_size: tuple[int, int] | None,
     ) -> Outcome:
-        decision = self.registry.begin_start(record.exec_id, ctx.request_id)
+        decision = self.registry.begin_start(record.exec_id)
         if decision.action is StartAction.REPLAY:
             return self._replay(req, record, ctx, detach)
         if console_size is not None:

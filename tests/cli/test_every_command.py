@@ -136,7 +136,7 @@ def test_status_and_events_as_an_observer(
     status = quiet(cli("status", "--listen", "1.5", "--agent", "local"))
     assert "1 live worker(s)" in status.stdout.decode()
     local = next(line for line in status.stdout.decode().splitlines() if line.startswith("local"))
-    assert local.split()[1] == worker.readyz()["worker_id"]  # type: ignore[index]
+    assert local.split()[1] == worker.readyz()["worker_id"]
     # An observer publishes nothing: a run is refused, in one line.
     line = one_line(cli("run", "--agent", "local", "--", "true"))
     assert "ACCESS_REFUSED" in line or "access refused" in line, line

@@ -33,7 +33,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from execbus.client.agents import AgentDirectory
-from execbus.client.cluster import ClusterStatus, cluster_status
+from execbus.client.cluster import Announcements, ClusterStatus, cluster_status
 from execbus.client.config import ExecOptions, build_config, event_kind, model, signal_arg
 from execbus.client.connection import connect, redact_url, scrub
 from execbus.client.execution import Execution, first_of
@@ -128,6 +128,7 @@ class Client:
         self._exits: ExitWatcher | None = None
         self._agents: AgentDirectory | None = None
         self._subscriptions: set[Subscription] = set()
+        self._announcements: set[Announcements] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- connection -----------------------------------------------------
@@ -185,6 +186,9 @@ class Client:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await close_all(list(self._subscriptions))
+        for announcements in list(self._announcements):
+            with contextlib.suppress(Exception):
+                await announcements.close()
         if connection is not None:
             await self._close_connection(connection)
 
@@ -200,6 +204,13 @@ class Client:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up (it reconnects by itself after an
+        outage; subscriptions come back with it, events published meanwhile are lost)."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
     def _require(self) -> tuple[Rpc, ExitWatcher, AgentDirectory]:
         if self._rpc is None or self._exits is None or self._agents is None:
@@ -608,6 +619,21 @@ class Client:
         """
         pattern = Names.event_binding(agent, container_id, event_kind(kind))
         return self._subscription([pattern])
+
+    def announcements(self) -> Announcements:
+        """Follow the workers' announcements on ``<ns>.control`` (who runs, owns which
+        agent, its links and load), as they arrive: ``async for a in client.announcements()``.
+        """
+        if self._connection is None:
+            raise BrokerError("the client is not connected; use `async with Client(...)`")
+        follower = Announcements(
+            self._connection,
+            self.names,
+            self._announcements.discard,
+            user=amqp_user(self.settings.amqp_url),
+        )
+        self._announcements.add(follower)
+        return follower
 
     def output(
         self,

@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import ChannelNotFoundEntity
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
 from execbus.client.inbox import client_queue_name
 from execbus.errors import BrokerError
 from execbus.wire.control import Announcement
 from execbus.wire.routing import Names
+
+log = logging.getLogger("execbus.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +148,124 @@ async def _queue(connection: AbstractConnection, name: str) -> QueueStatus:
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
+
+
+def parse_announcement(body: bytes) -> Announcement | None:
+    """An announcement from a ``<ns>.control`` message body; None when it is not one."""
+    try:
+        doc = json.loads(body)
+        if not isinstance(doc, dict):
+            return None
+        return Announcement.from_json(doc)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+class Announcements:
+    """Worker announcements as they arrive (``async for a in client.announcements()``).
+
+    Like :class:`~execbus.client.subscriptions.Subscription`, it has its own
+    exclusive, auto-delete queue (``<ns>.client.<user>.*``: observer
+    permissions suffice), bound to ``<ns>.control`` with ``worker.#``; the
+    robust connection re-declares it after a reconnect. Stopping workers'
+    last words are delivered too (``Announcement.stopping``). Messages that
+    are not announcements are skipped and counted in :attr:`malformed`.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        names: Names,
+        on_close: Callable[[Announcements], None] | None = None,
+        user: str | None = None,
+    ) -> None:
+        self._connection = connection
+        self._names = names
+        self._on_close = on_close
+        self._user = user
+        self._channel: AbstractChannel | None = None
+        self._items: asyncio.Queue[Announcement | None] = asyncio.Queue()
+        self._opened = False
+        self._closed = False
+        self.malformed = 0
+
+    async def open(self) -> None:
+        """Declare and bind the queue; :class:`BrokerError` if ``<ns>.control`` does not
+        exist (no worker ran yet) or may not be read."""
+        if self._opened:
+            return
+        self._opened = True
+        exchange = self._names.control_exchange
+        try:
+            check = await self._connection.channel(publisher_confirms=False)
+            try:
+                await check.declare_exchange(exchange, passive=True, robust=False)
+            finally:
+                with contextlib.suppress(Exception):
+                    await check.close()
+            self._channel = await self._connection.channel(publisher_confirms=False)
+            queue = await self._channel.declare_queue(
+                client_queue_name(self._names, self._user), exclusive=True, auto_delete=True
+            )
+            await queue.bind(exchange, routing_key="worker.#")
+            await queue.consume(self._on_message, no_ack=True)
+        except ChannelNotFoundEntity:
+            await self.close()
+            raise BrokerError(
+                f"{exchange} does not exist: no worker has run in namespace {self._names.ns!r} yet"
+            ) from None
+        except ChannelAccessRefused as exc:
+            await self.close()
+            raise BrokerError(
+                f"cannot read {exchange} (the worker announcements): "
+                f"{exc.args[0] if exc.args else exc}; this needs the observer permissions "
+                "(`execbus permissions observer`, docs/security.md)"
+            ) from None
+        except CONNECTION_EXCEPTIONS as exc:
+            await self.close()
+            raise BrokerError(f"cannot follow {exchange}: {exc or type(exc).__name__}") from exc
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        announcement = parse_announcement(message.body)
+        if announcement is None:
+            self.malformed += 1
+            log.warning("ignoring a malformed announcement (%s)", message.routing_key)
+            return
+        self._items.put_nowait(announcement)
+
+    async def close(self) -> None:
+        """Delete the queue and end the iteration (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._items.put_nowait(None)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    async def next_announcement(self) -> Announcement | None:
+        """The next announcement; ``None`` once closed."""
+        await self.open()
+        if self._closed and self._items.empty():
+            return None
+        return await self._items.get()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Announcement:
+        item = await self.next_announcement()
+        if item is None:
+            raise StopAsyncIteration
+        return item

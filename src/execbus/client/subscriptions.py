@@ -69,6 +69,8 @@ class Subscription:
         self._seen = SeenIds()
         self._opened = False
         self._closed = False
+        # Messages that were not valid events: skipped (logged), counted here.
+        self.malformed = 0
 
     async def open(self) -> None:
         """Declare and bind the queue; events published from now on are received."""
@@ -111,6 +113,7 @@ class Subscription:
         try:
             event = parse_event(message.body)
         except InvalidRequest as exc:
+            self.malformed += 1
             log.warning("ignoring a malformed event (%s): %s", message.routing_key, exc.message)
             return
         if self._seen.first_time(event.event_id):

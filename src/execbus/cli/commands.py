@@ -142,7 +142,10 @@ def build_run_parser() -> argparse.ArgumentParser:
         help="do not stream the output: print the final exec record as JSON, output included",
     )
     p.add_argument(
-        "-d", "--detach", action="store_true", help="start it, print the exec id and return"
+        "-d",
+        "--detach",
+        action="store_true",
+        help="start it, print the exec id (with --json: its record) and return",
     )
     p.add_argument("--exec-id", metavar="ID", help="the exec id (an idempotency key)")
     p.add_argument(

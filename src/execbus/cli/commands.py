@@ -374,7 +374,13 @@ def build_status_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="an agent to check (repeatable)",
     )
-    p.add_argument("--listen", type=float, default=2.5, help="seconds to listen (default 2.5)")
+    p.add_argument(
+        "--listen",
+        type=positive_seconds,
+        default=2.5,
+        metavar="SECONDS",
+        help="seconds to listen (default 2.5)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 

@@ -231,8 +231,8 @@ def quiet_libraries() -> None:
 
 
 def fail(message: str, code: int = EXIT_EXECBUS) -> int:
-    """Print ``execbus: message`` on stderr and return ``code``."""
-    print(f"execbus: {message}", file=sys.stderr, flush=True)
+    """Print ``execbus: message`` on stderr, as one line, and return ``code``."""
+    print(f"execbus: {' '.join(message.split())}", file=sys.stderr, flush=True)
     return code
 
 
@@ -255,6 +255,15 @@ def execute(
         # The reader went away (`execbus events | head`): not an error.
         _silence_stdout()
         return 0
+    except Exception as exc:
+        # Nothing execbus expects (those are ExecbusErrors): a bug, or a failure
+        # nobody translated. Still one line; the traceback at debug level.
+        if os.environ.get("EXECBUS_LOG_LEVEL") == "debug":
+            raise
+        return fail(
+            f"unexpected error: {type(exc).__name__}: {exc} "
+            "(EXECBUS_LOG_LEVEL=debug shows the traceback; please report it)"
+        )
 
 
 def _silence_stdout() -> None:

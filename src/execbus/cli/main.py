@@ -19,6 +19,7 @@ commands:
   kill       send a signal to an exec
   events     follow exec events as JSON lines
   status     live workers, the agents they own, queue depths
+  console    a live web view of the fleet and the execs (`pip install 'execbus[console]'`)
   purge      delete every queue and exchange of a stopped namespace
   permissions  the RabbitMQ permissions of a caller, observer or worker (rabbitmqctl lines)
   worker     serve agents: consume exec requests, drive the agents, publish results
@@ -37,6 +38,7 @@ COMMANDS = {
     "kill": "execbus.cli.commands:kill_main",
     "events": "execbus.cli.commands:events_main",
     "status": "execbus.cli.commands:status_main",
+    "console": "execbus.console.cli:main",
     "purge": "execbus.cli.purge:main",
     "permissions": "execbus.cli.permissions:main",
     "worker": "execbus.cli.worker:main",

@@ -222,12 +222,14 @@ class ConsoleStore:
         self.output = output or OutputStore()
         self._execs: dict[str, ExecView] = {}  # in the order first seen
         self._finished: dict[str, None] = {}  # finished execs, in the order they finished
-        self.version = 0
+        self.version = 0  # any change
+        self.execs_version = 0  # a change of the execs (not of the fleet alone)
         self.events = 0
         self.events_by_type: dict[str, int] = {}
         self.evicted = 0
         self.malformed = 0  # set by the feed (what the subscriptions skipped)
         self.broker: dict[str, Any] = {"connected": False, "since": None, "error": ""}
+        self.notices: dict[str, str] = {}  # why part of the view is not live (no worker yet)
         self.on_change: Callable[[], None] | None = None
 
     # -- input ------------------------------------------------------------
@@ -280,6 +282,7 @@ class ConsoleStore:
         elif isinstance(event, FailedEvent):
             self._finish(view, "failed", event, now)
         view.changed = self.version + 1
+        self.execs_version += 1
         self._changed()
         return view
 
@@ -355,6 +358,17 @@ class ConsoleStore:
                 if not view.finished:
                     view.gap = True
                     view.changed = self.version + 1
+            self.execs_version += 1
+        self._changed()
+
+    def set_notice(self, topic: str, text: str) -> None:
+        """Say (or, with ``""``, stop saying) why part of the view is not live."""
+        if self.notices.get(topic, "") == text:
+            return
+        if text:
+            self.notices[topic] = text
+        else:
+            self.notices.pop(topic, None)
         self._changed()
 
     # -- queries ----------------------------------------------------------

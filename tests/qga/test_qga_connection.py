@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from execbus.connections.qga import QgaConnection, _Session
+from execbus.connections.qga import QgaConnection, QgaStream
 from execbus.errors import (
     AgentUnavailable,
     Conflict,
@@ -397,7 +397,7 @@ async def test_an_abandoned_answer_does_not_kill_qemu_ga(
     # qemu-ga exits when a client closes with answers unread; an aborted
     # session therefore drains before it closes.
     reader, writer = await asyncio.open_unix_connection(str(qga.socket_path))
-    session = _Session(reader, writer)
+    session = QgaStream(reader, writer)
     call = asyncio.create_task(session.call("guest-info", timeout=5))
     await asyncio.sleep(0)  # sent; the answer is on its way
     call.cancel()

@@ -36,7 +36,7 @@ from execbus.agent.cli import make_config
 from execbus.cli.worker import build_parser as worker_parser
 from execbus.errors import Forbidden
 from execbus.wire.config import ExecConfig
-from execbus.worker.policy import load_policy
+from execbus.worker.policy_file import load_policy
 from tests.conftest import ROOT, WorkerProcess, child_env, free_port
 from tests.integration.bus import Bus, unb64
 

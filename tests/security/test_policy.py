@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from execbus.broker import broker_tls_context
-from execbus.errors import ConfigError, ErrorCode, Forbidden, InvalidRequest, LimitExceeded
+from execbus.errors import ConfigError, ErrorCode, Forbidden, LimitExceeded
 from execbus.registry import ExecRegistry, RegistryLimits
 from execbus.settings import load_settings
 from execbus.wire.config import ExecConfig
@@ -21,16 +21,11 @@ from execbus.wire.requests import (
     SignalRequest,
     StartRequest,
 )
-from execbus.worker.execs import RequestContext
-from execbus.worker.policy import (
-    Policy,
-    PolicyDenied,
-    RequestGuard,
-    RequestLimits,
-    RequestTooLarge,
-    load_policy,
-    parse_policy,
-)
+from execbus.worker.context import RequestContext
+from execbus.worker.guard import RequestGuard
+from execbus.worker.limits import RequestLimits, RequestTooLarge
+from execbus.worker.policy import Policy, PolicyDenied
+from execbus.worker.policy_file import load_policy, parse_policy
 from tests.security.support import Certs
 
 POLICY = """
@@ -211,8 +206,8 @@ async def test_hook_denials_are_forbidden_and_dead_lettered(policy: Policy) -> N
     with pytest.raises(Forbidden) as exc:
         await authorize(guard, run, None)
     assert "no user_id" in exc.value.message
-    # the consumer dead-letters InvalidRequest raised by its authorize hook
-    assert isinstance(exc.value, InvalidRequest)
+    # the consumer dead-letters forbidden and limit_exceeded from its authorize hook
+    assert exc.value.code == "forbidden"
     with pytest.raises(Forbidden):
         await authorize(guard, run, "eve")
     await authorize(guard, InspectRequest(exec_id="e1"), "auditor")
@@ -269,7 +264,7 @@ async def test_limits_are_limit_exceeded_with_the_setting_named() -> None:
     for config, what, setting in cases:
         with pytest.raises(LimitExceeded) as exc:
             await authorize(guard, RunRequest(config=config), None)
-        assert isinstance(exc.value, RequestTooLarge | InvalidRequest)
+        assert isinstance(exc.value, RequestTooLarge)
         assert exc.value.code == ErrorCode.LIMIT_EXCEEDED
         assert what in exc.value.message and setting in exc.value.message
         assert secret not in exc.value.message

@@ -21,7 +21,11 @@ from execbus.connections.retry import RetryPolicy
 from execbus.registry import ExecRegistry
 from execbus.wire.requests import RunRequest
 from execbus.wire.routing import Names
-from execbus.worker.execs import AgentExecs, ReplyTarget, RequestContext
+from execbus.worker.context import ReplyTarget, RequestContext
+from execbus.worker.ends import ExecEnds
+from execbus.worker.execs import AgentExecs
+from execbus.worker.state import AgentState
+from execbus.worker.watch import AgentWatch
 
 
 class SlowConfirmOutbox:
@@ -60,9 +64,17 @@ async def agent() -> AsyncIterator[CountingAgent]:
 
 
 async def _execs(agent: CountingAgent, outbox: SlowConfirmOutbox) -> AgentExecs:
-    execs = AgentExecs("a1", ExecRegistry("a1"), agent, outbox, RetryPolicy(attempts=2), Names("t"))
-    await agent.open(execs)
-    return execs
+    return (await _wired(agent, outbox))[0]
+
+
+async def _wired(agent: CountingAgent, outbox: SlowConfirmOutbox) -> tuple[AgentExecs, AgentWatch]:
+    """The use cases and the listener of agent ``a1``, wired as the runtime does."""
+    retry = RetryPolicy(attempts=2)
+    state = AgentState.build("a1", ExecRegistry("a1"), agent, outbox, retry, Names("t"))
+    ends = ExecEnds(state)
+    watch = AgentWatch(state, ends)
+    await agent.open(watch)
+    return AgentExecs(state, ends), watch
 
 
 async def _run(execs: AgentExecs, cmd: list[str]) -> Any:
@@ -111,15 +123,15 @@ async def test_a_failed_confirm_requeues_without_a_reply(agent: CountingAgent) -
 
 async def test_the_agent_is_acked_once_and_the_record_compacted(agent: CountingAgent) -> None:
     outbox = SlowConfirmOutbox()
-    execs = await _execs(agent, outbox)
+    execs, watch = await _wired(agent, outbox)
     exits: list[Any] = []
-    on_exit = execs.on_exit
+    on_exit = watch.on_exit
 
     async def recording_on_exit(name: str, state: Any) -> None:
         exits.append(state)
         await on_exit(name, state)
 
-    execs.on_exit = recording_on_exit  # type: ignore[method-assign]
+    watch.on_exit = recording_on_exit  # type: ignore[method-assign]
     runs = [await _run(execs, ["true"]) for _ in range(20)]
     records = [execs.registry.get(request.exec_id) for request, _ in runs]
     await _until(lambda: all(r.final_published and r.agent_acked for r in records))
@@ -127,7 +139,7 @@ async def test_the_agent_is_acked_once_and_the_record_compacted(agent: CountingA
     # An exit can reach the worker twice (with a slow start's reply, and on its
     # own): the second copy must not cost another agent round trip.
     for state in list(exits):
-        await execs.on_exit("a1", state)
+        await watch.on_exit("a1", state)
     assert agent.acks == 20
     assert sum(kind == "exited" for kind, _ in outbox.sent) == 20
     assert all(r.compacted for r in records)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from execbus.agent import results
+
 # How an exec ended; ``failed`` means it could not be spawned.
 RESULTS = ("ok", "nonzero", "signalled", "timed_out", "failed")
 # Why a frame was refused: undecodable, or larger than --max-frame.
@@ -22,14 +24,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def exit_result(exit_info: dict[str, Any] | None) -> str:
-    """``ok`` / ``nonzero`` / ``signalled`` / ``timed_out`` / ``failed`` (no exit: not spawned)."""
+    """``ok`` / ``nonzero`` / ``signalled`` / ``timed_out``, or ``failed`` (no exit: the
+    process was never spawned)."""
     if exit_info is None:
         return "failed"
-    if exit_info.get("timed_out"):
-        return "timed_out"
-    if exit_info.get("signal"):
-        return "signalled"
-    return "ok" if exit_info.get("exit_code") == 0 else "nonzero"
+    return results.exit_result(
+        int(exit_info.get("exit_code", -1)),
+        exit_info.get("signal"),
+        bool(exit_info.get("timed_out")),
+    )
 
 
 class AgentMetrics:

@@ -23,7 +23,8 @@ from execbus.wire.replies import Reply
 from execbus.wire.requests import CreateRequest, Request, RunRequest
 from execbus.wire.routing import Names
 from execbus.worker.acks import Disposition, settle
-from execbus.worker.execs import AgentExecs, Outcome, ReplyTarget, RequestContext, derive_exec_id
+from execbus.worker.context import Outcome, ReplyTarget, RequestContext, derive_exec_id
+from execbus.worker.execs import AgentExecs
 from execbus.worker.publisher import Publisher
 
 log = logging.getLogger("execbus.worker")

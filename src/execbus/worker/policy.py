@@ -51,32 +51,20 @@ Rules:
   allows no exec at all (only the requests that need just the agent).
 
 Denials raise :class:`PolicyDenied` (``forbidden``); the consumer answers
-the caller and dead-letters the request with the reason. Limits on the size
-of requests raise :class:`RequestTooLarge` (``limit_exceeded``), also
-dead-lettered. Neither message ever contains env values or stdin.
+the caller and dead-letters the request with the reason (never with env
+values or stdin). The policy file is read by ``worker/policy_file.py``, the
+size limits are ``worker/limits.py``, and ``worker/guard.py`` applies both to
+every request.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import tomllib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Any
 
-from execbus.errors import ConfigError, ErrorCode, Forbidden, InvalidRequest, LimitExceeded
-from execbus.registry import ExecRegistry
-from execbus.settings import Settings
+from execbus.errors import ErrorCode, Forbidden
 from execbus.wire.config import ExecConfig
-from execbus.wire.requests import CreateRequest, Request, RunRequest, StartRequest
-from execbus.worker.execs import RequestContext
-
-log = logging.getLogger("execbus.worker")
-
-Authorize = Callable[[Request, RequestContext], Awaitable[RequestContext]]
 
 RULE_FIELDS = frozenset(
     {"name", "callers", "agents", "containers", "users", "privileged", "max_timeout", "all_execs"}
@@ -84,18 +72,10 @@ RULE_FIELDS = frozenset(
 MAX_REASONS = 3
 
 
-# The consumer dead-letters InvalidRequest raised by its authorize hook; these
-# are InvalidRequest too so they are, while their code stays their own.
-class PolicyDenied(Forbidden, InvalidRequest):
+class PolicyDenied(Forbidden):
     """The policy does not allow this caller to do this (``forbidden``)."""
 
     code = ErrorCode.FORBIDDEN
-
-
-class RequestTooLarge(LimitExceeded, InvalidRequest):
-    """The request is over one of this worker's size limits (``limit_exceeded``)."""
-
-    code = ErrorCode.LIMIT_EXCEEDED
 
 
 def _matches(value: str, patterns: Sequence[str]) -> bool:
@@ -198,258 +178,3 @@ class Policy:
             + "; ".join(reasons[:MAX_REASONS])
             + more
         )
-
-
-# -- loading -------------------------------------------------------------
-
-
-def load_policy(path: Path | str) -> Policy:
-    """Read a policy file (``.toml``, or ``.yaml``/``.yml``); ConfigError when it is bad."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the policy file {path}: {exc.strerror}") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        doc = _load_yaml(text, path)
-    else:
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
-    return parse_policy(doc, str(path))
-
-
-def _load_yaml(text: str, path: Path) -> Any:
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigError(
-            f"policy file {path}: YAML policies need PyYAML installed; or write it in TOML"
-        ) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"policy file {path} is not valid YAML: {exc}") from None
-
-
-def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
-    """Validate a parsed policy document (strictly: unknown keys are errors)."""
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, Mapping):
-        raise ConfigError(f"policy {source}: expected a table/mapping with a 'rule' list")
-    unknown = set(doc) - {"rule", "rules"}
-    if unknown:
-        raise ConfigError(f"policy {source}: unknown keys {sorted(map(str, unknown))}")
-    if "rule" in doc and "rules" in doc:
-        raise ConfigError(f"policy {source}: give 'rule' or 'rules', not both")
-    entries = doc.get("rule", doc.get("rules", []))
-    if not isinstance(entries, list):
-        raise ConfigError(f"policy {source}: 'rule' must be a list of tables ([[rule]])")
-    rules = tuple(_parse_rule(entry, i, source) for i, entry in enumerate(entries, 1))
-    return Policy(rules, source)
-
-
-def _parse_rule(entry: Any, index: int, source: str) -> Rule:
-    where = f"policy {source}: rule #{index}"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: must be a table of callers, agents, ...")
-    unknown = set(entry) - RULE_FIELDS
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown fields {sorted(map(str, unknown))} "
-            f"(known: {', '.join(sorted(RULE_FIELDS))})"
-        )
-    name = entry.get("name")
-    if name is not None and not isinstance(name, str):
-        raise ConfigError(f"{where}: name must be a string")
-    label = f"rule {name!r}" if name else f"rule #{index}"
-    for required in ("callers", "agents"):
-        if required not in entry:
-            raise ConfigError(f"{where}: '{required}' is required")
-    privileged = entry.get("privileged", False)
-    if not isinstance(privileged, bool):
-        raise ConfigError(f"{where}: privileged must be true or false")
-    all_execs = entry.get("all_execs", False)
-    if not isinstance(all_execs, bool):
-        raise ConfigError(f"{where}: all_execs must be true or false")
-    return Rule(
-        label=label,
-        callers=_patterns(entry["callers"], f"{where}: callers", allow_empty=False),
-        agents=_patterns(entry["agents"], f"{where}: agents", allow_empty=False),
-        containers=_patterns(entry.get("containers", []), f"{where}: containers"),
-        users=_patterns(entry.get("users", []), f"{where}: users", numbers=True),
-        privileged=privileged,
-        max_timeout=_timeout(entry.get("max_timeout"), where),
-        all_execs=all_execs,
-    )
-
-
-def _patterns(
-    value: Any, where: str, *, allow_empty: bool = True, numbers: bool = False
-) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, list):
-        raise ConfigError(f"{where} must be a list of patterns")
-    out = []
-    for item in value:
-        if numbers and isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-            item = str(item)  # users = [1000] means the uid "1000"
-        if not isinstance(item, str):
-            raise ConfigError(f"{where}: {item!r} is not a string")
-        if item == "" and not allow_empty:
-            raise ConfigError(f"{where}: the empty pattern is not allowed here")
-        out.append(item)
-    if not allow_empty and not out:
-        raise ConfigError(f"{where} must not be empty")
-    return tuple(out)
-
-
-def _timeout(value: Any, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{where}: max_timeout must be a positive number of seconds")
-    return float(value)
-
-
-# -- limits --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """Sizes this worker accepts in an exec's configuration (``EXECBUS_MAX_*``).
-
-    The wire contract has fixed upper bounds (``execbus.wire.config``); these
-    let an operator go lower. Checked before the agent is touched.
-    """
-
-    max_argv_entries: int
-    max_argv_bytes: int
-    max_env_entries: int
-    max_env_bytes: int
-    max_output_limit: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RequestLimits:
-        return cls(
-            max_argv_entries=settings.max_argv_entries,
-            max_argv_bytes=settings.max_argv_bytes,
-            max_env_entries=settings.max_env_entries,
-            max_env_bytes=settings.max_env_bytes,
-            max_output_limit=settings.max_output_limit,
-        )
-
-    def check(self, config: ExecConfig) -> None:
-        """Raise :class:`RequestTooLarge` naming the limit and its setting (never a value)."""
-        _at_most(len(config.cmd), self.max_argv_entries, "cmd has {} arguments", "ARGV_ENTRIES")
-        _at_most(_size(config.cmd), self.max_argv_bytes, "cmd is {} bytes", "ARGV_BYTES")
-        _at_most(len(config.env), self.max_env_entries, "env has {} entries", "ENV_ENTRIES")
-        _at_most(_size(config.env), self.max_env_bytes, "env is {} bytes", "ENV_BYTES")
-        _at_most(
-            config.output_limit, self.max_output_limit, "output_limit is {} bytes", "OUTPUT_LIMIT"
-        )
-
-
-def _size(items: Iterable[str]) -> int:
-    return sum(len(item.encode()) for item in items)
-
-
-def _at_most(value: int, limit: int, what: str, setting: str) -> None:
-    if value > limit:
-        raise RequestTooLarge(
-            f"{what.format(value)}; this worker accepts at most {limit} (EXECBUS_MAX_{setting})"
-        )
-
-
-# -- the hook ------------------------------------------------------------
-
-
-class RequestGuard:
-    """Authorization and limits of every request, built once per worker.
-
-    :meth:`for_agent` makes the ``authorize`` hook of one agent's consumer;
-    it runs in the exec's lane, before the request touches the registry or
-    the agent.
-    """
-
-    def __init__(self, policy: Policy | None, limits: RequestLimits) -> None:
-        self.policy = policy
-        self.limits = limits
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RequestGuard:
-        """Load ``EXECBUS_POLICY_FILE`` (ConfigError when it is bad)."""
-        policy = load_policy(settings.policy_file) if settings.policy_file else None
-        return cls(policy, RequestLimits.from_settings(settings))
-
-    def startup_warning(self) -> str | None:
-        """What to warn about at startup (no policy: everyone may do everything)."""
-        if self.policy is None:
-            return (
-                "no authorization policy (EXECBUS_POLICY_FILE / --policy-file): every caller "
-                "that can publish to the requests exchange may run any command, as any user, "
-                "on every agent of this worker; see docs/security.md"
-            )
-        if not self.policy.rules:
-            return f"the policy {self.policy.source} has no rules: every request is denied"
-        return None
-
-    def for_agent(self, agent: str, registry: ExecRegistry) -> Authorize:
-        """The consumer hook of ``agent`` (``registry``: for the config of a start)."""
-
-        async def authorize(request: Request, ctx: RequestContext) -> RequestContext:
-            return self.check(agent, registry, request, ctx)
-
-        return authorize
-
-    def check(
-        self, agent: str, registry: ExecRegistry, request: Request, ctx: RequestContext
-    ) -> RequestContext:
-        """Raise :class:`PolicyDenied` or :class:`RequestTooLarge`; when allowed, the
-        context to handle the request with (``owner``: the caller sees only its execs)."""
-        config = request.config if isinstance(request, CreateRequest | RunRequest) else None
-        if self.policy is not None:
-            try:
-                self._authorize(agent, registry, request, ctx.user_id, config)
-                if not self.policy.sees_all_execs(ctx.user_id or "", agent):
-                    ctx = dataclasses.replace(ctx, owner=ctx.user_id)
-            except PolicyDenied as exc:
-                log.warning(
-                    "denied %s from caller %r on agent %s: %s",
-                    request.type,
-                    ctx.user_id,
-                    agent,
-                    exc.message,
-                    extra={"agent": agent, "exec_id": getattr(request, "exec_id", None)},
-                )
-                raise
-        if config is not None:
-            self.limits.check(config)
-        return ctx
-
-    def _authorize(
-        self,
-        agent: str,
-        registry: ExecRegistry,
-        request: Request,
-        caller: str | None,
-        config: ExecConfig | None,
-    ) -> None:
-        assert self.policy is not None
-        if not caller:
-            raise PolicyDenied(
-                "the request has no user_id: this worker authorizes callers by the AMQP "
-                "user_id property, which must be set to the publishing RabbitMQ user"
-            )
-        exec_id = getattr(request, "exec_id", None)
-        record = registry.find(exec_id) if exec_id else None
-        theirs = record is not None and record.owner != caller
-        if theirs and not self.policy.sees_all_execs(caller, agent):
-            raise PolicyDenied(f"exec {exec_id!r} belongs to another caller")
-        if isinstance(request, StartRequest):
-            config = record.config if record is not None else None
-        if config is None:
-            self.policy.check_agent(caller, agent)
-        else:
-            self.policy.check_exec(caller, agent, config)

@@ -34,11 +34,15 @@ from execbus.wire.control import AgentLink
 from execbus.wire.records import ExecState
 from execbus.wire.routing import Names
 from execbus.worker.consumer import RequestConsumer
-from execbus.worker.execs import AgentExecs, Outbox
+from execbus.worker.context import Outbox
+from execbus.worker.ends import ExecEnds
+from execbus.worker.execs import AgentExecs
+from execbus.worker.guard import RequestGuard
 from execbus.worker.lease import Lease
 from execbus.worker.metrics import WorkerMetrics
-from execbus.worker.policy import RequestGuard
+from execbus.worker.state import AgentState, Hooks
 from execbus.worker.topology import declare_agent_queue
+from execbus.worker.watch import AgentWatch
 
 if TYPE_CHECKING:
     from execbus.worker.session import BrokerSession
@@ -73,7 +77,7 @@ class AgentRuntime:
         self.metrics = metrics
         self._connect_options = connect
         self.connection: AgentConnection = make_connection(name, address, connect)
-        self.execs = AgentExecs(
+        self.state = AgentState.build(
             name,
             ExecRegistry(name, _limits(settings)),
             self.connection,
@@ -82,10 +86,15 @@ class AgentRuntime:
             self.names,
             lifecycle=settings.lifecycle_events,
         )
-        self.execs.on_retry = metrics.agent_retries.labels(name).inc
-        self.execs.on_finished = metrics.observe_finished
-        self.execs.on_connect = metrics.agent_reconnects.labels(name).inc
-        self.execs.on_link_down = metrics.agent_link_down.labels(name).inc
+        self.state.hooks = Hooks(
+            on_retry=metrics.agent_retries.labels(name).inc,
+            on_finished=metrics.observe_finished,
+            on_connect=metrics.agent_reconnects.labels(name).inc,
+            on_link_down=metrics.agent_link_down.labels(name).inc,
+        )
+        ends = ExecEnds(self.state)
+        self.execs = AgentExecs(self.state, ends)
+        self.watch = AgentWatch(self.state, ends)
         metrics.agent_owned.labels(name).set_function(lambda: float(self.owner))
         metrics.agent_connected.labels(name).set_function(
             lambda: float(self._opened and self.connection.connected)
@@ -177,14 +186,14 @@ class AgentRuntime:
         log.info("agent %s: this worker is now the owner", self.name, extra={"agent": self.name})
         if not self._opened:
             self._opened = True
-            self.execs.synced.clear()
-            await self.connection.open(self.execs)  # its on_connected runs the sync
+            self.watch.synced.clear()
+            await self.connection.open(self.watch)  # its on_connected runs the sync
             # Requests wait for the takeover sync: a retry of an exec the previous
             # owner started must find it (and join it), not start a new record.
-            if not await wait_event(self.execs.synced, self.settings.agent_call_timeout):
+            if not await wait_event(self.watch.synced, self.settings.agent_call_timeout):
                 log.warning("agent %s: not synced yet; serving requests anyway", self.name)
         elif self.connection.connected:
-            await self.execs.sync()
+            await self.watch.sync()
         self._queue_channel = await session.channel()
         await self._queue_channel.set_qos(prefetch_count=self.settings.prefetch)
         self._queue = await declare_agent_queue(
@@ -226,7 +235,7 @@ class AgentRuntime:
         with contextlib.suppress(Exception):
             await self.connection.close()
         self.connection = make_connection(self.name, self.address, self._connect_options)
-        self.execs.connection = self.connection
+        self.state.connection = self.connection
         self._opened = False
 
     def end_session(self) -> None:
@@ -269,8 +278,8 @@ class AgentRuntime:
         return running + inflight
 
     def sweep(self) -> None:
-        for exec_id in self.execs.registry.sweep():
-            self.execs.waiters.pop(exec_id, None)
+        for exec_id in self.state.registry.sweep():
+            self.state.waiters.pop(exec_id, None)
         for state, count in self.execs.registry.counts_by_state().items():
             self.metrics.registry_size.labels(self.name, state.value).set(count)
 

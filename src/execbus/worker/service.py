@@ -40,9 +40,9 @@ from execbus.settings import Settings
 from execbus.wire.replies import Reply
 from execbus.wire.routing import Names
 from execbus.worker.acks import Disposition, settle
+from execbus.worker.guard import RequestGuard
 from execbus.worker.metrics import WorkerMetrics
 from execbus.worker.ownership import OwnershipLoop
-from execbus.worker.policy import RequestGuard
 from execbus.worker.pools import PoolConsumer
 from execbus.worker.publisher import Publisher
 from execbus.worker.runtime import AgentRuntime
@@ -231,7 +231,7 @@ class Worker:
         exit is kept there until the next owner publishes it.
         """
         grace = self.settings.shutdown_grace
-        running = sum(rt.execs.running() for rt in self.runtimes.values() if rt.owner)
+        running = sum(rt.watch.running() for rt in self.runtimes.values() if rt.owner)
         log.info(
             "shutting down: no new requests; draining %d running exec(s) (grace %.0f s)",
             running,
@@ -242,9 +242,9 @@ class Worker:
                 await self._stop_taking_work()
                 owned = [rt for rt in self.runtimes.values() if rt.owner]
                 await asyncio.gather(*(rt.drain() for rt in owned))
-                await asyncio.gather(*(rt.execs.wait_settled() for rt in owned))
+                await asyncio.gather(*(rt.watch.wait_settled() for rt in owned))
         except TimeoutError:
-            left = sum(rt.execs.running() for rt in self.runtimes.values() if rt.owner)
+            left = sum(rt.watch.running() for rt in self.runtimes.values() if rt.owner)
             log.warning(
                 "grace period over with %d exec(s) still running: their exits stay with "
                 "their agents for the next owner",

@@ -303,13 +303,8 @@ async function login(event) {
   const response = await post("/api/login", { user: $("login-user").value, password: $("login-password").value });
   const body = await response.json().catch(() => ({}));
   $("login-password").value = "";
-  if (!response.ok) {
-    $("login-user").setCustomValidity(body.error || "login failed");
-    $("login-user").reportValidity();
-    setTimeout(() => $("login-user").setCustomValidity(""), 3000);
-    return;
-  }
-  await loadSession();
+  setText("login-error", response.ok ? "" : body.error || `login failed (${response.status})`);
+  if (response.ok) await loadSession();
 }
 
 async function logout() {

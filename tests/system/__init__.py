@@ -1,0 +1,1 @@
+"""System tests: whole processes, driven as a person would."""

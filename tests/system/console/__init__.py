@@ -1,0 +1,1 @@
+"""execbus console in a real headless Chromium."""

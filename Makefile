@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench bench-deps bench-full chaos agent-pyz clean contract-deps
+.PHONY: install run test test-unit test-faults lint fmt typecheck check schema bench bench-deps bench-full chaos agent-pyz clean contract-deps console-test-deps bench-console
 
 $(BIN)/execbus: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: install  ## the whole test suite (unit, agent, integration, faults)
 
 contract-deps:  ## the Node.js contract suite's packages (tests/contract, pinned by package-lock.json)
 	cd tests/contract && npm ci --ignore-scripts --no-audit --no-fund
+
+console-test-deps:  ## the console's browser tests: playwright-core, pinned by tests/system/console/package-lock.json (the browser is Debian's chromium)
+	cd tests/system/console && npm ci --ignore-scripts --no-audit --no-fund
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
@@ -53,6 +56,9 @@ bench: install  ## end-to-end benchmark (prints JSON)
 
 bench-full: bench-deps  ## everything docs/performance.md reports (~5 min)
 	$(BIN)/python bench/e2e.py --with-celery --profile --full --update-docs
+
+bench-console: install  ## the console's store at 100,000 execs: memory and time (prints JSON)
+	$(BIN)/python bench/console.py
 
 chaos: install  ## 5-minute fault-injection soak on a private RabbitMQ node (prints JSON)
 	$(BIN)/python bench/chaos.py

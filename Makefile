@@ -32,9 +32,10 @@ test-unit: install
 test-faults: install
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
-lint: install  ## ruff lint + format check
+lint: install  ## ruff lint + format check + the import contracts (pyproject: tool.importlinter)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 fmt: install
 	$(BIN)/ruff format src tests bench

@@ -11,13 +11,15 @@ print.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 from execbus.console.ansi import Style, TerminalDecoder
 
 MAX_SEGMENTS = 4096
-SEGMENT_COST = 96  # bytes a segment costs beyond its text (tuple, str header)
+SEGMENT_COST = 120  # bytes a segment costs beyond its text (tuple, str header, list slot)
+BUFFER_COST = 400  # bytes a buffer costs when empty (object, list, dict entry)
+DECODER_COST = 1200  # bytes of a stream's decoder, kept until the exec ends
 Piece = tuple[str, str, Style | None]
 
 
@@ -25,7 +27,7 @@ class OutputBuffer:
     __slots__ = ("base", "cost", "decoders", "segments", "trimmed")
 
     def __init__(self) -> None:
-        self.segments: deque[Piece] = deque()
+        self.segments: list[Piece] = []
         self.base = 0  # index of segments[0]
         self.cost = 0
         self.trimmed = False  # older output was dropped
@@ -61,25 +63,33 @@ class OutputStore:
         buffer = self._buffers.get(key)
         if buffer is None:
             buffer = self._buffers[key] = OutputBuffer()
+            buffer.cost = BUFFER_COST
+            self.total += BUFFER_COST
         else:
             self._buffers.move_to_end(key)
         decoder = buffer.decoders.get(stream)
         if decoder is None:
             decoder = buffer.decoders[stream] = TerminalDecoder()
+            buffer.cost += DECODER_COST
+            self.total += DECODER_COST
         pieces = [(stream, text, style) for text, style in decoder.feed(data, final)]
         for piece in pieces:
             buffer.segments.append(piece)
             cost = _cost(piece)
             buffer.cost += cost
             self.total += cost
-        while buffer.segments and (
-            buffer.cost > self.per_exec or len(buffer.segments) > MAX_SEGMENTS
+        drop = 0
+        while drop < len(buffer.segments) and (
+            buffer.cost > self.per_exec or len(buffer.segments) - drop > MAX_SEGMENTS
         ):
-            old = buffer.segments.popleft()
-            buffer.base += 1
+            cost = _cost(buffer.segments[drop])
+            buffer.cost -= cost
+            self.total -= cost
+            drop += 1
+        if drop:
+            del buffer.segments[:drop]
+            buffer.base += drop
             buffer.trimmed = True
-            buffer.cost -= _cost(old)
-            self.total -= _cost(old)
         while self.total > self.budget and len(self._buffers) > 1:
             old_key, _ = next(iter(self._buffers.items()))
             if old_key == key:
@@ -87,6 +97,22 @@ class OutputStore:
             self.drop(old_key)
             self.evicted += 1
         return len(pieces)
+
+    def finish(self, key: str) -> None:
+        """The exec ended: flush and forget its decoders (what they held back is shown)."""
+        buffer = self._buffers.get(key)
+        if buffer is None or not buffer.decoders:
+            return
+        for stream, decoder in buffer.decoders.items():
+            for text, style in decoder.feed(b"", final=True):
+                piece = (stream, text, style)
+                buffer.segments.append(piece)
+                buffer.cost += _cost(piece)
+                self.total += _cost(piece)
+        released = DECODER_COST * len(buffer.decoders)
+        buffer.decoders = {}
+        buffer.cost -= released
+        self.total -= released
 
     def drop(self, key: str) -> None:
         buffer = self._buffers.pop(key, None)
@@ -101,8 +127,7 @@ class OutputStore:
         reset = index < buffer.base or index > buffer.next
         start = buffer.base if reset else index
         segments = [
-            [stream, text, style]
-            for stream, text, style in list(buffer.segments)[start - buffer.base :]
+            [stream, text, style] for stream, text, style in buffer.segments[start - buffer.base :]
         ]
         return {
             "reset": reset,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RESULTS = ("ok", "nonzero", "signalled", "timed_out", "failed")
-MAX_SAMPLES = 500
+MAX_SAMPLES = 200
 LATENCY_STEP = 10
 MAX_AGENTS = 1_000  # per-agent series kept for this many agents (the busiest)
 TOTAL = ""  # the overall series' key

@@ -64,7 +64,7 @@ def clip_argv(cmd: list[str], limit: int = MAX_ARGV_CHARS) -> tuple[tuple[str, .
         if used + len(arg) > limit:
             out.append(arg[: max(0, limit - used)])
             return tuple(out), True
-        out.append(arg)
+        out.append(_intern(arg))  # argv words repeat across execs (make, -c, ...)
         used += len(arg)
     return tuple(out), False
 
@@ -312,9 +312,11 @@ class ConsoleStore:
                     if data:
                         tail = data[-self.output.per_exec :]
                         self.output.append(view.key, stream, tail, final=True)
+            self.output.finish(view.key)
         else:
             view.error_code = event.error.code
             view.error_message = event.error.message[:MAX_MESSAGE_CHARS]
+            self.output.finish(view.key)
             view.exit_code = event.error.exit_code
             view.finished_at = view.event_at
         e2e = (

@@ -276,7 +276,7 @@ class Client:
         complete = True
         for watch in watches:
             candidates = sorted(
-                {a for w in status.workers if watch.pool in w.pools for a in w.agents}
+                {a for w in status.workers if watch.pool in w.pools for a in w.owned}
             )
             for agent in candidates:
                 try:

@@ -90,7 +90,10 @@ async def cluster_status(
     The listening queue is ``user``'s own (``<ns>.client.<user>.*``), a name the
     caller and observer permissions let it declare."""
     workers = await _listen(connection, names, listen, user)
-    agents = sorted({a for w in workers.values() for a in w.agents} | set(extra_agents))
+    # Announcements carry the reachable set only now and then (its digest always):
+    # the owned agents, always there, name the agents that are served.
+    reachable = {a for w in workers.values() for a in (*w.agents, *w.owned)}
+    agents = sorted(reachable | set(extra_agents))
     pools = sorted({p for w in workers.values() for p in w.pools})
     queues = {a: await _queue(connection, names.agent_queue(a)) for a in agents}
     queues.update({f"pool:{p}": await _queue(connection, names.pool_queue(p)) for p in pools})

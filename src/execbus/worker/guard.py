@@ -102,6 +102,7 @@ class RequestGuard:
                 "the request has no user_id: this worker authorizes callers by the AMQP "
                 "user_id property, which must be set to the publishing RabbitMQ user"
             )
+        self.policy.check_agent(caller, agent)  # first: is this caller here at all
         exec_id = getattr(request, "exec_id", None)
         record = registry.find(exec_id) if exec_id else None
         theirs = record is not None and record.owner != caller
@@ -109,7 +110,5 @@ class RequestGuard:
             raise PolicyDenied(f"exec {exec_id!r} belongs to another caller")
         if isinstance(request, StartRequest):
             config = record.config if record is not None else None
-        if config is None:
-            self.policy.check_agent(caller, agent)
-        else:
+        if config is not None:
             self.policy.check_exec(caller, agent, config)

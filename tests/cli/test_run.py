@@ -136,3 +136,20 @@ def test_kill_defaults_to_sigkill(execbus: Execbus, local_worker: Any) -> None:
         if info["state"] == "exited":
             break
     assert info["exit"] == {**info["exit"], "exit_code": 137, "signal": "SIGKILL"}
+
+
+def test_closed_standard_streams(cli_env: dict[str, str], local_worker: Any) -> None:
+    """``-i`` with stdin closed is an empty stdin (it once waited on the event loop's
+    epoll, which took fd 0); closed stdout or stderr lose the output, not the status."""
+    execbus = [sys.executable, "-m", "execbus", "run", "--agent", "local"]
+    for redirect, args, status in (
+        ("<&-", ["-i", "--", "cat"], 0),
+        (">&-", ["--", "echo", "hi"], 0),
+        ("2>&-", ["--", "sh", "-c", "echo err >&2; exit 4"], 4),
+    ):
+        done = subprocess.run(
+            ["sh", "-c", f'"$@" {redirect}', "sh", *execbus, *args],
+            env=cli_env, capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == status, (redirect, done.stderr)
+        assert b"Traceback" not in done.stderr

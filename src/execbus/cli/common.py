@@ -241,6 +241,7 @@ def execute(
     args: argparse.Namespace,
 ) -> int:
     """Run an async command; execbus errors become one line on stderr and an exit code."""
+    standard_streams()
     quiet_libraries()
     try:
         settings = settings_from_args(args)
@@ -264,6 +265,23 @@ def execute(
             f"unexpected error: {type(exc).__name__}: {exc} "
             "(EXECBUS_LOG_LEVEL=debug shows the traceback; please report it)"
         )
+
+
+def standard_streams() -> None:
+    """Make closed standard streams (``execbus run -i <&-``) ``/dev/null``.
+
+    Otherwise the next file the CLI opens takes the free number: the event
+    loop's epoll became "stdin", and ``-i`` waited on it forever."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 (kept open)
 
 
 def _silence_stdout() -> None:

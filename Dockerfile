@@ -8,7 +8,7 @@ COPY src ./src
 # (--socket-group 10001 --socket-mode 0660), so unprivileged workers can use it.
 # /run/execbus (the socket's directory, a volume shared with the workers) is
 # theirs, so an unprivileged agent can create the socket there.
-RUN pip install . \
+RUN pip install ".[console]" \
  && groupadd --system --gid 10001 execbus \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin execbus \
  && install -d -m 0750 -o 10001 -g 10001 /run/execbus

@@ -121,7 +121,7 @@ class RunSession:
             if self.args.json:
                 await self._print_record(execution, result)
             if result.timed_out:
-                self._say(f"timed out after {self.args.timeout:g} s; killed")
+                self._say(f"timed out after {_timeout_of(self.args, result)} s; killed")
                 return EXIT_TIMEOUT
             return result.exit_code
         finally:
@@ -236,6 +236,12 @@ class RunSession:
             return
         self._signalled = True
         self._spawn(_forward_signal(execution, signal.Signals(signum).name))
+
+
+def _timeout_of(args: argparse.Namespace, result: RunResult) -> str:
+    """The timeout that killed it: ours, else the record's (a replayed exec id)."""
+    timeout = args.timeout if args.timeout is not None else getattr(result.info, "timeout", None)
+    return "?" if timeout is None else f"{timeout:g}"
 
 
 async def _forward_signal(execution: Execution, name: str) -> None:

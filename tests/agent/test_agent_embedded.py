@@ -7,7 +7,8 @@ import socket
 
 from agent_testclient import TestClient, split_captures
 
-from execbus.agent.server import AgentCore, AgentOptions
+from execbus.agent.core import AgentCore
+from execbus.agent.options import AgentOptions
 
 
 async def test_embedded_core_serves_a_socketpair_and_closes_cleanly() -> None:

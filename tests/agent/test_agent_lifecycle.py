@@ -389,7 +389,7 @@ def test_the_agent_runs_without_a_lifeline_when_it_cannot_start_one() -> None:
     """No python executable known (an embedding host): execs still run."""
     code = (
         "import asyncio, sys; sys.executable = ''\n"
-        "from execbus.agent.server import AgentCore\n"
+        "from execbus.agent.core import AgentCore\n"
         "from execbus.agent.execspec import ExecSpec\n"
         "async def main():\n"
         "    core = AgentCore()\n"

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from execbus.agent.cgroups import CgroupError
 from execbus.agent.compat import slots_dataclass
+from execbus.agent.core import AGENT_VERSION, AgentCore
 from execbus.agent.http import HealthServer
 from execbus.agent.journal import JournalError
 from execbus.agent.listeners import ListenerSpec, parse_listen_url
@@ -29,7 +30,7 @@ from execbus.agent.options import (
     AgentOptions,
 )
 from execbus.agent.protocol import DEFAULT_MAX_FRAME
-from execbus.agent.server import AGENT_VERSION, AgentCore, AgentServer
+from execbus.agent.server import AgentServer
 
 log = logging.getLogger("execbus.agent")
 

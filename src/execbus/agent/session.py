@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from execbus.agent import compat
+from execbus.agent.context import CoreView
 from execbus.agent.errors import (
     HANDSHAKE_REQUIRED,
     INTERNAL,
@@ -19,9 +20,7 @@ from execbus.agent.errors import (
 from execbus.agent.execs import RUNNING, Exec
 from execbus.agent.ops import OPS, Handler
 from execbus.agent.protocol import Frame, FrameError, encode_frame, read_frame
-
-if TYPE_CHECKING:
-    from execbus.agent.server import AgentCore
+from execbus.agent.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,14 @@ _SKIP = _Skip()
 
 
 class Session:
-    """Serves one connection until it closes; see ``docs/agent-protocol.md``."""
+    """Serves one connection until it closes; see ``docs/agent-protocol.md``.
+
+    It is the :class:`~execbus.agent.context.OpContext` of the requests it reads.
+    """
 
     def __init__(
         self,
-        core: AgentCore,
+        core: CoreView,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         token: str | None,
@@ -76,6 +78,14 @@ class Session:
         self.peer = str(writer.get_extra_info("peername") or "local")
         self.tls_subject = _cert_subject(writer.get_extra_info("peercert"))
         writer.transport.set_write_buffer_limits(high=SEND_HIGH_WATER)
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.core.supervisor
+
+    @property
+    def max_frame(self) -> int:
+        return self.core.options.max_frame
 
     async def serve(self) -> None:
         """Handshake, then answer requests until the peer or the agent closes."""

@@ -16,10 +16,11 @@ STREAM_LIMIT = 1024 * 1024
 
 
 class LocalAgentHost:
-    """Owns the in-process :class:`~execbus.agent.server.AgentCore` and its connections."""
+    """Owns the in-process :class:`~execbus.agent.core.AgentCore` and its connections."""
 
     def __init__(self) -> None:
-        from execbus.agent.server import AgentCore, AgentOptions
+        from execbus.agent.core import AgentCore
+        from execbus.agent.options import AgentOptions
 
         self.core = AgentCore(AgentOptions())
         self._tasks: set[asyncio.Task[None]] = set()

@@ -61,9 +61,7 @@ def follow_one_event(env: dict[str, str], cli: Execbus, *args: str) -> dict[str,
     """``execbus events ARGS`` until it prints an event (runs `true` until one comes), then
     SIGINT: it must exit 0 quietly."""
     cmd = [sys.executable, "-m", "execbus", "events", *args]
-    with subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None
         try:
             deadline = time.monotonic() + 60
@@ -94,30 +92,21 @@ def test_every_command_as_a_caller(
 
     # What the caller may do works, quietly.
     assert quiet(cli("run", "--agent", "local", "--", "echo", "hi")).stdout == b"hi\n"
-    record = json.loads(
-        quiet(cli("run", "--json", "--agent", "local", "--", "true")).stdout
-    )
+    record = json.loads(quiet(cli("run", "--json", "--agent", "local", "--", "true")).stdout)
     assert record["exit"]["exit_code"] == 0
-    exec_id = quiet(
-        cli("run", "-d", "--agent", "local", "--", "sleep", "60")
-    ).stdout.decode()
+    exec_id = quiet(cli("run", "-d", "--agent", "local", "--", "sleep", "60")).stdout.decode()
     exec_id = exec_id.strip()
-    assert json.loads(quiet(cli("inspect", exec_id, "--agent", "local")).stdout)[
-        "state"
-    ] == ("running")
-    assert exec_id in quiet(cli("ps", "--agent", "local")).stdout.decode()
-    assert (
-        quiet(cli("kill", exec_id, "--agent", "local")).stdout.decode().strip()
-        == exec_id
+    assert json.loads(quiet(cli("inspect", exec_id, "--agent", "local")).stdout)["state"] == (
+        "running"
     )
+    assert exec_id in quiet(cli("ps", "--agent", "local")).stdout.decode()
+    assert quiet(cli("kill", exec_id, "--agent", "local")).stdout.decode().strip() == exec_id
     event = follow_one_event(env, cli, "--agent", "local", "--kind", "exited")
     assert (event["agent"], event["type"]) == ("local", "exec.exited")
     health = quiet(cli("worker", "--health", "--http-port", str(worker.http_port)))
     assert json.loads(health.stdout)["ready"] is True
     config = json.loads(quiet(cli("config")).stdout)
-    assert (
-        config["amqp_url"] == f"amqp://{caller.name}:***@" + caller.url.split("@", 1)[1]
-    )
+    assert config["amqp_url"] == f"amqp://{caller.name}:***@" + caller.url.split("@", 1)[1]
     quiet(cli("agent-bundle", "-o", str(tmp_path / "agent.pyz")))
     quiet(cli("permissions", "caller", "--user", caller.name, "--namespace", namespace))
 
@@ -151,9 +140,7 @@ def test_status_and_events_as_an_observer(
     cli = runner(env)
     status = quiet(cli("status", "--listen", "1.5", "--agent", "local"))
     assert "1 live worker(s)" in status.stdout.decode()
-    local = next(
-        line for line in status.stdout.decode().splitlines() if line.startswith("local")
-    )
+    local = next(line for line in status.stdout.decode().splitlines() if line.startswith("local"))
     assert local.split()[1] == worker.readyz()["worker_id"]
     # An observer publishes nothing: a run is refused, in one line.
     line = one_line(cli("run", "--agent", "local", "--", "true"))
@@ -164,9 +151,7 @@ def test_every_command_against_a_dead_broker(namespace: str, tmp_path: Path) -> 
     port = free_port()  # bound and released: nothing listens there
     url = f"amqp://guest:hunter2@127.0.0.1:{port}/"
     cli = runner(child_env(EXECBUS_AMQP_URL=url, EXECBUS_NAMESPACE=namespace))
-    expected = (
-        f"execbus: cannot connect to the broker at amqp://guest:***@127.0.0.1:{port}/: "
-    )
+    expected = f"execbus: cannot connect to the broker at amqp://guest:***@127.0.0.1:{port}/: "
     for args in (
         ("run", "--agent", "local", "--", "true"),
         ("run", "-d", "--agent", "local", "--", "true"),
@@ -184,13 +169,9 @@ def test_every_command_against_a_dead_broker(namespace: str, tmp_path: Path) -> 
         assert "hunter2" not in line
         assert done.stdout == b"", args
     line = one_line(cli("worker", "--health", "--http-port", str(port)), returncode=1)
-    assert line.startswith(
-        f"execbus worker --health: no worker answers at http://127.0.0.1:{port}"
-    )
+    assert line.startswith(f"execbus worker --health: no worker answers at http://127.0.0.1:{port}")
     config = quiet(cli("config"))
-    assert (
-        json.loads(config.stdout)["amqp_url"] == f"amqp://guest:***@127.0.0.1:{port}/"
-    )
+    assert json.loads(config.stdout)["amqp_url"] == f"amqp://guest:***@127.0.0.1:{port}/"
     assert b"hunter2" not in config.stdout
     quiet(cli("agent-bundle", "-o", str(tmp_path / "agent.pyz")))
     quiet(cli("permissions", "worker", "--user", "w1"))

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from execbus import Client
@@ -149,6 +150,19 @@ async def test_console_live_view(
         list_latency = time.monotonic() - exited_at
         print(f"run in the list {list_latency * 1000:.0f} ms after its exit")
         assert list_latency < 2.0
+
+        # Messages that are not events or announcements: counted and skipped.
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            events = await channel.get_exchange(f"{namespace}.events", ensure=False)
+            control = await channel.get_exchange(f"{namespace}.control", ensure=False)
+            half = json.dumps({"v": 1, "type": "exec.exited", "agent": "a1"}).encode()
+            for body in (b"{not json", half):
+                await events.publish(aio_pika.Message(body), routing_key="exec.a1.~.exited")
+            no_id = json.dumps({"agents": ["a1"]}).encode()
+            await control.publish(aio_pika.Message(no_id), routing_key="worker.garbage")
+        await in_thread(browser.wait, "document.getElementById('c-malformed').textContent === '3'")
 
         # 2. Streamed output (a TTY, with colours) shows up while the exec runs.
         stream_id = f"stream-{uuid.uuid4().hex[:8]}"

@@ -520,12 +520,20 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _is_lease(name: str, ns: str) -> bool:
+    return name.startswith(f"{ns}.lease.")
+
+
 def describe(inventory: Inventory, ns: str, tried: list[str]) -> list[str]:
     why = f"; {'; '.join(tried)}" if tried else ""
     lines = [f"namespace {ns!r} (found by {inventory.via}{why}):"]
     for q in sorted(inventory.queues.values(), key=lambda q: q.name):
         what = "exclusive to a live connection: left to the broker" if q.exclusive else "queue"
+        if _is_lease(q.name, ns):
+            what = "ownership lease"
         messages = "" if q.messages is None else f", {_plural(q.messages, 'message')}"
+        if _is_lease(q.name, ns):
+            messages = ""  # its token is no pending work
         lines.append(f"  {q.name}  ({what}{messages})")
     lines += [f"  {name}  (exchange)" for name in inventory.exchanges]
     return lines
@@ -552,7 +560,11 @@ async def purge_command(args: argparse.Namespace, settings: Settings) -> int:
         async with asyncio.timeout(args.listen + OP_TIMEOUT):
             workers = await live_workers(connection, names, args.listen)
         announced = list(workers.values())
-        agents = set(args.agent) | {a for w in announced for a in _strings(w.get("agents"))}
+        # Announcements carry the reachable agents only now and then (a digest
+        # otherwise); the owned ones are always there.
+        agents = set(args.agent) | {
+            a for w in announced for key in ("agents", "owned") for a in _strings(w.get(key))
+        }
         pools = set(args.pool) | {p for w in announced for p in _strings(w.get("pools"))}
         try:
             # rabbitmqctl has 60 s per listing; the names probe 3 per agent
@@ -590,7 +602,7 @@ async def purge_command(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         for line in describe(inventory, ns, tried):
             print(line)
-        messages = sum(q.messages or 0 for q in deletable)
+        messages = sum(q.messages or 0 for q in deletable if not _is_lease(q.name, ns))
         summary = (
             f"{_plural(len(deletable), 'queue')} ({_plural(messages, 'message')}) and "
             f"{_plural(len(inventory.exchanges), 'exchange')} of namespace {ns!r}"

@@ -88,11 +88,14 @@ def owners(workers: list[Any]) -> dict[str, str]:
     return found
 
 
-def wait_owned(workers: list[Any], agents: set[str], timeout: float = 20.0) -> dict[str, str]:
+def wait_owned(
+    workers: list[Any], agents: set[str], spread: int = 1, timeout: float = 20.0
+) -> dict[str, str]:
+    """Until every agent is owned, by ``spread`` different workers (balanced: settled)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = owners(workers)
-        if agents <= set(found):
+        if agents <= set(found) and len(set(found.values())) >= spread:
             return found
         time.sleep(0.1)
     raise AssertionError(f"agents not owned in time: {owners(workers)}")
@@ -124,7 +127,7 @@ async def test_console_live_view(
     agents = ("--agent", f"a1={a1.address}", "--agent", f"a2={a2.address}")
     w1 = start_worker(*agents, env={"EXECBUS_WORKER_ID": "worker-one"})
     w2 = start_worker(*agents, env={"EXECBUS_WORKER_ID": "worker-two"})
-    wait_owned([w1, w2], {"a1", "a2"})
+    wait_owned([w1, w2], {"a1", "a2"}, spread=2)
     con = console()
     await in_thread(browser.goto, f"{con.url}#/execs")
     await in_thread(
@@ -272,13 +275,13 @@ async def test_console_live_view(
             "['a1','a2'].every(a => document.querySelector(`#agent-rows tr[data-agent=\"${a}\"]`)"
             "?.dataset.owner)",
         )
-        shown = await in_thread(
-            browser.eval,
-            "Object.fromEntries([...document.querySelectorAll('#agent-rows tr')]"
-            ".map(r => [r.dataset.agent, r.dataset.owner]))",
+        current = wait_owned([w1, w2], {"a1", "a2"}, spread=2)
+        expected = json.dumps(json.dumps(current, sort_keys=True, separators=(",", ":")))
+        await in_thread(
+            browser.wait,
+            "JSON.stringify(Object.fromEntries([...document.querySelectorAll('#agent-rows tr')]"
+            f".map(r => [r.dataset.agent, r.dataset.owner]))) === {expected}",
         )
-        current = owners([w1, w2])
-        assert shown == current, (shown, current)
         fleet_shot = await in_thread(browser.screenshot, tmp_path / "console-fleet.png")
         victim = w1 if "worker-one" in current.values() else w2
         victim_id = "worker-one" if victim is w1 else "worker-two"
@@ -421,5 +424,14 @@ async def test_console_control_and_outage(
                 rows_expr(f"rows.some(r => r.dataset.key === 'box/{after.exec_id}')"),
                 5.0,
             )
+        # An agent that dies: its owner's link goes down, with the reason.
+        agent.kill()
+        await in_thread(browser.goto, f"{con.url}#/fleet")
+        await in_thread(
+            browser.wait,
+            "document.querySelector('#agent-rows tr[data-agent=\"box\"] td.link')"
+            "?.textContent.startsWith('DOWN (agent_unavailable)')",
+            10.0,
+        )
     # The one wrong password above was answered 401, which Chromium logs.
     no_problems(browser, expected=("status of 401 (Unauthorized)",))

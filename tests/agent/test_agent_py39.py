@@ -33,7 +33,7 @@ import pytest
 from agent_harness import ROOT
 
 AGENT = ROOT / "src" / "execbus" / "agent"
-MODULES = sorted(AGENT.glob("*.py"))
+MODULES = sorted(AGENT.rglob("*.py"))  # runc/ is a subpackage
 
 # module -> names that appeared after 3.9 (attribute access or `from module import name`)
 NEW_NAMES = {
@@ -202,7 +202,19 @@ def scan(name: str, source: str) -> list[str]:
     return scanner.problems
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def _rel(path: Path) -> str:
+    return str(path.relative_to(AGENT))
+
+
+def _module(path: Path) -> str:
+    """``execbus.agent.x`` (``execbus.agent.runc`` for ``runc/__init__.py``)."""
+    parts = path.relative_to(AGENT).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(("execbus", "agent", *parts))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_rel)
 def test_agent_module_parses_with_the_39_grammar(path: Path) -> None:
     ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
 
@@ -224,12 +236,12 @@ def test_agent_modules_defer_annotations() -> None:
             for n in tree.body
         )
         if annotated and not future:
-            missing.append(path.name)
+            missing.append(_rel(path))
     assert not missing, missing
 
 
 def test_agent_uses_nothing_newer_than_39() -> None:
-    problems = [p for path in MODULES for p in scan(path.name, path.read_text())]
+    problems = [p for path in MODULES for p in scan(_rel(path), path.read_text())]
     assert not problems, "\n".join(problems)
 
 
@@ -314,7 +326,7 @@ def test_every_agent_module_imports_under_a_real_python_39() -> None:
     python = _python39()
     if python is None:
         pytest.skip("no Python 3.9 on this machine")
-    names = [f"execbus.agent.{p.stem}" for p in MODULES if p.stem != "__main__"]
+    names = [_module(p) for p in MODULES if p.stem != "__main__"]
     code = (
         "import importlib, sys; sys.path.insert(0, 'src'); "
         f"[importlib.import_module(m) for m in {names!r}]; "

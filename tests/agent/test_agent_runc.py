@@ -264,7 +264,7 @@ def _assert_no_live_members(pgid: int) -> None:
 async def test_tty_in_the_container(rc: TestClient, container: Container) -> None:
     cid = {"container_id": container.id, "tty": True}
     _, out, _ = await rc.run(["tty"], **cid)
-    # \r* : runc switches newline translation between two terminals (see runc.py).
+    # \r* : runc switches newline translation between two terminals (see runc/backend.py).
     assert re.fullmatch(rb"/dev/pts/\d+\r*\n", out), out
     _, out, _ = await rc.run(["stty", "size"], console_size={"width": 123, "height": 45}, **cid)
     assert re.fullmatch(rb"45 123\r*\n", out), out

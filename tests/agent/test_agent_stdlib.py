@@ -8,7 +8,8 @@ from agent_harness import GUEST_PYTHON, ROOT
 
 CHECK = (
     "import sys; sys.path.insert(0, 'src'); "
-    "import execbus.agent.cli, execbus.agent.core, execbus.agent.server, execbus.agent.runc; "
+    "import execbus.agent.cli, execbus.agent.core, execbus.agent.server, "
+    "execbus.agent.runc.backend; "
     "bad = [m for m in sys.modules if m.split('.')[0] in "
     "('pydantic', 'aio_pika', 'aiormq', 'tenacity')]; "
     "assert not bad, bad; "

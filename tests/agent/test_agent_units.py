@@ -9,12 +9,10 @@ import pytest
 
 from execbus.agent.errors import AgentError, StartFailure
 from execbus.agent.listeners import VMADDR_CID_ANY, ListenerSpec, parse_listen_url
-from execbus.agent.runc import (
-    KnownContainer,
-    _process_start_time,
-    classify_runc_error,
-    runc_exit_status,
-)
+from execbus.agent.procs import start_time
+from execbus.agent.runc.backend import runc_exit_status
+from execbus.agent.runc.errors import classify_runc_error
+from execbus.agent.runc.state import KnownContainer
 from execbus.agent.signames import parse_signal, signal_name
 from execbus.agent.users import FileUserDB, resolve_in_root, resolve_user
 
@@ -91,11 +89,11 @@ def test_a_known_container_lives_as_long_as_its_very_init_process() -> None:
         assert not forged.alive()
         child.kill()
         deadline = time.monotonic() + 5
-        while _process_start_time(child.pid) is not None:  # a zombie counts as gone
+        while start_time(child.pid, zombies=False) is not None:  # a zombie counts as gone
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert not known.alive()
     finally:
         child.kill()
         child.wait()
-    assert _process_start_time(os.getpid()) is not None
+    assert start_time(os.getpid(), zombies=False) is not None

@@ -95,7 +95,10 @@ def test_bundle_holds_the_agent_package_only(bundle: Path) -> None:
     assert not others, others
     src = Path(__file__).resolve().parents[2] / "src" / "execbus" / "agent"
     assert sorted(files) == sorted(
-        ["__main__.py", *(f"execbus/agent/{p.name}" for p in src.glob("*.py"))]
+        [
+            "__main__.py",
+            *(f"execbus/agent/{p.relative_to(src).as_posix()}" for p in src.rglob("*.py")),
+        ]
     )
 
 

@@ -1,7 +1,7 @@
 """Where an exec runs: the backend interface and the ``host`` backend.
 
 ``container_id == ""`` selects the host backend (the guest itself); any other
-id goes to the runc backend (:mod:`execbus.agent.runc`) when it is enabled.
+id goes to the runc backend (:mod:`execbus.agent.runc.backend`) when it is enabled.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def make_backends(options: AgentOptions, reaper: ChildReaper) -> dict[str, Backe
     if enabled is None:
         enabled = shutil.which(options.runc_binary) is not None
     if enabled:
-        from execbus.agent.runc import RuncBackend
+        from execbus.agent.runc.backend import RuncBackend
 
         backends["runc"] = RuncBackend(reaper, options.runc_binary, options.runc_root)
     return backends

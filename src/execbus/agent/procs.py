@@ -33,6 +33,20 @@ from typing import Optional
 Leader = tuple[int, Optional[str]]
 
 
+def split_stat(stat: bytes) -> list[bytes]:
+    """The fields of a ``/proc/<pid>/stat`` line after the command name (state first).
+
+    Pure, so a stat line read elsewhere (a guest's, through qemu-ga) is read the same way.
+    """
+    return stat.rpartition(b")")[2].split()  # the command name may hold spaces and ')'
+
+
+def stat_start_time(fields: list[bytes]) -> str | None:
+    """Field 22 (start time in clock ticks since boot) of :func:`split_stat` fields;
+    None if the line is too short."""
+    return fields[19].decode("ascii", "replace") if len(fields) > 19 else None
+
+
 def stat_fields(pid: int) -> list[bytes] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
     try:
@@ -40,7 +54,7 @@ def stat_fields(pid: int) -> list[bytes] | None:
             stat = f.read()
     except OSError:
         return None
-    return stat.rpartition(b")")[2].split()  # the command name may hold spaces and ')'
+    return split_stat(stat)
 
 
 def start_time(pid: int, *, zombies: bool = True) -> str | None:
@@ -51,7 +65,7 @@ def start_time(pid: int, *, zombies: bool = True) -> str | None:
         return None
     if not zombies and fields[0] in (b"Z", b"X"):
         return None
-    return fields[19].decode()
+    return stat_start_time(fields)
 
 
 def owns_group(leader: Leader) -> bool:

@@ -66,10 +66,10 @@ def agent_dir() -> Path:
 def agent_sources(directory: Path | None = None) -> dict[str, bytes]:
     """``{"execbus/agent/x.py": source}`` of every module of the agent package."""
     directory = directory or agent_dir()
-    files = sorted(directory.glob("*.py"))
-    if not any(f.name == "__init__.py" for f in files):
+    if not (directory / "__init__.py").is_file():
         raise BundleError(f"{directory} is not the execbus.agent package (no __init__.py)")
-    return {f"execbus/agent/{f.name}": f.read_bytes() for f in files}
+    files = sorted(directory.rglob("*.py"))  # subpackages (runc/) included
+    return {f"execbus/agent/{f.relative_to(directory).as_posix()}": f.read_bytes() for f in files}
 
 
 def foreign_imports(name: str, source: bytes) -> list[str]:
@@ -114,7 +114,7 @@ def build(output: Path, interpreter: str = DEFAULT_INTERPRETER) -> Bundle:
             f.write(b"#!" + interpreter.encode() + b"\n")
             with zipfile.ZipFile(f, "w") as archive:
                 # Directory entries: zipimport finds the namespace package execbus by them.
-                for name in ("execbus/", "execbus/agent/"):
+                for name in _directories(sources):
                     info = zipfile.ZipInfo(name, date_time=_DATE)
                     info.external_attr = (0o40755 << 16) | 0x10
                     archive.writestr(info, b"")
@@ -132,6 +132,11 @@ def build(output: Path, interpreter: str = DEFAULT_INTERPRETER) -> Bundle:
     data = output.read_bytes()
     modules = sorted(n.removesuffix(".py").replace("/", ".") for n in sources)
     return Bundle(output, modules, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _directories(sources: dict[str, bytes]) -> list[str]:
+    """``execbus/``, ``execbus/agent/`` and the agent's subpackages (``execbus/agent/runc/``)."""
+    return sorted({"execbus/"} | {name.rsplit("/", 1)[0] + "/" for name in sources})
 
 
 DESCRIPTION = """\

@@ -16,6 +16,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
+from execbus.agent.procs import split_stat, stat_start_time
 from execbus.agent.signames import signal_name
 from execbus.agent.spawn import DEFAULT_PATH
 from execbus.errors import AgentProtocolError, ErrorCode
@@ -185,9 +186,7 @@ def output_chunks(config: ExecConfig, streams: Streams) -> list[Chunk]:
 def process_identity(stat: bytes) -> str:
     """``pid@starttime`` from a ``/proc/<pid>/stat`` line: one process, one boot."""
     pid = stat.split(b" ", 1)[0].decode("ascii", "replace")
-    fields = stat.rpartition(b")")[2].split()
-    start = fields[19].decode("ascii", "replace") if len(fields) > 19 else "?"
-    return f"{pid}@{start}"
+    return f"{pid}@{stat_start_time(split_stat(stat)) or '?'}"
 
 
 def restart_cause(old: str, new: str) -> str:

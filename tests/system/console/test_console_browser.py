@@ -258,6 +258,17 @@ async def test_console_live_view(
         assert XSS_LABEL in texts["labels"]
         assert texts["imgs"] == 0 and texts["pwned"] is None
 
+        # An exec whose lifecycle events were turned off is first seen at its exit.
+        quiet = await client.run("a1", ["sh", "-c", "exit 5"], lifecycle_events=[])
+        assert quiet.exit_code == 5
+        await in_thread(browser.goto, f"{con.url}#/exec/a1/{quiet.exec_id}")
+        await in_thread(
+            browser.wait,
+            "document.getElementById('x-timeline').textContent"
+            ".includes('first seen at exec.exited')"
+            " && document.getElementById('x-state').textContent === 'exited · 5'",
+        )
+
         # 5. The charts have points.
         await in_thread(browser.goto, f"{con.url}#/charts")
         await in_thread(

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from execbus.agent.cli import build_parser as agent_parser
-from execbus.agent.cli import make_config
+from execbus.agent.config import make_config
 from execbus.cli.worker import build_parser as worker_parser
 from execbus.errors import Forbidden
 from execbus.wire.config import ExecConfig

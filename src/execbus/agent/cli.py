@@ -1,24 +1,21 @@
-"""``execbus agent``: the guest agent daemon's command line."""
+"""``execbus agent``: the guest agent daemon's command line.
+
+The argument parser and :func:`main`: the arguments are checked into a
+:class:`~execbus.agent.config.Config` (:mod:`execbus.agent.config`), logging
+is set up (:mod:`execbus.agent.logs`) and the daemon runs
+(:mod:`execbus.agent.daemon`). A bad command line or setting is one line on
+stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import grp
-import logging
-import os
-import pwd
-import shutil
-import signal
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from execbus.agent.cgroups import CgroupError
-from execbus.agent.compat import slots_dataclass
-from execbus.agent.core import AGENT_VERSION, AgentCore
-from execbus.agent.http import HealthServer
-from execbus.agent.journal import JournalError
-from execbus.agent.listeners import ListenerSpec, parse_listen_url
+from execbus.agent.config import ConfigError, make_config
+from execbus.agent.daemon import run
 from execbus.agent.logs import setup_logging
 from execbus.agent.options import (
     DEFAULT_GRACE,
@@ -27,15 +24,10 @@ from execbus.agent.options import (
     DEFAULT_MAX_EXECS,
     DEFAULT_SOCKET,
     MAX_DEFAULT_HANDSHAKES,
-    AgentOptions,
 )
 from execbus.agent.protocol import DEFAULT_MAX_FRAME
-from execbus.agent.server import AgentServer
-
-log = logging.getLogger("execbus.agent")
 
 PROG = "execbus agent"
-MIN_MAX_FRAME = 4 * 1024 * 1024
 
 DESCRIPTION = """\
 Run the execbus guest agent: a daemon that spawns real processes (on this
@@ -60,27 +52,15 @@ examples:
 
 SIGTERM/SIGINT: stop accepting, give running execs --grace seconds, then kill
 them (their cgroups, else their process groups) and what finished execs left
-running in the background, report their exits and exit. Killed outright
-(SIGKILL, a crash), the agent takes its execs with it: a small helper process
-(the lifeline) kills them as soon as the agent is gone."""
-
-
-class ConfigError(Exception):
-    """A bad command line or setting; main prints it on one line and returns 2."""
+running in the background, report their exits and exit. A second signal exits
+at once (status 1). Then, as when the agent is killed outright (SIGKILL, a
+crash), its execs go with it: a small helper process (the lifeline) kills them
+as soon as the agent is gone."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
-
-
-@slots_dataclass()
-class Config:
-    """What main needs to run the agent."""
-
-    options: AgentOptions
-    listeners: list[ListenerSpec]
-    token: str | None
 
 
 def _octal(value: str) -> int:
@@ -279,186 +259,6 @@ def _logging_options(group: argparse._ArgumentGroup) -> None:
         choices=["text", "json"],
         help="text lines or JSON lines on stderr (default: text)",
     )
-
-
-def make_config(args: argparse.Namespace) -> Config:
-    """Check the parsed arguments; raises :class:`ConfigError`."""
-    try:
-        listeners = [parse_listen_url(u) for u in (args.listen or [f"unix://{DEFAULT_SOCKET}"])]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    token = _read_token(args.token_file) if args.token_file else None
-    tcp = [spec for spec in listeners if spec.kind in ("tcp", "tls")]
-    if tcp and token is None:
-        raise ConfigError(f"{tcp[0].kind} listener {tcp[0].url} requires --token-file")
-    _check_tls(args, listeners)
-    if args.max_connections < 1:
-        raise ConfigError("--max-connections must be at least 1")
-    if args.max_handshakes < 0:
-        raise ConfigError("--max-handshakes must be >= 0 (0: the default)")
-    if args.max_execs_per_connection < 0:
-        raise ConfigError("--max-execs-per-connection must be >= 0 (0: no cap)")
-    if not args.handshake_timeout > 0:
-        raise ConfigError("--handshake-timeout must be > 0")
-    if args.max_frame < MIN_MAX_FRAME:
-        raise ConfigError(f"--max-frame must be at least {MIN_MAX_FRAME}")
-    if args.max_execs < 1:
-        raise ConfigError("--max-execs must be at least 1")
-    if args.grace < 0:
-        raise ConfigError("--grace must be >= 0")
-    if args.runc_root and shutil.which(args.runc_binary) is None:
-        raise ConfigError(f"--runc-root is set but runc binary {args.runc_binary!r} was not found")
-    options = AgentOptions(
-        socket_mode=args.socket_mode,
-        socket_owner=_uid(args.socket_owner) if args.socket_owner else None,
-        socket_group=_gid(args.socket_group) if args.socket_group else None,
-        token_file=args.token_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        max_connections=args.max_connections,
-        max_execs_per_connection=args.max_execs_per_connection,
-        handshake_timeout=args.handshake_timeout,
-        runc=True if args.runc_root else None,
-        runc_root=args.runc_root,
-        runc_binary=args.runc_binary,
-        max_frame=args.max_frame,
-        max_execs=args.max_execs,
-        grace=args.grace,
-        allow_privileged=args.allow_privileged,
-        state_dir=args.state_dir,
-        cgroup_root=args.cgroup_root,
-        max_handshakes=args.max_handshakes,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        http_host=args.http_host,
-        http_port=args.http_port,
-    )
-    return Config(options, listeners, token)
-
-
-def _check_tls(args: argparse.Namespace, listeners: list[ListenerSpec]) -> None:
-    tls = [spec for spec in listeners if spec.kind == "tls"]
-    given = [
-        flag
-        for flag, value in (
-            ("--tls-cert", args.tls_cert),
-            ("--tls-key", args.tls_key),
-            ("--tls-client-ca", args.tls_client_ca),
-        )
-        if value
-    ]
-    if not tls:
-        if given:
-            raise ConfigError(f"{given[0]} is given but no tls:// listener is")
-        return
-    if not args.tls_cert or not args.tls_key:
-        raise ConfigError(f"tls listener {tls[0].url} requires --tls-cert and --tls-key")
-    for flag, path in (
-        ("--tls-cert", args.tls_cert),
-        ("--tls-key", args.tls_key),
-        ("--tls-client-ca", args.tls_client_ca),
-    ):
-        if path and not os.access(path, os.R_OK):
-            raise ConfigError(f"cannot read {flag} {path}")
-
-
-def _uid(value: str) -> int:
-    """A user name or uid (--socket-owner)."""
-    if value.isdigit():
-        return int(value)
-    try:
-        return pwd.getpwnam(value).pw_uid
-    except KeyError:
-        raise ConfigError(f"--socket-owner: no user {value!r}") from None
-
-
-def _gid(value: str) -> int:
-    """A group name or gid (--socket-group)."""
-    if value.isdigit():
-        return int(value)
-    try:
-        return grp.getgrnam(value).gr_gid
-    except KeyError:
-        raise ConfigError(f"--socket-group: no group {value!r}") from None
-
-
-def _read_token(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --token-file {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"--token-file {path} is empty")
-    return token
-
-
-async def run(config: Config) -> int:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    try:
-        core = AgentCore(config.options)
-    except (JournalError, CgroupError) as exc:
-        raise ConfigError(str(exc)) from None
-    server = AgentServer(
-        core, config.listeners, socket_mode=config.options.socket_mode, token=config.token
-    )
-    http = await _start_http(config.options, core, server)
-    try:
-        await server.start()
-    except (OSError, ValueError) as exc:
-        await core.aclose(0)
-        if http is not None:
-            await http.stop()
-        raise ConfigError(f"cannot listen: {exc}") from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info("agent ready", extra={"listen": server.addresses, "boot_id": core.boot_id})
-    await stop.wait()
-    log.info("shutting down", extra={"grace": config.options.grace})
-    await server.stop()
-    await core.aclose(config.options.grace)
-    if http is not None:  # last: /readyz says 503 while the agent drains
-        await http.stop()
-    log.info("agent stopped")
-    return 0
-
-
-async def _start_http(
-    options: AgentOptions, core: AgentCore, server: AgentServer
-) -> HealthServer | None:
-    """Start the health/metrics endpoint (before the listeners: /healthz answers at once)."""
-    if options.http_port is None:
-        return None
-
-    def status() -> tuple[bool, dict[str, Any]]:
-        serving, closing = server.serving, core.closing
-        detail = {
-            "listeners": {"serving": serving, "addresses": server.addresses},
-            "shutting_down": closing,
-            "boot_id": core.boot_id,
-            "execs_running": core.metrics.execs_running,
-            "connections": core.metrics.connections_open,
-        }
-        return serving and not closing, detail
-
-    info = {"version": AGENT_VERSION, "boot_id": core.boot_id}
-    http = HealthServer(
-        options.http_host, options.http_port, status, lambda: core.metrics.render(info)
-    )
-    try:
-        port = await http.start()
-    except OSError as exc:
-        await core.aclose(0)
-        raise ConfigError(
-            f"cannot serve HTTP on {options.http_host}:{options.http_port}: {exc}"
-        ) from None
-    log.info(
-        "health and metrics on http://%s:%d/", options.http_host, port, extra={"http_port": port}
-    )
-    return http
 
 
 def main(argv: list[str] | None = None) -> int:

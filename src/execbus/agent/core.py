@@ -22,6 +22,7 @@ import uuid
 from functools import partial
 from typing import Any
 
+from execbus.agent.config import validate
 from execbus.agent.errors import (
     INVALID,
     LIMIT_EXCEEDED,
@@ -71,7 +72,11 @@ class AgentCore:
     """
 
     def __init__(self, options: AgentOptions | None = None) -> None:
+        """Raises :class:`~execbus.agent.config.ConfigError` for options out of
+        bounds (see :func:`~execbus.agent.config.validate`), JournalError and
+        CgroupError for an unusable ``state_dir`` or ``cgroup_root``."""
         self.options = options or AgentOptions()
+        validate(self.options)
         self.boot_id = uuid.uuid4().hex
         self.supervisor = Supervisor(self.options)
         self._pending: dict[_Conn, None] = {}  # not greeted yet, oldest first

@@ -11,6 +11,7 @@ import asyncio
 import socket
 
 from execbus.connections.agent_client import AgentClient
+from execbus.errors import ConfigError
 
 STREAM_LIMIT = 1024 * 1024
 
@@ -19,10 +20,14 @@ class LocalAgentHost:
     """Owns the in-process :class:`~execbus.agent.core.AgentCore` and its connections."""
 
     def __init__(self) -> None:
+        from execbus.agent.config import ConfigError as AgentConfigError
         from execbus.agent.core import AgentCore
         from execbus.agent.options import AgentOptions
 
-        self.core = AgentCore(AgentOptions())
+        try:  # the core validates its options, embedded or not
+            self.core = AgentCore(AgentOptions())
+        except AgentConfigError as exc:
+            raise ConfigError(f"the in-process agent: {exc}") from None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

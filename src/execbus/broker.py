@@ -6,6 +6,11 @@ translated into :class:`~execbus.errors.BrokerUnavailable` (retry later) or
 :class:`~execbus.errors.BrokerRefused` (credentials, vhost or permissions:
 retrying will not help).
 
+A RabbitMQ cluster is given as several node URLs, comma-separated
+(``EXECBUS_AMQP_URL=amqp://u:p@mq1/,amqp://u:p@mq2/``): a process starts on
+one picked at random and, when it loses it, reconnects to the next that
+answers.
+
 It also makes the AMQP frame decoder tolerant of one kind of garbage any
 publisher can send: short strings (``message_id``, ``type``,
 ``correlation_id``, ``reply_to``, header names) that are not UTF-8. pamqp
@@ -18,6 +23,7 @@ as invalid (:func:`undecodable_property`).
 from __future__ import annotations
 
 import contextlib
+import random
 import ssl
 import struct
 from pathlib import Path
@@ -30,6 +36,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractRo
 from aio_pika.connection import make_url
 from aiormq import exceptions as amqp_errors
 from pamqp import common, decode
+from yarl import URL
 
 from execbus.errors import BrokerRefused, BrokerUnavailable, ConfigError
 
@@ -41,8 +48,15 @@ REPLACEMENT = "\ufffd"
 # -- URLs ------------------------------------------------------------------
 
 
+def urls_of(value: str) -> list[str]:
+    """The node URLs of an ``EXECBUS_AMQP_URL`` (one, or several comma-separated)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    """``url`` (or each of several) with its password replaced by ``***``."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in urls_of(url))
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -56,11 +70,12 @@ def redact_url(url: str) -> str:
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove the URL's password from ``text`` (third-party messages may echo it)."""
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password:
-            return text.replace(password, "***")
+    """Remove the URL's (or URLs') password from ``text`` (third-party messages may echo it)."""
+    for part in urls_of(url):
+        with contextlib.suppress(ValueError):
+            password = urlsplit(part).password
+            if password:
+                text = text.replace(password, "***")
     return text
 
 
@@ -123,13 +138,22 @@ def connect_error(exc: BaseException, url: str) -> BrokerUnavailable:
 async def connect_plain(
     url: str, *, name: str, tls: ssl.SSLContext | None = None, timeout: float = CONNECT_TIMEOUT
 ) -> AbstractConnection:
-    """A plain connection (the worker manages its own reconnects)."""
-    try:
-        return await aio_pika.connect(
-            url, ssl_context=tls, timeout=timeout, client_properties={"connection_name": name}
-        )
-    except Exception as exc:  # aio-pika raises a wide family (OSError, AMQP errors, timeouts)
-        raise connect_error(exc, url) from exc
+    """A plain connection (the worker manages its own reconnects) to one of the nodes of
+    ``url``, tried in a random order; the last node's error when none answers."""
+    nodes = urls_of(url)
+    random.shuffle(nodes)
+    error: BrokerUnavailable | None = None
+    for node in nodes:
+        try:
+            return await aio_pika.connect(
+                node, ssl_context=tls, timeout=timeout, client_properties={"connection_name": name}
+            )
+        except Exception as exc:  # aio-pika raises a wide family (OSError, AMQP errors, ...)
+            error = connect_error(exc, node)
+            if isinstance(error, BrokerRefused):
+                raise error from exc  # the same users on every node: no point going on
+    assert error is not None, "an AMQP URL names at least one node"
+    raise error
 
 
 async def connect_robust(
@@ -137,24 +161,68 @@ async def connect_robust(
 ) -> AbstractRobustConnection:
     """A robust connection (the SDK's); it reconnects by itself after the first one."""
     try:
-        target = make_url(url)
-        # Reconnect sooner than aio-pika's 5 s default, unless the URL says otherwise.
-        interval = None if "reconnect_interval" in target.query else RECONNECT_INTERVAL
-        kwargs: dict[str, Any] = {"client_properties": {"connection_name": name}}
-        if tls is not None:
-            kwargs["ssl_context"] = tls
-        connection = RobustConnection(target, reconnect_interval=interval, **kwargs)
+        nodes = [make_url(node) for node in urls_of(url)]
     except ValueError as exc:
         raise BrokerUnavailable(f"invalid broker URL {redact_url(url)}: {exc}") from None
-    try:
-        await connection.connect(timeout=CONNECT_TIMEOUT)
-    except Exception as exc:
-        # connect_robust() would leave the failed connection to __del__, which
-        # schedules its close on a loop that may be gone: close it here.
-        with contextlib.suppress(Exception):
-            await connection.close()
-        raise connect_error(exc, url) from exc
-    return connection
+    random.shuffle(nodes)
+    # Reconnect sooner than aio-pika's 5 s default, unless the URL says otherwise.
+    interval = None if "reconnect_interval" in nodes[0].query else RECONNECT_INTERVAL
+    kwargs: dict[str, Any] = {"client_properties": {"connection_name": name}}
+    if tls is not None:
+        kwargs["ssl_context"] = tls
+    error: BrokerUnavailable | None = None
+    for first in range(len(nodes)):  # the first connection fails fast: try each node
+        order = nodes[first:] + nodes[:first]
+        connection: RobustConnection = (
+            RobustConnection(order[0], reconnect_interval=interval, **kwargs)
+            if len(nodes) == 1
+            else NodesRobustConnection(order, reconnect_interval=interval, **kwargs)
+        )
+        try:
+            await connection.connect(timeout=CONNECT_TIMEOUT)
+        except Exception as exc:
+            # connect_robust() would leave the failed connection to __del__, which
+            # schedules its close on a loop that may be gone: close it here.
+            with contextlib.suppress(Exception):
+                await connection.close()
+            error = connect_error(exc, str(order[0]) if len(nodes) > 1 else url)
+            if isinstance(error, BrokerRefused):
+                break
+            continue
+        return connection
+    assert error is not None, "an AMQP URL names at least one node"
+    raise error
+
+
+class NodesRobustConnection(RobustConnection):
+    """aio-pika's robust connection over several cluster nodes.
+
+    aio-pika reconnects to ``self.url`` only. Here ``url`` names the node of the
+    current attempt: while the connection is down, every connection attempt
+    (which reads ``url`` once) moves on to the next node, so a client whose node
+    died reconnects to another that answers. ``__str__``/``__repr__`` (log
+    lines) name the current node without moving on.
+    """
+
+    def __init__(self, nodes: list[URL], **kwargs: Any) -> None:
+        self._nodes = nodes
+        self._node = -1  # the first attempt moves to node 0
+        super().__init__(nodes[0], **kwargs)
+
+    @property
+    def url(self) -> URL:
+        connected = getattr(self, "connected", None)
+        if connected is not None and not connected.is_set():
+            self._node = (self._node + 1) % len(self._nodes)
+        return self._nodes[max(self._node, 0)]
+
+    @url.setter
+    def url(self, value: URL) -> None:
+        """Set by aio-pika's ``__init__`` (and ``update_secret``): the node list rules."""
+
+    def __str__(self) -> str:
+        node = self._nodes[max(self._node, 0)]
+        return str(node.with_password("******") if node.password else node)
 
 
 # -- frames that are not UTF-8 -------------------------------------------------

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
 
     amqp_url: str = Field(
         default="amqp://guest:guest@localhost:5672/",
-        description="RabbitMQ URL (amqp:// or amqps://).",
+        description="RabbitMQ URL (amqp:// or amqps://); for a cluster, the nodes' URLs "
+        "comma-separated: a process connects to one at random and, when it loses it, "
+        "to the next that answers.",
     )
     amqp_ca_file: Path | None = Field(
         default=None,
@@ -182,9 +184,13 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
-        return value
+        nodes = [part.strip() for part in value.split(",") if part.strip()]
+        if not nodes:
+            raise ValueError("names no broker")
+        for node in nodes:
+            if not node.startswith(("amqp://", "amqps://")):
+                raise ValueError("must start with amqp:// or amqps:// (each node URL)")
+        return ",".join(nodes)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -72,6 +72,10 @@ class FaultProxy:
         """Delay every forwarded chunk."""
         self.delay = seconds
 
+    def connections(self) -> int:
+        """Connections forwarded right now."""
+        return len(self._conns)
+
     # -- forwarding ------------------------------------------------------
 
     async def _cut(self) -> None:

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(
         default=5, ge=1, description="Redeliveries before a request is dead-lettered."
     )
+    quorum_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replicas of each quorum queue the workers declare "
+        "(x-quorum-initial-group-size); unset: the cluster's default. Fixed at a queue's "
+        "first declaration.",
+    )
     max_message_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted."
     )

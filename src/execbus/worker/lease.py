@@ -31,14 +31,13 @@ from typing import TYPE_CHECKING, Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from execbus.wire.routing import Names
+from execbus.worker.topology import Topology
 
 if TYPE_CHECKING:
     from execbus.worker.session import BrokerSession
 
 log = logging.getLogger("execbus.worker")
 
-LEASE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum", "x-single-active-consumer": True}
 TOKEN = b"execbus lease token"
 
 
@@ -47,12 +46,13 @@ class Lease:
 
     def __init__(
         self,
-        names: Names,
+        topology: Topology,
         agent: str,
         on_granted: Callable[[], None],
         on_lost: Callable[[], None],
     ) -> None:
-        self.queue_name = names.lease_queue(agent)
+        self.queue_name = topology.names.lease_queue(agent)
+        self._arguments = topology.quorum(**{"x-single-active-consumer": True})
         self.agent = agent
         self._on_granted = on_granted
         self._on_lost = on_lost
@@ -80,7 +80,7 @@ class Lease:
             channel = await session.channel()
             await channel.set_qos(prefetch_count=1)
             queue = await channel.declare_queue(
-                self.queue_name, durable=True, arguments=LEASE_ARGUMENTS
+                self.queue_name, durable=True, arguments=self._arguments
             )
             result = queue.declaration_result
             if not result.message_count and not result.consumer_count:

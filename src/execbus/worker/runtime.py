@@ -41,7 +41,7 @@ from execbus.worker.guard import RequestGuard
 from execbus.worker.lease import Lease
 from execbus.worker.metrics import WorkerMetrics
 from execbus.worker.state import AgentState, Hooks
-from execbus.worker.topology import declare_agent_queue
+from execbus.worker.topology import topology_of
 from execbus.worker.watch import AgentWatch
 
 if TYPE_CHECKING:
@@ -103,7 +103,8 @@ class AgentRuntime:
         self.owner = False
         self.consumer: RequestConsumer | None = None
         self._opened = False
-        self.lease = Lease(self.names, name, self._granted, self._lost)
+        self.topology = topology_of(settings)
+        self.lease = Lease(self.topology, name, self._granted, self._lost)
         self._session: BrokerSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._queue_channel: AbstractChannel | None = None
@@ -196,9 +197,7 @@ class AgentRuntime:
             await self.watch.sync()
         self._queue_channel = await session.channel()
         await self._queue_channel.set_qos(prefetch_count=self.settings.prefetch)
-        self._queue = await declare_agent_queue(
-            self._queue_channel, self.names, self.name, self.settings.delivery_limit
-        )
+        self._queue = await self.topology.declare_agent_queue(self._queue_channel, self.name)
         self.consumer = RequestConsumer(
             self.execs,
             session.publisher,

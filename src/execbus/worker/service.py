@@ -47,7 +47,7 @@ from execbus.worker.pools import PoolConsumer
 from execbus.worker.publisher import Publisher
 from execbus.worker.runtime import AgentRuntime
 from execbus.worker.session import BrokerSession, SessionOutbox, open_channel
-from execbus.worker.topology import declare_agent_queue, declare_base, declare_pool_queue
+from execbus.worker.topology import topology_of
 
 log = logging.getLogger("execbus.worker")
 T = TypeVar("T")
@@ -74,6 +74,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
+        self.topology = topology_of(settings)
         self.worker_id = settings.worker_id or uuid.uuid4().hex[:12]
         self.metrics = WorkerMetrics()
         self.outbox = SessionOutbox()
@@ -152,11 +153,11 @@ class Worker:
         connection = await connect_plain(url, name=name, tls=self._amqp_tls)
         try:
             channel = await open_channel(None, connection, publisher_confirms=True)
-            await declare_base(channel, self.names)
+            await self.topology.declare_base(channel)
             for name in self.runtimes:
-                await declare_agent_queue(channel, self.names, name, self.settings.delivery_limit)
+                await self.topology.declare_agent_queue(channel, name)
             for pool in self.pools:
-                await declare_pool_queue(channel, self.names, pool, self.settings.delivery_limit)
+                await self.topology.declare_pool_queue(channel, pool)
             publisher = Publisher(channel, self.names, self.settings.publish_timeout)
             await publisher.setup()
         except Exception as exc:
@@ -272,9 +273,7 @@ class Worker:
             if owns and current is None:
                 channel = await session.channel()
                 await channel.set_qos(prefetch_count=self.settings.prefetch)
-                queue = await declare_pool_queue(
-                    channel, self.names, pool, self.settings.delivery_limit
-                )
+                queue = await self.topology.declare_pool_queue(channel, pool)
                 consumer = PoolConsumer(
                     pool,
                     [self.runtimes[a] for a in members],

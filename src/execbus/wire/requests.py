@@ -46,12 +46,17 @@ class RequestBase(StrictModel):
         return value
 
 
-class CreateRequest(RequestBase):
+class ConfigRequest(RequestBase):
+    """A request that brings an exec's whole configuration (create and run)."""
+
+    exec_id: ExecId | None = None
+    config: ExecConfig
+
+
+class CreateRequest(ConfigRequest):
     """Register an exec without starting it (idempotent by ``exec_id``)."""
 
     type: Literal["exec.create"] = "exec.create"
-    exec_id: ExecId | None = None
-    config: ExecConfig
 
 
 class StartRequest(RequestBase):
@@ -65,12 +70,10 @@ class StartRequest(RequestBase):
     )
 
 
-class RunRequest(RequestBase):
+class RunRequest(ConfigRequest):
     """Create and start in one step."""
 
     type: Literal["exec.run"] = "exec.run"
-    exec_id: ExecId | None = None
-    config: ExecConfig
 
 
 class ResizeRequest(RequestBase):

@@ -312,30 +312,19 @@ def _operations() -> dict[str, Any]:
 
 def to_yaml(value: Any, indent: int = 0) -> str:
     """A minimal YAML emitter (JSON-compatible subset), so no YAML library is needed."""
+    if not isinstance(value, dict | list):
+        return json.dumps(value)
+    if not value:
+        return "{}" if isinstance(value, dict) else "[]"
     pad = "  " * indent
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        lines = []
-        for key, item in value.items():
-            rendered = to_yaml(item, indent + 1)
-            if isinstance(item, dict | list) and item:
-                lines.append(f"{pad}{json.dumps(str(key))}:\n{rendered}")
-            else:
-                lines.append(f"{pad}{json.dumps(str(key))}: {rendered}")
-        return "\n".join(lines)
-    if isinstance(value, list):
-        if not value:
-            return "[]"
-        lines = []
-        for item in value:
-            rendered = to_yaml(item, indent + 1)
-            if isinstance(item, dict | list) and item:
-                lines.append(f"{pad}-\n{rendered}")
-            else:
-                lines.append(f"{pad}- {rendered}")
-        return "\n".join(lines)
-    return json.dumps(value)
+    items = value.items() if isinstance(value, dict) else ((None, item) for item in value)
+    lines = []
+    for key, item in items:
+        head = f"{pad}{json.dumps(str(key))}:" if isinstance(value, dict) else f"{pad}-"
+        rendered = to_yaml(item, indent + 1)
+        nested = isinstance(item, dict | list) and item
+        lines.append(f"{head}\n{rendered}" if nested else f"{head} {rendered}")
+    return "\n".join(lines)
 
 
 def render_all() -> dict[str, str]:

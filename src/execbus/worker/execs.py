@@ -32,22 +32,11 @@ from execbus.errors import (
     PublishFailed,
 )
 from execbus.registry import ExecRecord, StartAction
+from execbus.wire import requests as rq
 from execbus.wire.config import ExecConfig
 from execbus.wire.records import ExecList, ExecState
 from execbus.wire.replies import Reply
-from execbus.wire.requests import (
-    CreateRequest,
-    InspectRequest,
-    ListRequest,
-    RemoveRequest,
-    Request,
-    ResizeRequest,
-    RunRequest,
-    SignalRequest,
-    StartRequest,
-    StdinRequest,
-    WaitRequest,
-)
+from execbus.wire.requests import Request
 from execbus.worker import event_factory
 from execbus.worker.acks import Disposition
 from execbus.worker.context import Outcome, ReplyTarget, RequestContext, derive_exec_id
@@ -111,7 +100,7 @@ class AgentExecs:
 
     # -- create, run, start ----------------------------------------------
 
-    async def _create(self, req: CreateRequest, ctx: RequestContext) -> Outcome:
+    async def _create(self, req: rq.CreateRequest, ctx: RequestContext) -> Outcome:
         record, created = await self._create_record(req.config, req.exec_id, ctx.user_id)
         return self._ok(req, record.info(output=False), record.exec_id, replayed=not created)
 
@@ -138,7 +127,7 @@ class AgentExecs:
                     await state.events.confirmed(record)
         return record, created
 
-    async def _run(self, req: RunRequest, ctx: RequestContext) -> Outcome:
+    async def _run(self, req: rq.RunRequest, ctx: RequestContext) -> Outcome:
         exec_id = req.exec_id
         if exec_id is None and ctx.request_id is not None:
             exec_id = derive_exec_id(ctx.request_id)
@@ -147,7 +136,7 @@ class AgentExecs:
             record, self._start_record(req, record, ctx, req.config.detach, None)
         )
 
-    async def _start(self, req: StartRequest, ctx: RequestContext) -> Outcome:
+    async def _start(self, req: rq.StartRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.get(req.exec_id)
         detach = record.config.detach if req.detach is None else req.detach
         return await self._settled_after_confirms(
@@ -252,16 +241,16 @@ class AgentExecs:
 
     # -- the other requests --------------------------------------------------
 
-    async def _inspect(self, req: InspectRequest, ctx: RequestContext) -> Outcome:
+    async def _inspect(self, req: rq.InspectRequest, ctx: RequestContext) -> Outcome:
         return self._ok(req, self.registry.get(req.exec_id).info(output=req.include_output))
 
-    async def _list(self, req: ListRequest, ctx: RequestContext) -> Outcome:
+    async def _list(self, req: rq.ListRequest, ctx: RequestContext) -> Outcome:
         records = self.registry.list(req.container_id, req.include_finished)
         if ctx.owner is not None:  # a policy lets this caller see its own execs only
             records = [r for r in records if r.owner == ctx.owner]
         return self._ok(req, ExecList(execs=[r.info(output=False) for r in records]))
 
-    async def _wait(self, req: WaitRequest, ctx: RequestContext) -> Outcome:
+    async def _wait(self, req: rq.WaitRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.get(req.exec_id)
         if record.finished or ctx.reply is None:
             return self._ok(req, record.info(output=req.include_output))
@@ -271,19 +260,19 @@ class AgentExecs:
         self.state.waiters.setdefault(record.exec_id, []).append(target)
         return Outcome(None)
 
-    async def _signal(self, req: SignalRequest, ctx: RequestContext) -> Outcome:
+    async def _signal(self, req: rq.SignalRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.check_running(req.exec_id)
         await self._agent_call(lambda: self.state.connection.signal(req.exec_id, req.signal))
         return self._ok(req, record.info(output=False))
 
-    async def _resize(self, req: ResizeRequest, ctx: RequestContext) -> Outcome:
+    async def _resize(self, req: rq.ResizeRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.check_resizable(req.exec_id)
         await self._agent_call(
             lambda: self.state.connection.resize(req.exec_id, req.width, req.height)
         )
         return self._ok(req, record.info(output=False))
 
-    async def _stdin(self, req: StdinRequest, ctx: RequestContext) -> Outcome:
+    async def _stdin(self, req: rq.StdinRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.check_running(req.exec_id)
         if not record.config.attach_stdin:
             raise Conflict(f"exec {req.exec_id!r} was not created with attach_stdin")
@@ -292,7 +281,7 @@ class AgentExecs:
         )
         return self._ok(req, record.info(output=False))
 
-    async def _remove(self, req: RemoveRequest, ctx: RequestContext) -> Outcome:
+    async def _remove(self, req: rq.RemoveRequest, ctx: RequestContext) -> Outcome:
         record = self.registry.get(req.exec_id)
         if record.state is ExecState.RUNNING and req.force:
             connection = self.state.connection
@@ -307,14 +296,14 @@ class AgentExecs:
         return await call_with_retry(call, self.state.retry)
 
     _handlers: dict[type, Callable[..., Awaitable[Outcome]]] = {
-        CreateRequest: _create,
-        StartRequest: _start,
-        RunRequest: _run,
-        InspectRequest: _inspect,
-        ListRequest: _list,
-        WaitRequest: _wait,
-        SignalRequest: _signal,
-        ResizeRequest: _resize,
-        StdinRequest: _stdin,
-        RemoveRequest: _remove,
+        rq.CreateRequest: _create,
+        rq.StartRequest: _start,
+        rq.RunRequest: _run,
+        rq.InspectRequest: _inspect,
+        rq.ListRequest: _list,
+        rq.WaitRequest: _wait,
+        rq.SignalRequest: _signal,
+        rq.ResizeRequest: _resize,
+        rq.StdinRequest: _stdin,
+        rq.RemoveRequest: _remove,
     }

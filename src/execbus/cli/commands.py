@@ -12,11 +12,11 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import signal
 import sys
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from execbus.agent.signals import install_shutdown
 from execbus.cli.common import (
     EnvFileError,
     add_agent_arg,
@@ -320,9 +320,7 @@ def build_events_parser() -> argparse.ArgumentParser:
 
 async def events_command(args: argparse.Namespace, settings: Settings) -> int:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    install_shutdown(asyncio.get_running_loop(), stop)  # a second signal exits at once
     async with Client(settings=settings) as client:
         await print_events(client.events(args.agent, args.container, args.kind), stop)
     return 0

@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 from typing import Any
 
+from execbus.agent.signals import ShutdownSignals, install_shutdown
 from execbus.cli.common import EXIT_TIMEOUT
 from execbus.cli.render import to_json
 from execbus.cli.terminal import StdinReader, is_tty, raw_mode, terminal_size
@@ -77,7 +79,7 @@ class RunSession:
         self._tasks: list[asyncio.Task[None]] = []
         self._winch = asyncio.Event()
         self._abandon: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._signalled = False
+        self._signals: ShutdownSignals | None = None
 
     async def run(self) -> int:
         """Run the command; its exit status (128+n when killed by signal n, 124 when
@@ -199,13 +201,15 @@ class RunSession:
         if self.args.tty and terminal_size() is not None:
             self._spawn(self._forward_resizes(execution))
             loop.add_signal_handler(signal.SIGWINCH, self._winch.set)
-        for signum in FORWARDED_SIGNALS:
-            loop.add_signal_handler(signum, self._on_signal, execution, signum)
+        forward = functools.partial(self._forward_first_signal, execution)
+        self._signals = install_shutdown(
+            loop, forward, on_second=self._give_up, signals=FORWARDED_SIGNALS
+        )
 
     def _stop_helpers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (*FORWARDED_SIGNALS, signal.SIGWINCH):
-            loop.remove_signal_handler(signum)
+        if self._signals is not None:
+            self._signals.remove()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGWINCH)
         for task in self._tasks:
             task.cancel()
 
@@ -228,14 +232,14 @@ class RunSession:
                 with _quietly("resize"):
                     await execution.resize(*size)
 
-    def _on_signal(self, execution: Execution, signum: int) -> None:
-        """First signal: pass it on to the remote process. Second: stop waiting."""
-        if self._signalled:
-            if not self._abandon.done():
-                self._abandon.set_result(128 + signum)
-            return
-        self._signalled = True
-        self._spawn(_forward_signal(execution, signal.Signals(signum).name))
+    def _forward_first_signal(self, execution: Execution, sig: signal.Signals) -> None:
+        """First signal: pass it on to the remote process."""
+        self._spawn(_forward_signal(execution, sig.name))
+
+    def _give_up(self, sig: signal.Signals) -> None:
+        """A second signal: stop waiting (exit status 128+n)."""
+        if not self._abandon.done():
+            self._abandon.set_result(128 + sig)
 
 
 def _timeout_of(args: argparse.Namespace, result: RunResult) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 
 from execbus import __version__, loops
+from execbus.agent.signals import install_shutdown
 from execbus.connections.address import AgentAddress, parse_agent_spec
 from execbus.connections.factory import ConnectOptions
 from execbus.errors import BrokerRefused, ConfigError
@@ -204,9 +206,8 @@ async def serve(
 
     worker = Worker(settings, agents, options, pools)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, stop, sig, settings.shutdown_grace)
+    first = functools.partial(_on_first_signal, stop, settings.shutdown_grace)
+    install_shutdown(asyncio.get_running_loop(), first)  # a second signal exits at once
     http = None
     if settings.http_port is not None:
         http = HealthServer(
@@ -233,10 +234,7 @@ async def serve(
 SHUTDOWN_SLACK = 1.5
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals, grace: float) -> None:
-    if stop.is_set():
-        log.warning("second %s: exiting now", sig.name)
-        raise SystemExit(1)
+def _on_first_signal(stop: asyncio.Event, grace: float, sig: signal.Signals) -> None:
     log.info("%s received: shutting down gracefully", sig.name)
     stop.set()
     _arm_watchdog(grace + SHUTDOWN_SLACK)

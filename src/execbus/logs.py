@@ -1,59 +1,28 @@
-"""Logging setup for the worker and the CLI: human text by default, JSON lines on request.
+"""The worker's logging: the agent's formatter with the worker's field policy.
 
-Exec-related lines carry ``exec_id``, ``agent`` and ``container`` when given
-as ``extra``; env values and stdin are never passed to the logger.
+Formatting is :mod:`execbus.agent.logs`, the one formatter of execbus (text
+or JSON lines on stderr, UTC timestamps). The worker adds its policy: the
+context fields of its lines (:data:`CONTEXT_FIELDS`: the exec, the agent,
+the container, ...) come first and are left out when empty; every other
+extra field is kept, so the in-process agent's lines show their ``pid``,
+``program`` or ``peer`` as a standalone agent's do. And aio-pika and aiormq
+are quieted. Env values and stdin are never passed to the logger.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
-from typing import Any
 
-CONTEXT_FIELDS = ("exec_id", "agent", "container", "worker_id")
+from execbus.agent.logs import FieldPolicy
+from execbus.agent.logs import setup_logging as _setup_logging
 
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key in CONTEXT_FIELDS:
-            value = getattr(record, key, None)
-            if value is not None:
-                doc[key] = value
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
-
-
-class TextFormatter(logging.Formatter):
-    """``time level logger: message [key=value ...]``."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        ctx = [f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None)]
-        return f"{line} [{' '.join(ctx)}]" if ctx else line
+CONTEXT_FIELDS = ("exec_id", "agent", "container", "worker_id", "code")
+WORKER_FIELDS = FieldPolicy(first=CONTEXT_FIELDS, drop_none=True)
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    """Configure the root logger once, on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    """Configure the root logger once, on stderr, with the worker's field policy."""
+    _setup_logging(level, fmt, WORKER_FIELDS)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     # aiormq logs every failed connection attempt at ERROR; execbus says the same in

@@ -170,7 +170,7 @@ async def test_close_leaves_no_queue(amqp_url: str, namespace: str, local_worker
         await client.run("local", ["true"])
         subscription = client.events()
         await subscription.open()
-        inbox = client._rpc._reply_to if client._rpc else ""
+        inbox = client._require().inbox.name
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -198,8 +198,7 @@ async def test_events_of_execs_nobody_here_follows_are_not_parsed(
     """Every client of an agent receives all its exit events; it parses only its own."""
     async with Client(amqp_url, namespace=namespace) as bystander:
         await bystander.run("local", ["true"])  # binds it to the agent's exit events
-        exits = bystander._exits
-        assert exits is not None
+        exits = bystander._require().exits
         parsed: list[str] = []  # every event the bystander parsed reaches deliver()
         deliver = exits.deliver
 

@@ -6,17 +6,20 @@ from datetime import UTC, datetime
 
 import pytest
 
-from execbus.client.config import build_config, env_list
+from execbus.client.config import build_config, env_list, exec_request
 from execbus.client.connection import redact_url
 from execbus.client.dedupe import SeenIds
 from execbus.client.execution import run_result
 from execbus.client.results import exit_code_of
 from execbus.client.subscriptions import ChunkOrder
+from execbus.client.target import AgentTarget, PoolTarget, Target
 from execbus.errors import CommandNotFound, InvalidRequest
 from execbus.wire.config import ExecConfig
 from execbus.wire.events import ExitedEvent, FailedEvent, OutputEvent
 from execbus.wire.records import ErrorInfo, ExitInfo
 from execbus.wire.replies import Reply
+from execbus.wire.requests import CreateRequest, RunRequest
+from execbus.wire.routing import Names
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -98,3 +101,33 @@ def test_run_result_prefers_the_reply_then_the_event() -> None:
     failed = FailedEvent(event_id="y", agent="a", exec_id="e1", time=NOW, error=error)
     with pytest.raises(CommandNotFound):
         run_result("e1", None, failed)
+
+
+def test_target_of_takes_exactly_one_of_agent_and_pool() -> None:
+    assert Target.of("a1", None) == AgentTarget("a1")
+    assert Target.of(None, "gpu") == PoolTarget("gpu")
+    assert AgentTarget("x") != PoolTarget("x")
+    with pytest.raises(InvalidRequest, match=r"not both \(got agent 'a1' and pool 'gpu'\)"):
+        Target.of("a1", "gpu")
+    with pytest.raises(InvalidRequest, match="no agent and no pool"):
+        Target.of(None, None)
+
+
+def test_target_names_its_routing_key_queue_and_itself() -> None:
+    names = Names("ns")
+    agent, pool = AgentTarget("a1"), PoolTarget("gpu")
+    assert (agent.agent, agent.pool, pool.agent, pool.pool) == ("a1", None, None, "gpu")
+    assert (agent.routing_key(), pool.routing_key()) == ("agent.a1", "pool.gpu")
+    assert (agent.queue(names), pool.queue(names)) == ("ns.agent.a1", "ns.pool.gpu")
+    assert (agent.describe(), pool.describe()) == ("agent 'a1'", "pool 'gpu'")
+
+
+def test_exec_request_addresses_the_target_with_a_fresh_or_given_id() -> None:
+    target, exec_id, run = exec_request(RunRequest, None, "gpu", ["true"], None, {})
+    assert target == PoolTarget("gpu")
+    assert (run.agent, run.pool, run.exec_id, run.config.cmd) == (None, "gpu", exec_id, ["true"])
+    target, exec_id, create = exec_request(
+        CreateRequest, "a1", None, ["true"], "e1", {"tty": True}, detach=True
+    )
+    assert (target, exec_id, create.agent, create.pool) == (AgentTarget("a1"), "e1", "a1", None)
+    assert create.config.tty and create.config.detach

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from execbus import Client
+from execbus.client.target import PoolTarget
 from execbus.errors import CommandNotFound, InvalidRequest, UnknownAgent
 from execbus.wire.ids import new_exec_id
 from tests.client.test_failover import CuttableProxy
@@ -156,10 +157,11 @@ async def test_recheck_finds_a_run_placed_while_away(client: Client) -> None:
     agents of the workers serving the pool."""
     exec_id = new_exec_id()
     await client.run("a2", ["echo", "ran"], exec_id=exec_id)  # what the pool did meanwhile
-    _, exits, _ = client._require()
-    watch = await exits.watch(None, exec_id, pool="p")
+    exits = client._require().exits
+    watch = await exits.watch(PoolTarget("p"), exec_id)
+    assert client._recovery is not None
     try:
-        await asyncio.wait_for(client._recheck(), 20)
+        await asyncio.wait_for(client._recovery.recheck(), 20)
         assert watch.agent == "a2"
         assert await asyncio.wait_for(watch.placed, 1) == "a2"
         final = await asyncio.wait_for(watch.future, 1)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
 from execbus.client.rpc import close_quietly
+from execbus.client.target import Target
 from execbus.errors import BrokerError, UnknownAgent
 from execbus.wire.ids import is_valid_name
 from execbus.wire.routing import Names
@@ -47,26 +47,12 @@ class AgentDirectory:
         self._grace = grace
         self._served_until: dict[str, float] = {}  # by queue name
 
-    async def ensure_served(self, agent: str) -> None:
-        """Return if a worker serves ``agent``; raise :class:`UnknownAgent` otherwise."""
-        await self._ensure("agent", agent, self._names.agent_queue)
-
-    async def ensure_pool_served(self, pool: str) -> None:
-        """Return if a worker consumes ``pool``'s queue; :class:`UnknownAgent` otherwise."""
-        await self._ensure("pool", pool, self._names.pool_queue)
-
-    def forget(self, agent: str) -> None:
-        """Drop the cached answer (e.g. after an ``unknown_agent`` reply)."""
-        self._served_until.pop(self._names.agent_queue(agent), None)
-
-    def forget_pool(self, pool: str) -> None:
-        """Drop the cached answer for ``pool``."""
-        self._served_until.pop(self._names.pool_queue(pool), None)
-
-    async def _ensure(self, kind: str, name: str, queue_of: Callable[[str], str]) -> None:
+    async def ensure(self, target: Target) -> None:
+        """Return if a worker serves ``target``; raise :class:`UnknownAgent` otherwise."""
+        kind, name = target.kind, target.name
         if not is_valid_name(name):
             raise UnknownAgent(f"invalid {kind} name {name!r}: use letters, digits, '_' and '-'")
-        queue = queue_of(name)
+        queue = target.queue(self._names)
         if self._served_until.get(queue, 0.0) > time.monotonic():
             return
         deadline = time.monotonic() + self._grace
@@ -86,6 +72,10 @@ class AgentDirectory:
                     "(its queue exists but no worker consumes it)"
                 )
             await asyncio.sleep(POLL_INTERVAL)
+
+    def forget(self, target: Target) -> None:
+        """Drop the cached answer (e.g. after an ``unknown_agent`` reply)."""
+        self._served_until.pop(target.queue(self._names), None)
 
     async def _consumers(self, kind: str, name: str, queue_name: str) -> int | None:
         """The consumer count of the queue; ``None`` when it does not exist."""

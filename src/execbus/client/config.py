@@ -7,12 +7,16 @@ from typing import Any, TypedDict, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from execbus.client.target import Target
 from execbus.errors import InvalidRequest
 from execbus.wire.codec import describe_validation_error
 from execbus.wire.config import ExecConfig
 from execbus.wire.events import EVENT_KINDS
+from execbus.wire.ids import new_exec_id
+from execbus.wire.requests import CreateRequest, RunRequest
 
 M = TypeVar("M", bound=BaseModel)
+NewExec = TypeVar("NewExec", RunRequest, CreateRequest)
 
 
 class ExecOptions(TypedDict, total=False):
@@ -65,6 +69,25 @@ def build_config(
         width, height = fields["console_size"]
         fields["console_size"] = {"width": width, "height": height}
     return model(ExecConfig, cmd=list(cmd), detach=detach, **fields)
+
+
+def exec_request(
+    cls: type[NewExec],
+    agent: str | None,
+    pool: str | None,
+    cmd: Sequence[str] | ExecConfig,
+    exec_id: str | None,
+    options: ExecOptions,
+    *,
+    detach: bool = False,
+) -> tuple[Target, str, NewExec]:
+    """A run or create request to ``agent`` or ``pool`` (exactly one), with its target
+    and exec id (``exec_id``, or a fresh one)."""
+    target = Target.of(agent, pool)
+    config = build_config(cmd, detach=detach, **options)
+    exec_id = exec_id or new_exec_id()
+    fields = {"agent": target.agent, "pool": target.pool, "exec_id": exec_id, "config": config}
+    return target, exec_id, model(cls, **fields)
 
 
 def model(cls: type[M], **fields: Any) -> M:

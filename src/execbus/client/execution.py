@@ -15,37 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import Any
 
-from execbus.client.exits import ExitWatcher, Final, Watch
+from execbus.client.exits import Final, Watch
+from execbus.client.requests import ExecRequests, first_of
 from execbus.client.results import RunResult, exception_for, info_of, result_of
-from execbus.client.rpc import PendingReply, Rpc
-from execbus.errors import BrokerError, InternalError
+from execbus.client.rpc import PendingReply
+from execbus.client.session import Session
+from execbus.client.target import Target
+from execbus.errors import BrokerError, ExecbusError, InternalError
 from execbus.wire.events import FailedEvent
 from execbus.wire.records import ExecInfo
 from execbus.wire.replies import Reply
+from execbus.wire.requests import RunRequest, StartRequest
 
-if TYPE_CHECKING:
-    from execbus.client.client import Client
-
-# The worker publishes the reply just ahead of the exit event; when the event
-# still wins (a failover: the new owner replies after its sync), wait this long
-# for the reply, which carries the full record.
-REPLY_GRACE = 0.5
-
-
-async def first_of(pending: PendingReply, watch: Watch) -> tuple[Reply | None, Final | None]:
-    """The reply, or else the end seen first plus the reply if it follows promptly."""
-    waiting: list[asyncio.Future[Any]] = [pending.future, watch.future]
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    if pending.future.done():
-        return pending.future.result(), None
-    final = watch.future.result()
-    reply: Reply | None = None
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(REPLY_GRACE):  # not wait_for: see loops.wait_event
-            reply = await asyncio.shield(pending.future)
-    return reply, final
+log = logging.getLogger("execbus.client")
 
 
 def run_result(exec_id: str, reply: Reply | None, final: Final | None) -> RunResult:
@@ -72,21 +57,19 @@ class Execution:
 
     def __init__(
         self,
-        client: Client,
-        agent: str | None,
+        client: ExecRequests,
+        session: Session,
+        target: Target,
         exec_id: str,
-        rpc: Rpc,
-        exits: ExitWatcher,
         pending: PendingReply,
         watch: Watch,
-        pool: str | None = None,
     ) -> None:
-        self.client = client
+        self.client = client  # what addresses the exec: write_stdin, signal, resize, inspect
         self.exec_id = exec_id
-        self.pool = pool
-        self._agent = agent
-        self._rpc = rpc
-        self._exits = exits
+        self.pool = target.pool
+        self._agent = target.agent
+        self._rpc = session.rpc
+        self._exits = session.exits
         self._pending = pending
         self._watch = watch
         self._result: RunResult | None = None
@@ -167,3 +150,43 @@ class Execution:
     async def inspect(self) -> ExecInfo:
         """The exec's record, from the agent running it."""
         return await self.client.inspect(await self.placed(), self.exec_id)
+
+
+async def send_watched(
+    client: ExecRequests,
+    session: Session,
+    target: Target,
+    exec_id: str,
+    request: RunRequest | StartRequest,
+) -> Execution:
+    """Publish the request that starts an exec (a run, or a start), watching for its end."""
+    await session.directory.ensure(target)
+    # Before the request: never miss the end (nor, for a pool, the placement).
+    watch = await session.exits.watch(target, exec_id)
+    try:
+        pending = await session.rpc.send(target, request)
+    except BaseException:
+        session.exits.unwatch(watch)
+        raise
+    return Execution(client, session, target, exec_id, pending, watch)
+
+
+async def run_to_exit(execution: Execution, stdin: bytes | None) -> RunResult:
+    """How ``execution`` ended, writing ``stdin`` to it meanwhile (then closing it)."""
+    feeder = asyncio.create_task(_feed(execution, stdin)) if stdin is not None else None
+    try:
+        return await execution.result()
+    finally:
+        execution.forget()
+        if feeder is not None:
+            if not feeder.done():
+                feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+
+
+async def _feed(execution: Execution, data: bytes) -> None:
+    try:
+        await execution.write_stdin(data, close=True)
+    except ExecbusError as exc:  # e.g. the process exited without reading: harmless
+        log.debug("stdin of exec %s not written: %s", execution.exec_id, exc.message)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from execbus.client.dedupe import SeenIds
 from execbus.client.inbox import Inbox
+from execbus.client.target import Target
 from execbus.wire.events import CreatedEvent, Event, ExitedEvent, FailedEvent, StartedEvent
 from execbus.wire.records import FINISHED_STATES, ExecInfo
 from execbus.wire.routing import Names
@@ -39,15 +40,15 @@ def _new_future() -> asyncio.Future[str]:
 
 @dataclass(eq=False, slots=True)
 class Watch:
-    """One waiter for the end of one exec.
+    """One waiter for the end of one exec, sent to ``target``.
 
     ``agent`` is ``None`` for a pool run not yet placed; ``placed`` completes
     with the agent once it is known (at once for an agent run).
     """
 
-    agent: str | None
+    target: Target
     exec_id: str
-    pool: str | None = None
+    agent: str | None = None
     future: asyncio.Future[Final] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -62,14 +63,15 @@ class ExitWatcher:
         self._watches: dict[str, list[Watch]] = defaultdict(list)
         self._seen = SeenIds()
 
-    async def watch(self, agent: str | None, exec_id: str, *, pool: str | None = None) -> Watch:
+    async def watch(self, target: Target, exec_id: str) -> Watch:
         """Start watching ``exec_id`` (call before the request that may end it).
 
-        ``agent=None`` (a pool run): watch the exec on every agent until it is placed.
+        A pool run: watch the exec on every agent until it is placed.
         """
+        agent = target.agent
         for kind in END_KINDS if agent is not None else POOL_KINDS:
             await self._inbox.bind(Names.event_binding(agent, None, kind))
-        watch = Watch(agent, exec_id, pool)
+        watch = Watch(target, exec_id, agent)
         if agent is not None:
             watch.placed.set_result(agent)
         self._watches[exec_id].append(watch)

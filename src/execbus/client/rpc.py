@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractChannel
 
-from execbus.errors import ExecTimeout, InvalidRequest
+from execbus.client.target import Target
+from execbus.errors import ExecTimeout
 from execbus.publishing import Basic, publish_confirmed
 from execbus.wire.codec import dump
 from execbus.wire.replies import Reply
@@ -35,16 +36,10 @@ class PendingReply:
 
     correlation_id: str
     request_type: str
-    agent: str | None
-    pool: str | None = None
+    target: Target
     future: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-
-    @property
-    def target(self) -> str:
-        """Whom the request went to, for messages: ``agent 'a1'`` or ``pool 'gpu'``."""
-        return f"pool {self.pool!r}" if self.pool is not None else f"agent {self.agent!r}"
 
 
 class Rpc:
@@ -67,13 +62,11 @@ class Rpc:
         self._publish_timeout = publish_timeout
         self._pending: dict[str, PendingReply] = {}
 
-    async def send(
-        self, agent: str | None, request: RequestBase, *, pool: str | None = None
-    ) -> PendingReply:
-        """Publish ``request`` (confirmed) to ``agent``, or to ``pool`` when given; the
-        caller awaits, then :meth:`discard`\\ s it."""
+    async def send(self, target: Target, request: RequestBase) -> PendingReply:
+        """Publish ``request`` (confirmed) to ``target``; the caller awaits, then
+        :meth:`discard`\\ s it."""
         request_type = str(getattr(request, "type", "?"))
-        pending = PendingReply(uuid.uuid4().hex, request_type, agent, pool)
+        pending = PendingReply(uuid.uuid4().hex, request_type, target)
         self._pending[pending.correlation_id] = pending  # before publishing: replies can be fast
         try:
             await self._publish(request, pending)
@@ -82,22 +75,16 @@ class Rpc:
             raise
         return pending
 
-    async def call(
-        self,
-        agent: str | None,
-        request: RequestBase,
-        timeout: float | None,
-        *,
-        pool: str | None = None,
-    ) -> Reply:
+    async def call(self, target: Target, request: RequestBase, timeout: float | None) -> Reply:
         """Publish ``request``; its reply within ``timeout`` seconds (``None``: no limit)."""
-        pending = await self.send(agent, request, pool=pool)
+        pending = await self.send(target, request)
         try:
             async with asyncio.timeout(timeout):  # not wait_for: see loops.wait_event
                 return await asyncio.shield(pending.future)
         except TimeoutError:
             raise ExecTimeout(
-                f"no reply to {pending.request_type} from {pending.target} within {timeout:g} s"
+                f"no reply to {pending.request_type} from {pending.target.describe()}"
+                f" within {timeout:g} s"
             ) from None
         finally:
             self.discard(pending)
@@ -135,16 +122,10 @@ class Rpc:
             message_type=pending.request_type,
             delivery_mode=2,
         )
-        if pending.pool is not None:
-            key = self._names.pool_routing_key(pending.pool)
-        elif pending.agent is not None:
-            key = self._names.agent_routing_key(pending.agent)
-        else:
-            raise InvalidRequest("a request needs an agent or a pool to go to")
         await publish_confirmed(
             self._channel,
             self._names.requests_exchange,
-            key,
+            pending.target.routing_key(),
             dump(request),
             props,
             timeout=self._publish_timeout,

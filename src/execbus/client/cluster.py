@@ -8,11 +8,9 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractConnection,
     AbstractIncomingMessage,
     AbstractRobustConnection,
@@ -20,6 +18,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
+from execbus.client.feed import QueueFeed
 from execbus.client.inbox import client_queue_name
 from execbus.errors import BrokerError
 from execbus.wire.control import Announcement
@@ -164,7 +163,7 @@ def parse_announcement(body: bytes) -> Announcement | None:
         return None
 
 
-class Announcements:
+class Announcements(QueueFeed[Announcement]):
     """Worker announcements as they arrive (``async for a in client.announcements()``).
 
     Like :class:`~execbus.client.subscriptions.Subscription`, it has its own
@@ -182,15 +181,7 @@ class Announcements:
         on_close: Callable[[Announcements], None] | None = None,
         user: str | None = None,
     ) -> None:
-        self._connection = connection
-        self._names = names
-        self._on_close = on_close
-        self._user = user
-        self._channel: AbstractChannel | None = None
-        self._items: asyncio.Queue[Announcement | None] = asyncio.Queue()
-        self._opened = False
-        self._closed = False
-        self.malformed = 0
+        super().__init__(connection, names, on_close, user)
 
     async def open(self) -> None:
         """Declare and bind the queue; :class:`BrokerError` if ``<ns>.control`` does not
@@ -206,12 +197,7 @@ class Announcements:
             finally:
                 with contextlib.suppress(Exception):
                     await check.close()
-            self._channel = await self._connection.channel(publisher_confirms=False)
-            queue = await self._channel.declare_queue(
-                client_queue_name(self._names, self._user), exclusive=True, auto_delete=True
-            )
-            await queue.bind(exchange, routing_key="worker.#")
-            await queue.consume(self._on_message, no_ack=True)
+            await self._consume(exchange, ["worker.#"])
         except ChannelNotFoundEntity:
             await self.close()
             raise BrokerError(
@@ -236,39 +222,6 @@ class Announcements:
             return
         self._items.put_nowait(announcement)
 
-    async def close(self) -> None:
-        """Delete the queue and end the iteration (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._items.put_nowait(None)
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
-        if self._on_close is not None:
-            self._on_close(self)
-
     async def next_announcement(self) -> Announcement | None:
         """The next announcement; ``None`` once closed."""
-        await self.open()
-        if self._closed and self._items.empty():
-            return None
-        return await self._items.get()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Announcement:
-        item = await self.next_announcement()
-        if item is None:
-            raise StopAsyncIteration
-        return item
+        return await self._next()

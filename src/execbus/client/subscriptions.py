@@ -10,19 +10,16 @@ stream) deletes the queue; the client closes whatever is still open.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Self
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
 from execbus.client.dedupe import SeenIds
-from execbus.client.inbox import client_queue_name
+from execbus.client.feed import Feed, QueueFeed
 from execbus.client.rpc import close_quietly
 from execbus.errors import BrokerError, InvalidRequest
 from execbus.wire.codec import parse_event
@@ -48,7 +45,7 @@ async def check_events_exchange(connection: AbstractRobustConnection, names: Nam
         await close_quietly(channel)
 
 
-class Subscription:
+class Subscription(QueueFeed[Event]):
     """Events matching routing-key patterns, duplicates dropped, in arrival order."""
 
     def __init__(
@@ -59,18 +56,9 @@ class Subscription:
         on_close: Callable[[Subscription], None] | None = None,
         user: str | None = None,
     ) -> None:
-        self._connection = connection
-        self._user = user
-        self._names = names
+        super().__init__(connection, names, on_close, user)
         self._patterns = patterns
-        self._on_close = on_close
-        self._channel: AbstractChannel | None = None
-        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._seen = SeenIds()
-        self._opened = False
-        self._closed = False
-        # Messages that were not valid events: skipped (logged), counted here.
-        self.malformed = 0
 
     async def open(self) -> None:
         """Declare and bind the queue; events published from now on are received."""
@@ -79,35 +67,15 @@ class Subscription:
         self._opened = True
         try:
             await check_events_exchange(self._connection, self._names)
-            self._channel = await self._connection.channel(publisher_confirms=False)
-            queue = await self._channel.declare_queue(
-                client_queue_name(self._names, self._user), exclusive=True, auto_delete=True
-            )
-            for pattern in self._patterns:
-                await queue.bind(self._names.events_exchange, routing_key=pattern)
-            await queue.consume(self._on_message, no_ack=True)
+            await self._consume(self._names.events_exchange, self._patterns)
         except CONNECTION_EXCEPTIONS as exc:
             await self.close()
             reason = str(exc) or type(exc).__name__
             raise BrokerError(f"cannot subscribe to events: {reason}") from exc
 
-    async def close(self) -> None:
-        """Delete the queue and end the iteration (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._events.put_nowait(None)
-        if self._channel is not None:
-            await close_quietly(self._channel)
-        if self._on_close is not None:
-            self._on_close(self)
-
     async def next_event(self) -> Event | None:
         """The next new event; ``None`` once closed."""
-        await self.open()
-        if self._closed and self._events.empty():
-            return None
-        return await self._events.get()
+        return await self._next()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -117,25 +85,7 @@ class Subscription:
             log.warning("ignoring a malformed event (%s): %s", message.routing_key, exc.message)
             return
         if self._seen.first_time(event.event_id):
-            self._events.put_nowait(event)
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Event:
-        event = await self.next_event()
-        if event is None:
-            raise StopAsyncIteration
-        return event
+            self._items.put_nowait(event)
 
 
 class ChunkOrder:
@@ -165,7 +115,7 @@ class ChunkOrder:
         return rest
 
 
-class OutputStream:
+class OutputStream(Feed[OutputEvent]):
     """The output chunks of one exec, per stream in ``seq`` order; ends at its exit.
 
     The worker publishes an exec's output before its exit on the same channel,
@@ -222,23 +172,11 @@ class OutputStream:
             self.end = event
             await self._finish()
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> OutputEvent:
+    async def _next(self) -> OutputEvent | None:
         await self.open()
         while not self._ready:
             if self._ended:
-                raise StopAsyncIteration
+                return None
             await self._step()
         return self._ready.popleft()
 

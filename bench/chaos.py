@@ -48,90 +48,46 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from execbus import Client  # noqa: E402
-from execbus.cli.purge import purge_namespace  # noqa: E402
 from execbus.errors import BrokerError, ExecbusError, UnknownAgent  # noqa: E402
 from execbus.testing.broker import PrivateBroker  # noqa: E402
 from execbus.testing.faultproxy import FaultProxy  # noqa: E402
+from execbus.testing.processes import Processes, purge  # noqa: E402
 
 
 class Stack:
-    """The processes under test."""
+    """The processes under test: one agent, two workers behind the fault proxy, the broker."""
 
     def __init__(self, amqp_url: str, ns: str, workdir: Path, proxy: FaultProxy) -> None:
-        self.amqp_url = amqp_url
-        self.ns = ns
-        self.workdir = workdir
+        self.procs = Processes(workdir, amqp_url, ns)
         self.proxy = proxy
-        self.sock = workdir / "agent.sock"
-        self.agent: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes] | None] = [None, None]
+        port = amqp_url.rsplit(":", 1)[1].split("/")[0]
+        self.proxied = amqp_url.replace(f":{port}", f":{proxy.port}")
         self.broker: PrivateBroker | None = None
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
-    def start_agent(self) -> None:
-        log = open(self.workdir / "agent.log", "ab")  # noqa: SIM115 - the child owns it
-        self.agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "execbus.agent",
-                "--listen",
-                f"unix://{self.sock}",
-                "--state-dir",
-                str(self.workdir / "agent-state"),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-
-    def start_worker(self, i: int) -> None:
-        port = self.amqp_url.rsplit(":", 1)[1].split("/")[0]
-        proxied = self.amqp_url.replace(f":{port}", f":{self.proxy.port}")
-        env = dict(
-            self.env,
-            EXECBUS_AMQP_URL=proxied,
-            EXECBUS_NAMESPACE=self.ns,
-            EXECBUS_SHUTDOWN_GRACE="5",
-        )
-        log = open(self.workdir / f"worker{i}.log", "ab")  # noqa: SIM115
-        self.workers[i] = subprocess.Popen(
-            [sys.executable, "-m", "execbus", "worker", "--agent", f"a1=unix://{self.sock}"],
-            env=env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-
-    def stop_all(self) -> None:
-        for proc in [self.agent, *self.workers]:
-            if proc is not None and proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    def start(self) -> None:
+        self.procs.add_agent("a1", "--state-dir", str(self.procs.workdir / "agent-state"))
+        for _ in range(2):
+            self.procs.add_worker(amqp_url=self.proxied, EXECBUS_SHUTDOWN_GRACE="5")
 
 
 async def inject(kind: str, stack: Stack) -> None:
     """Inject one fault and bring the victim back."""
     if kind in ("kill_worker", "term_worker"):
-        i = random.randrange(2)
-        proc = stack.workers[i]
-        if proc is not None:
-            proc.send_signal(signal.SIGKILL if kind == "kill_worker" else signal.SIGTERM)
-            await asyncio.to_thread(proc.wait, 30)
-        stack.start_worker(i)
+        worker = random.choice(stack.procs.workers)
+        worker.signal(signal.SIGKILL if kind == "kill_worker" else signal.SIGTERM, group=False)
+        await asyncio.to_thread(worker.wait, 30)
+        worker.start()
     elif kind == "cut":
         stack.proxy.cut()
     elif kind == "broker_restart":
         assert stack.broker is not None
         await asyncio.to_thread(stack.broker.restart)
     elif kind == "agent_restart":
-        if stack.agent is not None:
-            stack.agent.kill()
-            await asyncio.to_thread(stack.agent.wait, 10)
+        agent = stack.procs.agents["a1"]
+        agent.signal(signal.SIGKILL, group=False)
+        await asyncio.to_thread(agent.wait, 10)
         await asyncio.sleep(0.5)
-        stack.start_agent()
+        agent.start()
 
 
 async def _ctl(*args: str) -> None:
@@ -211,16 +167,6 @@ async def chaos(stack: Stack, tally: Tally, until: float, kinds: list[str]) -> N
         await asyncio.sleep(random.uniform(3, 9))
 
 
-async def purge(url: str, ns: str) -> None:
-    try:
-        async with asyncio.timeout(60):
-            report = await purge_namespace(url, ns, agents=["a1"])
-        summary = report.summary().replace("purged namespace", f"purged namespace {ns}")
-        print(summary, file=sys.stderr, flush=True)
-    except Exception as exc:
-        print(f"could not purge namespace {ns}: {exc!r}", file=sys.stderr, flush=True)
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     ns = f"chaos{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="execbus-chaos-"))
@@ -237,9 +183,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         proxy = stack_cm.enter_context(FaultProxy("127.0.0.1", port))
         stack = Stack(url, ns, workdir, proxy)
         stack.broker = broker
-        stack.start_agent()
-        stack.start_worker(0)
-        stack.start_worker(1)
+        stack.start()
         try:
             await asyncio.sleep(3)
             async with Client(url, namespace=ns) as client:
@@ -255,9 +199,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
         finally:
-            stack.stop_all()
+            stack.procs.kill()
             if broker is None:  # the shared broker keeps the namespace: delete it
-                await purge(url, ns)
+                print(await purge(url, ns, ["a1"]), file=sys.stderr, flush=True)
     effects = Counter(marker.read_text().split()) if marker.exists() else Counter()
     lost = len(tally.sent - tally.replied - tally.exits)
     duplicated = sum(1 for n in effects.values() if n > 1)

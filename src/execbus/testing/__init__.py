@@ -1,1 +1,3 @@
-"""Tools for testing execbus deployments: a TCP fault proxy (fault suite, chaos soak)."""
+"""Tools for testing and measuring execbus: real agent and worker processes
+(``processes``, ``cluster``), a private RabbitMQ node (``broker``), a TCP fault
+proxy (``faultproxy``) and a busybox runc container (``runc``)."""

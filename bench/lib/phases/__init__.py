@@ -1,0 +1,1 @@
+"""The benchmark's phases: each ``async def phase(ctx) -> Section | None``."""

@@ -9,6 +9,13 @@ they were sent. :class:`ExecEvents` keeps the confirms of what was sent until
 someone waits for them (before a delivery is settled), and holds back output
 that arrives before the exec's start was recorded, so it cannot overtake
 ``exec.started``.
+
+Output chunks are pipelined too, within a window: the agent's read loop
+waits in :meth:`ExecEvents.send_output` only while :data:`OUTPUT_WINDOW`
+chunks of this agent are unconfirmed (that wait is the backpressure that
+slows the agent, and through it the command, when the broker falls behind).
+Waiting for every chunk's confirm before reading the next one made a
+stream's rate one 64 KiB chunk per broker round trip.
 """
 
 from __future__ import annotations
@@ -16,14 +23,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import deque
 
-from execbus.errors import PublishFailed
 from execbus.registry import ExecRecord
 from execbus.wire import events as ev
 from execbus.wire.routing import Names
 from execbus.worker.context import Outbox
 
 log = logging.getLogger("execbus.worker")
+
+#: Output chunks of one agent that may be unconfirmed at a time (64 KiB each at most:
+#: with their base64 encoding, about 1.4 MiB in flight per agent).
+OUTPUT_WINDOW = 16
 
 
 class ExecEvents:
@@ -37,6 +48,8 @@ class ExecEvents:
         self._unconfirmed: dict[str, list[asyncio.Future[None]]] = {}
         # Output that arrived before the exec's start was recorded.
         self._held_output: dict[str, list[ev.OutputEvent]] = {}
+        # Output chunks sent, oldest first, until confirmed (see send_output).
+        self._output_inflight: deque[asyncio.Future[None]] = deque()
 
     def send(
         self, record: ExecRecord, kind: str, event: ev.EventBase, *, track: bool = True
@@ -81,20 +94,25 @@ class ExecEvents:
         """
         for event in self._held_output.pop(record.exec_id, ()):
             sent = self.send(record, "output", event, track=False)
-            sent.add_done_callback(functools.partial(self._check_held, record, event))
+            sent.add_done_callback(functools.partial(self._check_sent, record, event))
 
     async def send_output(self, record: ExecRecord, event: ev.OutputEvent) -> None:
-        """Publish one chunk and wait for its confirm (backpressure); a lost chunk is logged."""
-        try:
-            await self.send(record, "output", event, track=False)
-        except PublishFailed as exc:
-            self._lost(record, event, exc)
+        """Publish one chunk; wait while :data:`OUTPUT_WINDOW` chunks of this agent are
+        unconfirmed (backpressure). A lost chunk is logged."""
+        sent = self.send(record, "output", event, track=False)
+        sent.add_done_callback(functools.partial(self._check_sent, record, event))
+        inflight = self._output_inflight
+        inflight.append(sent)
+        while inflight and (inflight[0].done() or len(inflight) > OUTPUT_WINDOW):
+            oldest = inflight.popleft()
+            if not oldest.done():
+                await asyncio.wait((oldest,))
 
-    def _check_held(
+    def _check_sent(
         self, record: ExecRecord, event: ev.OutputEvent, sent: asyncio.Future[None]
     ) -> None:
-        if not sent.cancelled() and isinstance(sent.exception(), PublishFailed):
-            self._lost(record, event, sent.exception())
+        if not sent.cancelled() and (exc := sent.exception()) is not None:
+            self._lost(record, event, exc)
 
     def _lost(self, record: ExecRecord, event: ev.OutputEvent, exc: object) -> None:
         log.warning(

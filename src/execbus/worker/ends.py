@@ -92,21 +92,25 @@ class ExecEnds:
         state.events.release_output(record)
         replies = self._send_replies(record)
         state.events.send(record, kind, event)
-        published, *_ = await asyncio.gather(
-            state.events.confirmed(record), *replies, return_exceptions=True
-        )
-        if isinstance(published, BaseException):
-            raise published
+        # One gather over the futures themselves: the event's confirm (and any
+        # other event of the exec still unconfirmed) and the replies.
+        confirms = state.events.take_confirms(record)
+        results = await asyncio.gather(*confirms, *replies, return_exceptions=True)
+        for failed in results[: len(confirms)]:
+            if isinstance(failed, BaseException):
+                raise failed
         record.final_published = True
         record.compact()  # nothing on the hot path reads its config or exit again
-        log.log(
-            logging.INFO if record.state is ExecState.FAILED else logging.DEBUG,
-            "exec %s %s: %s",
-            record.exec_id,
-            record.state.value,
-            result,
-            extra=state.log_ctx(record),
-        )
+        level = logging.INFO if record.state is ExecState.FAILED else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "exec %s %s: %s",
+                record.exec_id,
+                record.state.value,
+                result,
+                extra=state.log_ctx(record),
+            )
         if state.hooks.on_finished is not None:
             state.hooks.on_finished(state.agent, record.state.value, result)
 

@@ -230,12 +230,13 @@ class AgentExecs:
         if self.state.publishes(record.config, "started"):  # confirmed before the ack
             events.send(record, "started", event_factory.started(self.agent, record))
         events.release_output(record)
-        log.debug(
-            "exec %s started (pid %s)",
-            record.exec_id,
-            agent_state.pid,
-            extra=self.state.log_ctx(record),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "exec %s started (pid %s)",
+                record.exec_id,
+                agent_state.pid,
+                extra=self.state.log_ctx(record),
+            )
         if agent_state.finished:
             await self.ends.finish(record, agent_state)
 

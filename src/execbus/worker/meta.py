@@ -27,6 +27,9 @@ def build_meta(record: ExecRecord, targets: list[ReplyTarget]) -> dict[str, Any]
     """What the agent keeps for us so another worker can rebuild the record."""
     return {
         "v": META_VERSION,
+        # The agent name it was started under: one agent process reachable under
+        # several names (aliases) must not have its execs reported under each.
+        "a": record.agent,
         "i": record.instance,
         "ca": record.created_at,
         "u": record.owner,
@@ -36,6 +39,13 @@ def build_meta(record: ExecRecord, targets: list[ReplyTarget]) -> dict[str, Any]
         "h": record.config_digest or config_digest(record.config),
         "rt": [_target_meta(t) for t in targets],
     }
+
+
+def started_under(agent: str, state: AgentExec) -> bool:
+    """Whether the agent's exec was started under the name ``agent`` (a meta without a
+    name, from before names were kept or from another client, counts as ours)."""
+    name = state.meta.get("a")
+    return not isinstance(name, str) or name == agent
 
 
 def record_from_agent(agent: str, state: AgentExec) -> ExecRecord | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from execbus.connections.base import AgentExec
 from execbus.registry import ExecRecord, ExecRegistry
 from execbus.wire.records import ExecState
+from execbus.worker.meta import started_under
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +25,10 @@ class SyncPlan:
     lost: list[ExecRecord]  # running here, unknown to the agent: failed, agent_lost
 
 
-def plan_sync(states: list[AgentExec], registry: ExecRegistry) -> SyncPlan:
-    """The plan for the agent's ``states`` against ``registry``."""
+def plan_sync(agent: str, states: list[AgentExec], registry: ExecRegistry) -> SyncPlan:
+    """The plan for the agent's ``states`` against ``registry`` (execs the agent process
+    runs under another of its names are left to that name's owner)."""
+    states = [s for s in states if started_under(agent, s)]
     known = {s.exec_id for s in states}
     return SyncPlan(
         adopt=[s for s in states if registry.find(s.exec_id) is None],

@@ -21,7 +21,7 @@ from execbus.registry import ExecRecord
 from execbus.wire.records import ExecState
 from execbus.worker import event_factory
 from execbus.worker.ends import ExecEnds
-from execbus.worker.meta import record_from_agent, targets_from_meta
+from execbus.worker.meta import record_from_agent, started_under, targets_from_meta
 from execbus.worker.state import AgentState
 from execbus.worker.takeover import lost_message, plan_sync
 
@@ -59,6 +59,8 @@ class AgentWatch:
 
     async def _on_exit(self, agent_state: AgentExec) -> None:
         state = self.state
+        if not started_under(state.agent, agent_state):  # its own name's owner acks it
+            return
         if agent_state.exec_id in state.removed:  # settled and forgotten here already
             await self.ends.ack_agent(agent_state.exec_id)
             return
@@ -127,7 +129,7 @@ class AgentWatch:
                 log.warning("agent %s: sync failed: %s", state.agent, exc, extra=state.log_ctx())
                 self.synced.set()
                 return
-            plan = plan_sync(states, state.registry)
+            plan = plan_sync(state.agent, states, state.registry)
             for agent_state in plan.adopt:
                 self._adopt(agent_state)
             tasks = [state.lanes.submit(s.exec_id, self._published(s)) for s in plan.finished]

@@ -65,6 +65,10 @@ class ClusterWorker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def rss_bytes(self) -> int:
+        """The worker process's resident memory (0 once it is gone)."""
+        return process_rss(self.proc.pid)
+
 
 @dataclass
 class Cluster:
@@ -77,6 +81,8 @@ class Cluster:
     agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[ClusterWorker] = field(default_factory=list)
     pools: list[str] = field(default_factory=list)
+    # agent name -> the socket of the process serving it (see start_agents)
+    sockets: dict[str, Path] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         src = str(Path(__file__).resolve().parents[2])
@@ -87,33 +93,39 @@ class Cluster:
         return env
 
     def socket_of(self, name: str) -> Path:
-        return self.workdir / f"{name}.sock"
+        """The Unix socket agent ``name`` is reached at (several names may share one)."""
+        return self.sockets.get(name) or self.workdir / f"{name}.sock"
 
-    def start_agents(self, count: int, prefix: str = "a") -> None:
-        """Start ``count`` agent processes and wait until all listen."""
-        names = [
-            f"{prefix}{i}" for i in range(len(self.agent_names), len(self.agent_names) + count)
-        ]
-        for name in names:
-            cmd = [
-                sys.executable,
-                "-m",
-                "execbus.agent",
-                "--listen",
-                f"unix://{self.socket_of(name)}",
-            ]
-            with open(self.workdir / f"{name}.log", "wb") as log:
-                proc = subprocess.Popen(
-                    cmd, env=self.env(), stdout=log, stderr=log, start_new_session=True
-                )
-            self.agents.append(proc)
+    def start_agents(self, count: int, prefix: str = "a", processes: int | None = None) -> None:
+        """Start ``count`` agents and wait until all listen.
+
+        With ``processes``, the ``count`` agent names map round-robin onto that many
+        agent processes (ownership is what scale-out measures, not the agents:
+        1,000 names need not cost 1,000 processes). Each name still gets its own
+        connection, lease and queue.
+        """
+        first = len(self.agent_names)
+        names = [f"{prefix}{i}" for i in range(first, first + count)]
+        hosts = [f"{prefix}proc{first + i}" for i in range(processes)] if processes else names
+        for host in hosts:
+            self._spawn_agent(host)
+        for i, name in enumerate(names):
+            self.sockets[name] = self.socket_of(hosts[i % len(hosts)])
             self.agent_names.append(name)
         deadline = time.monotonic() + 30
-        for name in names:
-            while not self.socket_of(name).exists():
+        for host in hosts:
+            while not self.socket_of(host).exists():
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"agent {name} did not start")
+                    raise TimeoutError(f"agent {host} did not start")
                 time.sleep(0.02)
+
+    def _spawn_agent(self, host: str) -> None:
+        cmd = [sys.executable, "-m", "execbus.agent", "--listen", f"unix://{self.socket_of(host)}"]
+        with open(self.workdir / f"{host}.log", "wb") as log:
+            proc = subprocess.Popen(
+                cmd, env=self.env(), stdout=log, stderr=log, start_new_session=True
+            )
+        self.agents.append(proc)
 
     def start_worker(self, *extra: str) -> ClusterWorker:
         """Start a worker serving every agent of the cluster."""
@@ -164,6 +176,15 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes, from /proc (0 when it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def is_balanced(owners: dict[int, set[str]], agents: int, slack: int = 1) -> bool:

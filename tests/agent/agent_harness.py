@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_testclient import TestClient
+
+from execbus.testing.agent_peer import AgentPeer
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -102,8 +103,8 @@ class AgentProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    async def connect(self, **kw: Any) -> TestClient:
-        return await TestClient.unix(self.socket, **kw)
+    async def connect(self, **kw: Any) -> AgentPeer:
+        return await AgentPeer.unix(self.socket, **kw)
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait; SIGKILL the whole group if it does not stop."""

@@ -18,7 +18,8 @@ if importlib.util.find_spec("execbus") is None:  # not installed: use the source
     sys.path.insert(0, str(_SRC))
 
 from agent_harness import AgentFactory, AgentProcess  # noqa: E402
-from agent_testclient import TestClient  # noqa: E402
+
+from execbus.testing.agent_peer import AgentPeer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +50,7 @@ def agent_factory() -> Iterator[AgentFactory]:
 
 
 @pytest.fixture
-async def client(shared_agent: AgentProcess) -> AsyncIterator[TestClient]:
+async def client(shared_agent: AgentProcess) -> AsyncIterator[AgentPeer]:
     """A greeted connection to the shared agent."""
     c = await shared_agent.connect()
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from agent_testclient import TestClient, split_captures
-
 from execbus.agent.core import AgentCore
 from execbus.agent.options import AgentOptions
+from execbus.testing.agent_peer import AgentPeer, split_captures
 
 
 async def test_embedded_core_serves_a_socketpair_and_closes_cleanly() -> None:
@@ -16,7 +15,7 @@ async def test_embedded_core_serves_a_socketpair_and_closes_cleanly() -> None:
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
     serving = asyncio.ensure_future(core.handle_stream(reader, writer, token="t"))
-    c = TestClient(*await asyncio.open_unix_connection(sock=theirs))
+    c = AgentPeer(*await asyncio.open_unix_connection(sock=theirs))
     try:
         assert (await c.call("hello", versions=[1], token="t"))["backends"] == ["host"]
         await c.call("watch")

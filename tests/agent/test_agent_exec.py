@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 from agent_harness import AgentFactory
-from agent_testclient import AgentRequestError, TestClient, split_captures
 
 from execbus.agent.spawn import DEFAULT_PATH
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError, split_captures
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
-async def test_stdout_and_stderr_are_captured_separately(client: TestClient) -> None:
+async def test_stdout_and_stderr_are_captured_separately(client: AgentPeer) -> None:
     state, out, err = await client.run(["sh", "-c", "echo out; echo err >&2; echo more"])
     assert (out, err) == (b"out\nmore\n", b"err\n")
     assert state["state"] == "exited"
@@ -46,12 +46,12 @@ async def test_stdout_and_stderr_are_captured_separately(client: TestClient) -> 
         ("kill -TERM $$", 143, "SIGTERM"),
     ],
 )
-async def test_exit_codes(client: TestClient, script: str, code: int, signal: str | None) -> None:
+async def test_exit_codes(client: AgentPeer, script: str, code: int, signal: str | None) -> None:
     state, _, _ = await client.run(["sh", "-c", script])
     assert (state["exit"]["exit_code"], state["exit"]["signal"]) == (code, signal)
 
 
-async def test_command_not_found_fails_with_127(client: TestClient) -> None:
+async def test_command_not_found_fails_with_127(client: AgentPeer) -> None:
     for cmd in (["no-such-command-xyz"], ["/no/such/file"], ["./relative-missing"]):
         state, out, err = await client.run(cmd)
         assert state["state"] == "failed"
@@ -62,7 +62,7 @@ async def test_command_not_found_fails_with_127(client: TestClient) -> None:
         assert out == err == b""
 
 
-async def test_not_executable_fails_with_126(client: TestClient, tmp_dir: str) -> None:
+async def test_not_executable_fails_with_126(client: AgentPeer, tmp_dir: str) -> None:
     script = os.path.join(tmp_dir, "script.sh")
     with open(script, "w") as f:
         f.write("#!/bin/sh\necho hi\n")
@@ -75,7 +75,7 @@ async def test_not_executable_fails_with_126(client: TestClient, tmp_dir: str) -
     assert state["error"]["code"] == "command_not_executable"
 
 
-async def test_env_is_exactly_the_given_env(client: TestClient) -> None:
+async def test_env_is_exactly_the_given_env(client: AgentPeer) -> None:
     home = pwd.getpwuid(os.geteuid()).pw_dir
     _, out, _ = await client.run(["env"], env=["A=1", "B=x=y", "EMPTY="])
     assert sorted(out.decode().splitlines()) == [
@@ -89,7 +89,7 @@ async def test_env_is_exactly_the_given_env(client: TestClient) -> None:
     assert sorted(out.decode().splitlines()) == ["HOME=/h", "PATH=/nowhere"]
 
 
-async def test_executable_is_resolved_with_the_exec_path(client: TestClient, tmp_dir: str) -> None:
+async def test_executable_is_resolved_with_the_exec_path(client: AgentPeer, tmp_dir: str) -> None:
     tool = os.path.join(tmp_dir, "mytool")
     with open(tool, "w") as f:
         f.write("#!/bin/sh\necho from mytool\n")
@@ -100,13 +100,13 @@ async def test_executable_is_resolved_with_the_exec_path(client: TestClient, tmp
     assert state["error"]["code"] == "command_not_found"
 
 
-async def test_env_entry_without_equals_is_invalid(client: TestClient) -> None:
+async def test_env_entry_without_equals_is_invalid(client: AgentPeer) -> None:
     with pytest.raises(AgentRequestError) as err:
         await client.call("start", exec_id=new_id(), cmd=["true"], env=["SECRET"])
     assert err.value.code == "invalid"
 
 
-async def test_working_dir(client: TestClient, tmp_dir: str) -> None:
+async def test_working_dir(client: AgentPeer, tmp_dir: str) -> None:
     _, out, _ = await client.run(["pwd"], working_dir=tmp_dir)
     assert out == tmp_dir.encode() + b"\n"
     _, out, _ = await client.run(["pwd"])
@@ -119,7 +119,7 @@ async def test_working_dir(client: TestClient, tmp_dir: str) -> None:
     assert err.value.code == "invalid"
 
 
-async def test_stdin_round_trip(client: TestClient) -> None:
+async def test_stdin_round_trip(client: AgentPeer) -> None:
     exec_id = new_id()
     await client.call("start", exec_id=exec_id, cmd=["cat"], stdin=True)
     await client.call("stdin", b"hello ", exec_id=exec_id)
@@ -132,7 +132,7 @@ async def test_stdin_round_trip(client: TestClient) -> None:
     assert err.value.code == "not_running"
 
 
-async def test_stdin_larger_than_a_pipe_is_flow_controlled(client: TestClient) -> None:
+async def test_stdin_larger_than_a_pipe_is_flow_controlled(client: AgentPeer) -> None:
     exec_id = new_id()
     data = os.urandom(3 * 1024 * 1024)
     await client.call("start", exec_id=exec_id, cmd=["sha256sum"], stdin=True)
@@ -142,7 +142,7 @@ async def test_stdin_larger_than_a_pipe_is_flow_controlled(client: TestClient) -
     assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
 
-async def test_stdin_of_an_exec_without_stdin(client: TestClient) -> None:
+async def test_stdin_of_an_exec_without_stdin(client: AgentPeer) -> None:
     exec_id = new_id()
     await client.call("start", exec_id=exec_id, cmd=["sleep", "30"])
     with pytest.raises(AgentRequestError) as err:
@@ -153,7 +153,7 @@ async def test_stdin_of_an_exec_without_stdin(client: TestClient) -> None:
     assert out == b""  # stdin is /dev/null
 
 
-async def test_start_is_idempotent_by_exec_id(client: TestClient, tmp_dir: str) -> None:
+async def test_start_is_idempotent_by_exec_id(client: AgentPeer, tmp_dir: str) -> None:
     exec_id, log = new_id(), os.path.join(tmp_dir, "runs")
     args = {"exec_id": exec_id, "cmd": ["sh", "-c", f"echo run >> {log}; echo out"]}
     first, second = await asyncio.gather(client.call("start", **args), client.call("start", **args))
@@ -168,7 +168,7 @@ async def test_start_is_idempotent_by_exec_id(client: TestClient, tmp_dir: str) 
         assert f.read() == "run\n"
 
 
-async def test_inspect_list_ack(client: TestClient) -> None:
+async def test_inspect_list_ack(client: AgentPeer) -> None:
     exec_id = new_id()
     await client.call("start", exec_id=exec_id, cmd=["sleep", "30"], meta={"k": [1, "v"]})
     frame = await client.request("inspect", exec_id=exec_id)
@@ -190,7 +190,7 @@ async def test_inspect_list_ack(client: TestClient) -> None:
         assert err.value.code == "not_found"
 
 
-async def test_output_limit_counts_the_rest_as_dropped(client: TestClient) -> None:
+async def test_output_limit_counts_the_rest_as_dropped(client: AgentPeer) -> None:
     state, out, err = await client.run(
         ["sh", "-c", "printf 0123456789abcdef; printf xyz >&2"], output_limit=10
     )
@@ -199,7 +199,7 @@ async def test_output_limit_counts_the_rest_as_dropped(client: TestClient) -> No
     assert state["exit"]["stderr_dropped"] == 0
 
 
-async def test_privileged_is_refused_by_default(client: TestClient) -> None:
+async def test_privileged_is_refused_by_default(client: AgentPeer) -> None:
     with pytest.raises(AgentRequestError) as err:
         await client.call("start", exec_id=new_id(), cmd=["true"], privileged=True)
     assert err.value.code == "forbidden"
@@ -215,7 +215,7 @@ async def test_privileged_host_exec_with_allow_privileged(agent_factory: AgentFa
         await c.close()
 
 
-async def test_invalid_start_arguments(client: TestClient) -> None:
+async def test_invalid_start_arguments(client: AgentPeer) -> None:
     bad: list[dict[str, Any]] = [
         {"cmd": []},
         {"cmd": "echo hi"},
@@ -255,7 +255,7 @@ async def test_max_execs_limit(agent_factory: AgentFactory) -> None:
         await c.close()
 
 
-async def test_unattached_streams_are_neither_captured_nor_counted(client: TestClient) -> None:
+async def test_unattached_streams_are_neither_captured_nor_counted(client: AgentPeer) -> None:
     script = ["sh", "-c", "echo out; echo err >&2"]
     state, out, err = await client.run(script, attach_stdout=False)
     assert (out, err) == (b"", b"err\n")

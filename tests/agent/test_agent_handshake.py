@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from agent_harness import AgentFactory, AgentProcess
-from agent_testclient import AgentRequestError, TestClient
 
 from execbus.agent.protocol import encode_frame
-
-
-def _raw_frame(kind: int, header: bytes, payload: bytes = b"") -> bytes:
-    return struct.pack(">IBI", 5 + len(header) + len(payload), kind, len(header)) + header + payload
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError, announce, raw_frame
 
 
 async def test_hello_reports_the_agent(shared_agent: AgentProcess) -> None:
@@ -78,8 +72,8 @@ async def test_request_before_hello_is_refused_and_closed(shared_agent: AgentPro
 async def test_bad_frame_before_hello_is_answered(shared_agent: AgentProcess) -> None:
     c = await shared_agent.connect(hello=False)
     try:
-        c.send_raw(_raw_frame(1, b"{not json"))
-        error = (await c.unmatched.get()).header
+        c.send_raw(raw_frame(b"{not json"))
+        error = (await c.unsolicited()).header
         assert error == {"re": None, "ok": False, "error": error["error"]}
         assert error["error"]["code"] == "bad_json"
         assert (await c.call("hello", versions=[1], token=None))["version"] == 1
@@ -87,14 +81,14 @@ async def test_bad_frame_before_hello_is_answered(shared_agent: AgentProcess) ->
         await c.close()
 
 
-async def test_malformed_frames_are_answered_and_the_connection_stays(client: TestClient) -> None:
-    client.send_raw(_raw_frame(1, b"{not json"))
-    client.send_raw(_raw_frame(1, b"[1, 2]"))
-    client.send_raw(_raw_frame(9, b"{}"))
+async def test_malformed_frames_are_answered_and_the_connection_stays(client: AgentPeer) -> None:
+    client.send_raw(raw_frame(b"{not json"))
+    client.send_raw(raw_frame(b"[1, 2]"))
+    client.send_raw(raw_frame(b"{}", kind=9))
     client.send_raw(encode_frame({"op": "ping"}))  # no id
     codes = []
     for _ in range(4):
-        header = (await client.unmatched.get()).header
+        header = (await client.unsolicited()).header
         assert header["re"] is None
         assert header["ok"] is False
         codes.append(header["error"]["code"])
@@ -102,7 +96,7 @@ async def test_malformed_frames_are_answered_and_the_connection_stays(client: Te
     assert "time" in await client.call("ping")
 
 
-async def test_unknown_op_is_invalid_and_the_connection_stays(client: TestClient) -> None:
+async def test_unknown_op_is_invalid_and_the_connection_stays(client: AgentPeer) -> None:
     with pytest.raises(AgentRequestError) as err:
         await client.call("reboot")
     assert err.value.code == "invalid"
@@ -115,8 +109,8 @@ async def test_unknown_op_is_invalid_and_the_connection_stays(client: TestClient
 async def test_oversized_frame_closes_only_that_connection(shared_agent: AgentProcess) -> None:
     bad, good = await shared_agent.connect(), await shared_agent.connect()
     try:
-        bad.send_raw(struct.pack(">I", 16 * 1024 * 1024 + 1) + b"\x01")
-        error = (await bad.unmatched.get()).header
+        bad.send_raw(announce(16 * 1024 * 1024 + 1) + b"\x01")
+        error = (await bad.unsolicited()).header
         assert error["re"] is None
         assert error["error"]["code"] == "frame_too_large"
         await bad.wait_closed()

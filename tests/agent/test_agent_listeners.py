@@ -9,9 +9,9 @@ import stat
 
 import pytest
 from agent_harness import AgentFactory, AgentProcess
-from agent_testclient import AgentRequestError, TestClient
 
 from execbus.agent.cli import main
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError
 
 VSOCK_LOOPBACK = os.path.exists("/sys/module/vsock_loopback")
 
@@ -26,7 +26,7 @@ async def test_tcp_listener_requires_the_right_token(
     tcp = next(url for url in agent.addresses if url.startswith("tcp://"))
     port = int(tcp.rsplit(":", 1)[1])
     for token in (None, "wrong", "s3cret-but-longer", 42):
-        c = await TestClient.tcp("127.0.0.1", port, hello=False)
+        c = await AgentPeer.tcp("127.0.0.1", port, hello=False)
         try:
             with pytest.raises(AgentRequestError) as err:
                 await c.call("hello", versions=[1], token=token)
@@ -34,7 +34,7 @@ async def test_tcp_listener_requires_the_right_token(
             await c.wait_closed()
         finally:
             await c.close()
-    c = await TestClient.tcp("127.0.0.1", port, token="s3cret")
+    c = await AgentPeer.tcp("127.0.0.1", port, token="s3cret")
     try:
         assert "time" in await c.call("ping")
     finally:
@@ -121,7 +121,7 @@ async def test_vsock_listener(agent_factory: AgentFactory, tmp_dir: str) -> None
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (1, port))
-    c = TestClient(*await asyncio.open_connection(sock=sock))
+    c = AgentPeer(*await asyncio.open_connection(sock=sock))
     try:
         result = await c.call("hello", versions=[1], token="vsock-token")
         assert result["version"] == 1

@@ -7,13 +7,14 @@ import uuid
 from collections import defaultdict
 
 from agent_harness import AgentFactory, rss_kib
-from agent_testclient import TestClient, split_captures
+
+from execbus.testing.agent_peer import AgentPeer, split_captures
 
 MiB = 1024 * 1024
 RSS_LIMIT_KIB = 64 * 1024
 
 
-async def _wait_sampling_rss(c: TestClient, exec_id: str, pid: int) -> tuple[dict, bytes, int]:
+async def _wait_sampling_rss(c: AgentPeer, exec_id: str, pid: int) -> tuple[dict, bytes, int]:
     """Wait for the exec while sampling the agent's RSS; (state, payload, peak KiB)."""
     waiting = asyncio.ensure_future(c.request("wait", exec_id=exec_id))
     peak = rss_kib(pid)
@@ -46,7 +47,7 @@ async def test_flood_keeps_memory_bounded_and_counts_exactly(agent_factory: Agen
         await c.close()
 
 
-async def test_output_events_arrive_in_order(client: TestClient) -> None:
+async def test_output_events_arrive_in_order(client: AgentPeer) -> None:
     await client.call("watch")
     exec_id = uuid.uuid4().hex
     script = "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.01; done"
@@ -103,7 +104,7 @@ async def test_slow_watcher_backpressures_the_process(agent_factory: AgentFactor
         await other.close()
 
 
-async def test_streaming_without_watchers_still_captures(client: TestClient) -> None:
+async def test_streaming_without_watchers_still_captures(client: AgentPeer) -> None:
     state, out, _ = await client.run(["echo", "quiet"], stream_output=True)
     assert out == b"quiet\n"
     assert state["exit"]["exit_code"] == 0

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 from agent_harness import AgentProcess
-from agent_testclient import AgentRequestError, TestClient, split_captures
+
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError, split_captures
 
 
 async def test_exit_is_kept_across_a_reconnect_until_ack(shared_agent: AgentProcess) -> None:
@@ -37,7 +38,7 @@ async def test_exit_is_kept_across_a_reconnect_until_ack(shared_agent: AgentProc
         await second.close()
 
 
-async def test_watchers_receive_exit_events(client: TestClient) -> None:
+async def test_watchers_receive_exit_events(client: AgentPeer) -> None:
     await client.call("watch")
     exec_id = uuid.uuid4().hex
     await client.call("start", exec_id=exec_id, cmd=["sh", "-c", "echo a; exit 4"], meta={"m": 1})
@@ -53,7 +54,7 @@ async def test_watchers_receive_exit_events(client: TestClient) -> None:
     assert split_captures(event, frame.payload) == (b"a\n", b"")
 
 
-async def test_failed_starts_are_kept_and_reported(client: TestClient) -> None:
+async def test_failed_starts_are_kept_and_reported(client: AgentPeer) -> None:
     await client.call("watch")
     exec_id = uuid.uuid4().hex
     result = await client.call("start", exec_id=exec_id, cmd=["no-such-command-xyz"])

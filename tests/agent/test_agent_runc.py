@@ -24,7 +24,8 @@ from agent_harness import (
     start_time,
     wait_process_gone,
 )
-from agent_testclient import TestClient, split_captures
+
+from execbus.testing.agent_peer import AgentPeer, split_captures
 
 pytestmark = pytest.mark.runc
 
@@ -140,7 +141,7 @@ def runc_agent(container: Container) -> Iterator[AgentProcess]:
 
 
 @pytest.fixture
-async def rc(runc_agent: AgentProcess) -> AsyncIterator[TestClient]:
+async def rc(runc_agent: AgentProcess) -> AsyncIterator[AgentPeer]:
     c = await runc_agent.connect()
     try:
         yield c
@@ -154,7 +155,7 @@ def _cap_eff(status: str) -> int:
     return int(match.group(1), 16)
 
 
-async def test_exec_runs_inside_the_container(rc: TestClient, container: Container) -> None:
+async def test_exec_runs_inside_the_container(rc: AgentPeer, container: Container) -> None:
     assert "containers" in rc.hello_result["capabilities"]
     _, out, _ = await rc.run(["hostname"], container_id=container.id)
     assert out == f"{HOSTNAME}\n".encode()
@@ -163,7 +164,7 @@ async def test_exec_runs_inside_the_container(rc: TestClient, container: Contain
 
 
 async def test_capabilities_never_exceed_the_containers(
-    rc: TestClient, container: Container
+    rc: AgentPeer, container: Container
 ) -> None:
     init = container.runc("exec", container.id, "cat", "/proc/1/status")
     assert init.returncode == 0, init.stderr
@@ -179,7 +180,7 @@ async def test_capabilities_never_exceed_the_containers(
     assert _cap_eff(out.decode()) & ~init_caps != 0  # privileged: every capability
 
 
-async def test_exit_codes_and_start_failures(rc: TestClient, container: Container) -> None:
+async def test_exit_codes_and_start_failures(rc: AgentPeer, container: Container) -> None:
     cid = {"container_id": container.id}
     state, out, err = await rc.run(["sh", "-c", "echo out; echo err >&2; exit 3"], **cid)
     assert (state["exit"]["exit_code"], out, err) == (3, b"out\n", b"err\n")
@@ -199,7 +200,7 @@ async def test_exit_codes_and_start_failures(rc: TestClient, container: Containe
     assert out == b"/etc\n"
 
 
-async def test_unknown_or_stopped_containers(rc: TestClient, container: Container) -> None:
+async def test_unknown_or_stopped_containers(rc: AgentPeer, container: Container) -> None:
     state, _, _ = await rc.run(["true"], container_id="no-such-container")
     assert state["error"]["code"] == "container_not_found"
     created = f"{container.id}-created"
@@ -212,7 +213,7 @@ async def test_unknown_or_stopped_containers(rc: TestClient, container: Containe
         container.runc("delete", "-f", created)
 
 
-async def test_users_resolve_in_the_containers_passwd(rc: TestClient, container: Container) -> None:
+async def test_users_resolve_in_the_containers_passwd(rc: AgentPeer, container: Container) -> None:
     script = 'echo "$(id -u) $(id -g) $(id -G) $HOME"'
     _, out, _ = await rc.run(["sh", "-c", script], user="ebuser", container_id=container.id)
     assert out.decode().split() == ["1234", "1234", "1234", "2345", "/home/ebuser"]
@@ -222,7 +223,7 @@ async def test_users_resolve_in_the_containers_passwd(rc: TestClient, container:
     assert state["error"]["code"] == "unknown_user"  # the host has it, the container not
 
 
-async def test_env_and_stdin(rc: TestClient, container: Container) -> None:
+async def test_env_and_stdin(rc: AgentPeer, container: Container) -> None:
     _, out, _ = await rc.run(["env"], env=["A=1"], container_id=container.id)
     env = dict(line.split("=", 1) for line in out.decode().splitlines())
     assert env["A"] == "1"
@@ -235,7 +236,7 @@ async def test_env_and_stdin(rc: TestClient, container: Container) -> None:
 
 
 async def test_signal_and_timeout_reach_the_container_process(
-    rc: TestClient, container: Container
+    rc: AgentPeer, container: Container
 ) -> None:
     tree = ["sh", "-c", "sleep 100 & sleep 100"]
     exec_id = uuid.uuid4().hex
@@ -261,7 +262,7 @@ def _assert_no_live_members(pgid: int) -> None:
     assert not live_members(pgid)
 
 
-async def test_tty_in_the_container(rc: TestClient, container: Container) -> None:
+async def test_tty_in_the_container(rc: AgentPeer, container: Container) -> None:
     cid = {"container_id": container.id, "tty": True}
     _, out, _ = await rc.run(["tty"], **cid)
     # \r* : runc switches newline translation between two terminals (see runc/backend.py).

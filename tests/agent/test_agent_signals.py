@@ -9,12 +9,13 @@ import uuid
 
 import pytest
 from agent_harness import wait_group_gone
-from agent_testclient import AgentRequestError, TestClient
+
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError
 
 TREE = ["sh", "-c", "sleep 100 & sleep 100"]
 
 
-async def test_signal_kills_the_process_tree(client: TestClient) -> None:
+async def test_signal_kills_the_process_tree(client: AgentPeer) -> None:
     exec_id = uuid.uuid4().hex
     started = await client.call("start", exec_id=exec_id, cmd=TREE)
     await client.call("signal", exec_id=exec_id, signal="SIGTERM")
@@ -25,7 +26,7 @@ async def test_signal_kills_the_process_tree(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(("name", "code"), [("TERM", 143), (9, 137), ("2", 130), ("sigint", 130)])
-async def test_signal_names_and_numbers(client: TestClient, name: object, code: int) -> None:
+async def test_signal_names_and_numbers(client: AgentPeer, name: object, code: int) -> None:
     exec_id = uuid.uuid4().hex
     await client.call("start", exec_id=exec_id, cmd=["sleep", "30"])
     await client.call("signal", exec_id=exec_id, signal=name)
@@ -34,7 +35,7 @@ async def test_signal_names_and_numbers(client: TestClient, name: object, code: 
     assert state["exit"]["signal"] == signal.Signals(code - 128).name
 
 
-async def test_bad_signals_and_finished_execs(client: TestClient) -> None:
+async def test_bad_signals_and_finished_execs(client: AgentPeer) -> None:
     exec_id = uuid.uuid4().hex
     await client.call("start", exec_id=exec_id, cmd=["true"])
     for bad in ("SIGBOGUS", 0, 999, True, None):
@@ -47,7 +48,7 @@ async def test_bad_signals_and_finished_execs(client: TestClient) -> None:
     assert err.value.code == "not_running"
 
 
-async def test_timeout_kills_the_process_tree(client: TestClient) -> None:
+async def test_timeout_kills_the_process_tree(client: AgentPeer) -> None:
     t0 = time.monotonic()
     state, _, _ = await client.run(TREE, timeout=0.3)
     assert 0.3 <= time.monotonic() - t0 < 5
@@ -57,7 +58,7 @@ async def test_timeout_kills_the_process_tree(client: TestClient) -> None:
 
 
 async def test_background_child_holding_the_pipe_does_not_block_the_exit(
-    client: TestClient,
+    client: AgentPeer,
 ) -> None:
     t0 = time.monotonic()
     state, out, _ = await client.run(["sh", "-c", "sleep 30 & echo done"])

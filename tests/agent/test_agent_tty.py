@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 from agent_harness import wait_group_gone
-from agent_testclient import AgentRequestError, TestClient, split_captures
+
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError, split_captures
 
 
-async def test_tty_is_a_pts_and_streams_merge(client: TestClient) -> None:
+async def test_tty_is_a_pts_and_streams_merge(client: AgentPeer) -> None:
     state, out, err = await client.run(["sh", "-c", "tty; echo to-stderr >&2"], tty=True)
     assert re.fullmatch(rb"/dev/pts/\d+\r\nto-stderr\r\n", out), out
     assert err == b""
@@ -18,7 +19,7 @@ async def test_tty_is_a_pts_and_streams_merge(client: TestClient) -> None:
     assert state["exit"]["stderr_len"] == 0
 
 
-async def test_initial_console_size(client: TestClient) -> None:
+async def test_initial_console_size(client: AgentPeer) -> None:
     _, out, _ = await client.run(
         ["stty", "size"], tty=True, console_size={"width": 123, "height": 45}
     )
@@ -27,7 +28,7 @@ async def test_initial_console_size(client: TestClient) -> None:
     assert out == b"24 80\r\n"
 
 
-async def test_resize_while_running(client: TestClient) -> None:
+async def test_resize_while_running(client: AgentPeer) -> None:
     exec_id = uuid.uuid4().hex
     await client.call(
         "start",
@@ -47,7 +48,7 @@ async def test_resize_while_running(client: TestClient) -> None:
     assert err.value.code == "not_running"
 
 
-async def test_closing_tty_stdin_sends_eof(client: TestClient) -> None:
+async def test_closing_tty_stdin_sends_eof(client: AgentPeer) -> None:
     exec_id = uuid.uuid4().hex
     await client.call("start", exec_id=exec_id, cmd=["cat"], tty=True, stdin=True)
     await client.call("stdin", b"line\n", exec_id=exec_id, close=True)
@@ -58,7 +59,7 @@ async def test_closing_tty_stdin_sends_eof(client: TestClient) -> None:
     assert out.count(b"line\r\n") == 2  # the terminal's echo, then cat's copy
 
 
-async def test_resize_needs_a_tty(client: TestClient) -> None:
+async def test_resize_needs_a_tty(client: AgentPeer) -> None:
     exec_id = uuid.uuid4().hex
     await client.call("start", exec_id=exec_id, cmd=["sleep", "30"])
     try:
@@ -69,7 +70,7 @@ async def test_resize_needs_a_tty(client: TestClient) -> None:
         await client.call("signal", exec_id=exec_id, signal="KILL")
 
 
-async def test_tty_exec_timeout_kills_its_group(client: TestClient) -> None:
+async def test_tty_exec_timeout_kills_its_group(client: AgentPeer) -> None:
     state, _, _ = await client.run(["sh", "-c", "sleep 100 & sleep 100"], tty=True, timeout=0.3)
     assert state["exit"]["timed_out"] is True
     assert (state["exit"]["exit_code"], state["exit"]["signal"]) == (137, "SIGKILL")

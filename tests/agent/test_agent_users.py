@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 from agent_harness import GUEST_PYTHON, IS_ROOT, AgentFactory, requires_root
-from agent_testclient import AgentRequestError, TestClient
+
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError
 
 ID_SCRIPT = 'echo "$(id -u) $(id -g) $(id -G) $HOME"'
 
@@ -18,7 +19,7 @@ def _ids(out: bytes) -> list[str]:
 
 
 @requires_root
-async def test_run_as_nobody(client: TestClient) -> None:
+async def test_run_as_nobody(client: AgentPeer) -> None:
     nobody = pwd.getpwnam("nobody")
     _, out, _ = await client.run(["sh", "-c", ID_SCRIPT], user="nobody")
     uid, gid = str(nobody.pw_uid), str(nobody.pw_gid)
@@ -28,7 +29,7 @@ async def test_run_as_nobody(client: TestClient) -> None:
 
 
 @requires_root
-async def test_run_as_user_and_group(client: TestClient) -> None:
+async def test_run_as_user_and_group(client: AgentPeer) -> None:
     try:
         nogroup = grp.getgrnam("nogroup")
     except KeyError:
@@ -39,7 +40,7 @@ async def test_run_as_user_and_group(client: TestClient) -> None:
 
 
 @requires_root
-async def test_numeric_ids_need_no_passwd_entry(client: TestClient) -> None:
+async def test_numeric_ids_need_no_passwd_entry(client: AgentPeer) -> None:
     _, out, _ = await client.run(["sh", "-c", ID_SCRIPT], user="43210:43211")
     assert _ids(out) == ["43210", "43211", "43211", "/"]
     _, out, _ = await client.run(["sh", "-c", ID_SCRIPT], user="43210")
@@ -47,12 +48,12 @@ async def test_numeric_ids_need_no_passwd_entry(client: TestClient) -> None:
 
 
 @requires_root
-async def test_root_user_drops_supplementary_groups(client: TestClient) -> None:
+async def test_root_user_drops_supplementary_groups(client: AgentPeer) -> None:
     _, out, _ = await client.run(["id", "-G"], user="0:0")
     assert out == b"0\n"
 
 
-async def test_unknown_user_or_group_fails(client: TestClient) -> None:
+async def test_unknown_user_or_group_fails(client: AgentPeer) -> None:
     for user in ("no-such-user-xyz", "nobody:no-such-group-xyz", ":0"):
         state, _, _ = await client.run(["true"], user=user)
         assert state["state"] == "failed", user

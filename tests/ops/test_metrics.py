@@ -6,13 +6,12 @@ import asyncio
 import os
 import signal
 import socket
-import struct
 import uuid
 from typing import Any
 
 import pytest
 
-from execbus.agent.protocol import encode_frame, read_frame
+from execbus.testing.agent_peer import AgentPeer, announce, raw_frame
 from tests.conftest import free_port
 from tests.integration.bus import Bus
 from tests.ops.scrape import Samples, get, names, probe, scrape, value
@@ -255,11 +254,9 @@ async def test_agent_counts_rejected_frames(start_agent: Any) -> None:
     before = await scrape_async(port)
     sock = str(agent.socket_path)
     # A well-delimited frame with a header that is not JSON, then end of stream.
-    head = b"{nope"
-    bad = struct.pack(">IBI", 5 + len(head), 1, len(head)) + head
-    await asyncio.to_thread(_send_raw, sock, bad)
+    await asyncio.to_thread(_send_raw, sock, raw_frame(b"{nope"))
     # A frame announced larger than --max-frame (16 MiB by default): fatal.
-    await asyncio.to_thread(_send_raw, sock, struct.pack(">I", 64 * 1024 * 1024))
+    await asyncio.to_thread(_send_raw, sock, announce(64 * 1024 * 1024))
     after = await eventually(
         port,
         lambda s: (
@@ -281,14 +278,8 @@ async def test_agent_readyz_fails_while_shutting_down(start_agent: Any) -> None:
     """SIGTERM: /readyz turns 503 while running execs get their grace period."""
     port = free_port()
     agent = start_agent("drain", "--http-port", str(port), "--grace", "30")
-    reader, writer = await asyncio.open_unix_connection(str(agent.socket_path))
-    for request in (
-        {"id": 1, "op": "hello", "versions": [1]},
-        {"id": 2, "op": "start", "exec_id": "drain1", "cmd": ["sleep", "30"]},
-    ):
-        writer.write(encode_frame(request))
-        frame = await read_frame(reader, 1 << 24)
-        assert frame is not None and frame.header["ok"], frame
+    peer = await AgentPeer.unix(str(agent.socket_path))
+    assert (await peer.call("start", exec_id="drain1", cmd=["sleep", "30"]))["new"]
     status, doc = await asyncio.to_thread(probe, port, "/readyz")
     assert status == 200 and doc["execs_running"] == 1, doc
     agent.proc.send_signal(signal.SIGTERM)
@@ -303,4 +294,4 @@ async def test_agent_readyz_fails_while_shutting_down(start_agent: Any) -> None:
     status, doc = await asyncio.to_thread(probe, port, "/healthz")
     assert status == 200, "alive while draining"
     agent.kill()
-    writer.close()
+    await peer.close()

@@ -1,10 +1,9 @@
-"""Helpers of the security tests: test certificates, agent daemons, a raw agent client."""
+"""Helpers of the security tests: test certificates and agent daemons (the raw agent
+client is ``execbus.testing.agent_peer``)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -16,8 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from execbus.agent.protocol import Frame, encode_frame, read_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -166,79 +163,6 @@ class AgentDaemon:
             for path in self.dir.iterdir():
                 path.unlink()
             self.dir.rmdir()
-
-
-# -- a raw client of the agent protocol --------------------------------------
-
-
-class AgentRefused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class RawClient:
-    """One connection, one request at a time; events are skipped."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.ids = itertools.count(1)
-
-    @classmethod
-    async def open(
-        cls, host: str, port: int, tls: ssl.SSLContext | None = None, *, unix: str | None = None
-    ) -> RawClient:
-        if unix is not None:
-            reader, writer = await asyncio.open_unix_connection(unix, limit=64 * 1024 * 1024)
-        else:
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls, limit=64 * 1024 * 1024
-            )
-        return cls(reader, writer)
-
-    async def frame(self, timeout: float = 10.0) -> Frame | None:
-        return await asyncio.wait_for(read_frame(self.reader, 64 * 1024 * 1024), timeout)
-
-    async def call(self, op: str, **args: Any) -> dict[str, Any]:
-        rid = next(self.ids)
-        self.writer.write(encode_frame({"id": rid, "op": op, **args}))
-        await self.writer.drain()
-        while True:
-            frame = await self.frame()
-            if frame is None:
-                raise ConnectionError("the agent closed the connection")
-            header = frame.header
-            if header.get("re") not in (rid, None):
-                continue
-            if "event" in header:
-                continue
-            if not header.get("ok"):
-                err = header.get("error") or {}
-                raise AgentRefused(str(err.get("code")), str(err.get("message")))
-            result: dict[str, Any] = header["result"]
-            return result
-
-    async def hello(self, token: str | None = None) -> dict[str, Any]:
-        return await self.call("hello", versions=[1], token=token, client="security-tests")
-
-    async def closed(self, timeout: float = 10.0) -> bool:
-        """True once the agent has closed the connection (remaining frames are skipped)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    if await read_frame(self.reader, 64 * 1024 * 1024) is None:
-                        return True
-                except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-                    return True
-                except Exception:
-                    return True
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
 
 
 def client_context(certs: Certs, *, cert: str | None = None) -> ssl.SSLContext:

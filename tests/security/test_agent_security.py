@@ -10,7 +10,6 @@ import pwd
 import shutil
 import socket
 import stat
-import struct
 import tempfile
 import time
 import uuid
@@ -25,8 +24,9 @@ from execbus.connections.address import AgentAddress
 from execbus.connections.base import AgentExec
 from execbus.connections.factory import ConnectOptions, make_connection
 from execbus.errors import ConfigError, Forbidden
+from execbus.testing.agent_peer import AgentPeer, AgentRequestError, announce
 from execbus.wire.config import ExecConfig
-from tests.security.support import AgentDaemon, AgentRefused, Certs, RawClient, client_context
+from tests.security.support import AgentDaemon, Certs, client_context
 
 TOKEN = "correct-horse-battery-staple"
 Daemon = Callable[..., AgentDaemon]
@@ -74,23 +74,23 @@ async def test_tcp_agent_refuses_a_missing_or_wrong_token(daemon: Daemon, token_
     agent = daemon("--listen", "tcp://127.0.0.1:0", "--token-file", str(token_file))
     port = agent.port("tcp")
     for token in (None, "", "wrong", TOKEN[:-1], TOKEN + "x"):
-        client = await RawClient.open("127.0.0.1", port)
+        client = await AgentPeer.tcp("127.0.0.1", port, hello=False)
         try:
-            with pytest.raises(AgentRefused) as refused:
+            with pytest.raises(AgentRequestError) as refused:
                 await client.hello(token)
             assert refused.value.code == "unauthorized"
             assert await client.closed()
         finally:
             await client.close()
     # no request is served before a successful hello
-    client = await RawClient.open("127.0.0.1", port)
+    client = await AgentPeer.tcp("127.0.0.1", port, hello=False)
     try:
-        with pytest.raises(AgentRefused) as refused:
+        with pytest.raises(AgentRequestError) as refused:
             await client.call("start", exec_id="x", cmd=["true"])
         assert refused.value.code == "handshake_required"
     finally:
         await client.close()
-    client = await RawClient.open("127.0.0.1", port)
+    client = await AgentPeer.tcp("127.0.0.1", port, hello=False)
     try:
         assert (await client.hello(TOKEN))["version"] == 1
         assert "time" in await client.call("ping")
@@ -128,7 +128,7 @@ async def test_tls_agent_serves_the_worker_client(
     finally:
         await conn.close()
     # plain TCP to the TLS port gets nowhere
-    client = await RawClient.open("127.0.0.1", port)
+    client = await AgentPeer.tcp("127.0.0.1", port, hello=False)
     try:
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
             await asyncio.wait_for(client.hello(TOKEN), 5)
@@ -163,7 +163,9 @@ async def test_mtls_agent_requires_a_client_certificate_from_its_ca(
     for cert in (None, "rogueclient"):
         refused = False
         try:
-            client = await RawClient.open("127.0.0.1", port, client_context(certs, cert=cert))
+            client = await AgentPeer.tcp(
+                "127.0.0.1", port, tls=client_context(certs, cert=cert), hello=False
+            )
         except (OSError, asyncio.IncompleteReadError):
             refused = True  # TLS 1.2: the handshake itself fails
         else:
@@ -192,9 +194,11 @@ async def test_mtls_agent_requires_a_client_certificate_from_its_ca(
     connected = [e for e in agent.log_lines() if e.get("msg") == "client connected"]
     assert any("CN=worker-1" in str(e.get("tls_subject")) for e in connected), connected
     # a client certificate does not replace the token
-    client = await RawClient.open("127.0.0.1", port, client_context(certs, cert="client"))
+    client = await AgentPeer.tcp(
+        "127.0.0.1", port, tls=client_context(certs, cert="client"), hello=False
+    )
     try:
-        with pytest.raises(AgentRefused) as wrong:
+        with pytest.raises(AgentRequestError) as wrong:
             await client.hello("wrong")
         assert wrong.value.code == "unauthorized"
     finally:
@@ -259,21 +263,21 @@ def test_unknown_socket_owner_is_a_config_error(capsys: pytest.CaptureFixture[st
 async def test_connection_limit(daemon: Daemon) -> None:
     agent = daemon("--max-connections", "2")
     sock = str(agent.socket)
-    first = await RawClient.open("", 0, unix=sock)
+    first = await AgentPeer.unix(sock, hello=False)
     await first.hello()
     # A connection that says nothing holds a slot, but only until a newer one
     # needs it: at most max-1 connections may wait for their hello.
-    silent = await RawClient.open("", 0, unix=sock)
-    second = await RawClient.open("", 0, unix=sock)
-    frame = await silent.frame()
+    silent = await AgentPeer.unix(sock, hello=False)
+    second = await AgentPeer.unix(sock, hello=False)
+    frame = await silent.unsolicited()
     assert frame is not None and frame.header["error"]["code"] == "limit_exceeded"
     assert "waiting for their hello" in frame.header["error"]["message"]
     assert await silent.closed()
     await silent.close()
     await second.hello()
-    third = await RawClient.open("", 0, unix=sock)
+    third = await AgentPeer.unix(sock, hello=False)
     try:
-        frame = await third.frame()
+        frame = await third.unsolicited()
         assert frame is not None and frame.header["error"]["code"] == "limit_exceeded"
         assert "at most 2 connections" in frame.header["error"]["message"]
         assert await third.closed()
@@ -282,11 +286,11 @@ async def test_connection_limit(daemon: Daemon) -> None:
     await first.close()
     async with asyncio.timeout(5):  # a freed slot is usable again
         while True:
-            again = await RawClient.open("", 0, unix=sock)
+            again = await AgentPeer.unix(sock, hello=False)
             try:
                 await again.hello()
                 break
-            except (AgentRefused, ConnectionError):
+            except (AgentRequestError, ConnectionError):
                 await asyncio.sleep(0.05)
             finally:
                 await again.close()
@@ -295,9 +299,9 @@ async def test_connection_limit(daemon: Daemon) -> None:
 
 async def test_silent_connections_are_closed_after_the_handshake_timeout(daemon: Daemon) -> None:
     agent = daemon("--handshake-timeout", "0.3")
-    client = await RawClient.open("", 0, unix=str(agent.socket))
+    client = await AgentPeer.unix(str(agent.socket), hello=False)
     try:
-        frame = await client.frame(timeout=5)
+        frame = await client.unsolicited(timeout=5)
         assert frame is not None
         assert frame.header["error"]["code"] == "handshake_required"
         assert "no hello within 0.3 s" in frame.header["error"]["message"]
@@ -308,11 +312,10 @@ async def test_silent_connections_are_closed_after_the_handshake_timeout(daemon:
 
 async def test_large_frames_before_hello_are_refused(daemon: Daemon) -> None:
     agent = daemon()
-    client = await RawClient.open("", 0, unix=str(agent.socket))
+    client = await AgentPeer.unix(str(agent.socket), hello=False)
     try:
-        client.writer.write(struct.pack(">I", 1024 * 1024))  # announce a 1 MiB frame
-        await client.writer.drain()
-        frame = await client.frame()
+        client.send_raw(announce(1024 * 1024))  # the start of a 1 MiB frame
+        frame = await client.unsolicited()
         assert frame is not None and frame.header["error"]["code"] == "frame_too_large"
         assert await client.closed()
     finally:
@@ -322,14 +325,14 @@ async def test_large_frames_before_hello_are_refused(daemon: Daemon) -> None:
 async def test_per_connection_exec_cap(daemon: Daemon) -> None:
     agent = daemon("--max-execs-per-connection", "1")
     sock = str(agent.socket)
-    one = await RawClient.open("", 0, unix=sock)
-    two = await RawClient.open("", 0, unix=sock)
+    one = await AgentPeer.unix(sock, hello=False)
+    two = await AgentPeer.unix(sock, hello=False)
     try:
         await one.hello()
         await two.hello()
         first = uuid.uuid4().hex
         assert (await one.call("start", exec_id=first, cmd=["sleep", "30"]))["new"]
-        with pytest.raises(AgentRefused) as capped:
+        with pytest.raises(AgentRequestError) as capped:
             await one.call("start", exec_id=uuid.uuid4().hex, cmd=["true"])
         assert capped.value.code == "limit_exceeded"
         assert "--max-execs-per-connection" in capped.value.message
@@ -351,17 +354,17 @@ async def test_per_connection_exec_cap(daemon: Daemon) -> None:
 
 async def test_privileged_is_refused_unless_allowed(daemon: Daemon) -> None:
     agent = daemon()
-    client = await RawClient.open("", 0, unix=str(agent.socket))
+    client = await AgentPeer.unix(str(agent.socket), hello=False)
     try:
         await client.hello()
-        with pytest.raises(AgentRefused) as refused:
+        with pytest.raises(AgentRequestError) as refused:
             await client.call("start", exec_id=uuid.uuid4().hex, cmd=["true"], privileged=True)
         assert refused.value.code == "forbidden"
         assert "--allow-privileged" in refused.value.message
     finally:
         await client.close()
     allowed = daemon("--allow-privileged")
-    client = await RawClient.open("", 0, unix=str(allowed.socket))
+    client = await AgentPeer.unix(str(allowed.socket), hello=False)
     try:
         await client.hello()
         exec_id = uuid.uuid4().hex
@@ -400,7 +403,7 @@ async def test_journal_keeps_no_env_value_and_no_other_user_reads_it(daemon: Dae
     state = base / "state"
     try:
         agent = daemon("--state-dir", str(state))
-        client = await RawClient.open("", 0, unix=str(agent.socket))
+        client = await AgentPeer.unix(str(agent.socket), hello=False)
         try:
             await client.hello()
             meta = {"cfg": {"cmd": ["sleep", "30"], "env": [SECRET, "MODE=x"]}, "rt": []}
@@ -413,7 +416,7 @@ async def test_journal_keeps_no_env_value_and_no_other_user_reads_it(daemon: Dae
             assert result["exit"]["exit_code"] != 0, "nobody could read the state directory"
             # the traversal of the report: refused before it touches a path
             for bad in ("../x", "../../tmp/x", "a/b", ".x", "-x", "x" * 129, "x\n"):
-                with pytest.raises(AgentRefused) as refused:
+                with pytest.raises(AgentRequestError) as refused:
                     await client.call("start", exec_id=bad, cmd=["true"])
                 assert refused.value.code == "invalid"
             await client.call("signal", exec_id="victim", signal="SIGKILL")
@@ -484,7 +487,7 @@ def _silent_connections(port: int, count: int) -> list[socket.socket]:
 
 
 async def _tls_hello(port: int, certs: Certs) -> dict[str, Any]:
-    client = await RawClient.open("127.0.0.1", port, client_context(certs))
+    client = await AgentPeer.tcp("127.0.0.1", port, tls=client_context(certs), hello=False)
     try:
         return await client.hello(TOKEN)
     finally:
@@ -574,7 +577,7 @@ async def test_timeout_bounds_background_processes(daemon: Daemon, tmp_path: Pat
     pids = tmp_path / "pids"
     pids.mkdir()
     pids.chmod(0o777)
-    client = await RawClient.open("", 0, unix=str(agent.socket))
+    client = await AgentPeer.unix(str(agent.socket), hello=False)
     escapes = [f"sleep 600 & echo $! > {pids}/bg"]
     if os.geteuid() == 0:
         escapes.append(f"setsid sleep 600 & echo $! > {pids}/setsid")

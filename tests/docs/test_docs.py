@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from execbus.cli.worker import settings_table
+from execbus.cli.config import settings_table
 from execbus.wire.config import ExecConfig
 from execbus.wire.schema import ENV_ENTRY_PATTERN, STD_BASE64_PATTERN, render_all
 

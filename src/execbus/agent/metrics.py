@@ -90,60 +90,99 @@ class AgentMetrics:
         """The text exposition format; ``info`` becomes the labels of ``execbus_agent_info``."""
         out = _Exposition()
         if info:
-            out.family("execbus_agent_info", "gauge", "Agent identity (value is always 1).")
-            out.sample("execbus_agent_info", 1, info)
-        out.family(
+            out.metric(
+                "execbus_agent_info", "gauge", "Agent identity (value is always 1).", 1, info
+            )
+        out.metric(
             "execbus_agent_execs_started_total",
             "counter",
             "Execs the agent tried to spawn (each ends in execbus_agent_execs_finished_total).",
+            self.execs_started,
         )
-        out.sample("execbus_agent_execs_started_total", self.execs_started)
-        out.family(
+        out.by_label(
             "execbus_agent_execs_finished_total",
             "counter",
             "Execs ended, by result (failed: could not be spawned).",
+            "result",
+            self.execs_finished,
         )
-        for result, count in self.execs_finished.items():
-            out.sample("execbus_agent_execs_finished_total", count, {"result": result})
-        out.family("execbus_agent_execs_running", "gauge", "Execs whose process is running.")
-        out.sample("execbus_agent_execs_running", self.execs_running)
-        out.family("execbus_agent_connections", "gauge", "Client connections open now.")
-        out.sample("execbus_agent_connections", self.connections_open)
-        out.family(
-            "execbus_agent_connections_accepted_total", "counter", "Client connections accepted."
+        out.metric(
+            "execbus_agent_execs_running",
+            "gauge",
+            "Execs whose process is running.",
+            self.execs_running,
         )
-        out.sample("execbus_agent_connections_accepted_total", self.connections_accepted)
-        out.family(
+        out.metric(
+            "execbus_agent_connections",
+            "gauge",
+            "Client connections open now.",
+            self.connections_open,
+        )
+        out.metric(
+            "execbus_agent_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            self.connections_accepted,
+        )
+        out.by_label(
             "execbus_agent_frames_rejected_total",
             "counter",
             "Frames refused, by reason (bad: undecodable; oversized: above --max-frame).",
+            "reason",
+            self.frames_rejected,
         )
-        for reason, count in self.frames_rejected.items():
-            out.sample("execbus_agent_frames_rejected_total", count, {"reason": reason})
-        out.family(
+        out.by_label(
             "execbus_agent_output_captured_bytes_total",
             "counter",
             "Output bytes captured for finished execs, by stream.",
+            "stream",
+            self.output_captured,
         )
-        for stream, count in self.output_captured.items():
-            out.sample("execbus_agent_output_captured_bytes_total", count, {"stream": stream})
-        out.family(
+        out.by_label(
             "execbus_agent_output_dropped_bytes_total",
             "counter",
             "Output bytes over the capture limit (counted, not kept), by stream.",
+            "stream",
+            self.output_dropped,
         )
-        for stream, count in self.output_dropped.items():
-            out.sample("execbus_agent_output_dropped_bytes_total", count, {"stream": stream})
-        out.family("execbus_agent_uptime_seconds", "gauge", "Seconds since the agent started.")
-        out.sample("execbus_agent_uptime_seconds", round(self.uptime, 3))
-        out.family("execbus_agent_start_time_seconds", "gauge", "Unix time the agent started at.")
-        out.sample("execbus_agent_start_time_seconds", round(self.started_at, 3))
+        out.metric(
+            "execbus_agent_uptime_seconds",
+            "gauge",
+            "Seconds since the agent started.",
+            round(self.uptime, 3),
+        )
+        out.metric(
+            "execbus_agent_start_time_seconds",
+            "gauge",
+            "Unix time the agent started at.",
+            round(self.started_at, 3),
+        )
         return out.encode()
 
 
 class _Exposition:
     def __init__(self) -> None:
         self._lines: list[str] = []
+
+    def metric(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        value: float,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        """One family with a single sample."""
+        self.family(name, kind, help_text)
+        self.sample(name, value, labels)
+
+    def by_label(
+        self, name: str, kind: str, help_text: str, label: str, counts: dict[str, int]
+    ) -> None:
+        """One family with a sample per value of ``label``."""
+        self.family(name, kind, help_text)
+        for value, count in counts.items():
+            self.sample(name, count, {label: value})
 
     def family(self, name: str, kind: str, help_text: str) -> None:
         self._lines.append(f"# HELP {name} {_escape_help(help_text)}")

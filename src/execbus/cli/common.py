@@ -57,13 +57,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def new_parser(command: str, description: str, epilog: str = "") -> Parser:
-    """A parser for ``execbus <command>`` with the shared connection flags."""
-    parser = Parser(
+def command_parser(command: str, description: str, epilog: str = "") -> Parser:
+    """A parser for ``execbus <command>``; its description and epilog keep their line breaks."""
+    return Parser(
         prog=f"execbus {command}",
         description=description,
-        epilog="\n".join(part for part in (epilog, CONNECTION_HELP, EXIT_STATUS_HELP) if part),
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def new_parser(command: str, description: str, epilog: str = "") -> Parser:
+    """A parser for ``execbus <command>`` with the shared connection flags."""
+    parser = command_parser(
+        command,
+        description,
+        "\n".join(part for part in (epilog, CONNECTION_HELP, EXIT_STATUS_HELP) if part),
     )
     parser.add_argument("--amqp-url", metavar="URL", help="RabbitMQ URL (env EXECBUS_AMQP_URL)")
     parser.add_argument(

@@ -12,7 +12,7 @@ import json
 import sys
 
 from execbus.broker import redact_url
-from execbus.cli.common import EXIT_USAGE, Parser
+from execbus.cli.common import EXIT_USAGE, command_parser
 from execbus.errors import ConfigError
 from execbus.settings import Settings, load_settings
 
@@ -31,12 +31,7 @@ exit status:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="execbus config",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("config", DESCRIPTION, EPILOG)
     p.add_argument("--markdown", action="store_true", help="print the settings table of README.md")
     return p
 

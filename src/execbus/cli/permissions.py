@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from execbus.cli.common import Parser
+from execbus.cli.common import command_parser
 from execbus.wire.permissions import ROLES, permissions
 
 DESCRIPTION = """\
@@ -21,11 +21,10 @@ needs in a namespace (docs/security.md explains each permission):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="execbus permissions",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  execbus permissions caller --user ci-7 --agents 'vm-.*' | sh\n",
+    p = command_parser(
+        "permissions",
+        DESCRIPTION,
+        "example:\n  execbus permissions caller --user ci-7 --agents 'vm-.*' | sh\n",
     )
     p.add_argument("role", choices=ROLES, help="what the user is for")
     p.add_argument("--user", required=True, help="the RabbitMQ user name")

@@ -1,11 +1,10 @@
-"""``execbus worker`` and ``execbus config``."""
+"""``execbus worker``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import functools
-import json
 import logging
 import os
 import signal
@@ -61,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--agent",
+        dest="agents",
         action="append",
         default=None,
         metavar="NAME=ADDRESS",
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pool",
+        dest="pools",
         action="append",
         default=None,
         metavar="POOL=AGENT[+AGENT...]",
@@ -76,9 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amqp-url", help="RabbitMQ URL (env EXECBUS_AMQP_URL)")
     p.add_argument("--namespace", help="exchange/queue prefix (env EXECBUS_NAMESPACE)")
     p.add_argument("--agent-token-file", help="token file for tcp:// agents")
-    p.add_argument("--agent-tls-ca", help="CA bundle that signed the tls:// agents' certificates")
-    p.add_argument("--agent-tls-cert", help="client certificate for tls:// agents with mTLS")
-    p.add_argument("--agent-tls-key", help="private key of --agent-tls-cert")
+    p.add_argument(
+        "--agent-tls-ca",
+        dest="agent_tls_ca_file",
+        metavar="AGENT_TLS_CA",
+        help="CA bundle that signed the tls:// agents' certificates",
+    )
+    p.add_argument(
+        "--agent-tls-cert",
+        dest="agent_tls_cert_file",
+        metavar="AGENT_TLS_CERT",
+        help="client certificate for tls:// agents with mTLS",
+    )
+    p.add_argument(
+        "--agent-tls-key",
+        dest="agent_tls_key_file",
+        metavar="AGENT_TLS_KEY",
+        help="private key of --agent-tls-cert",
+    )
     p.add_argument(
         "--policy-file",
         help="authorization policy, TOML or YAML (env EXECBUS_POLICY_FILE; see docs/security.md)",
@@ -102,27 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return load_settings(
-        amqp_url=args.amqp_url,
-        namespace=args.namespace,
-        agents=args.agent,
-        pools=args.pool,
-        agent_token_file=args.agent_token_file,
-        agent_tls_ca_file=args.agent_tls_ca,
-        agent_tls_cert_file=args.agent_tls_cert,
-        agent_tls_key_file=args.agent_tls_key,
-        policy_file=args.policy_file,
-        amqp_ca_file=args.amqp_ca_file,
-        amqp_cert_file=args.amqp_cert_file,
-        amqp_key_file=args.amqp_key_file,
-        prefetch=args.prefetch,
-        http_port=args.http_port,
-        http_host=args.http_host,
-        shutdown_grace=args.shutdown_grace,
-        worker_id=args.worker_id,
-        log_level=args.log_level,
-        log_format=args.log_format,
-    )
+    """The environment's settings, overridden by the options given (each option's
+    ``dest`` is the name of its setting)."""
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    return load_settings(**given)
 
 
 def agents_from_settings(settings: Settings) -> dict[str, AgentAddress]:
@@ -270,30 +269,3 @@ def health_main(settings: Settings) -> int:
     except OSError as exc:
         print(f"execbus worker --health: no worker answers at {url}: {exc}", file=sys.stderr)
         return 1
-
-
-def config_main(argv: list[str]) -> int:
-    """``execbus config``: the settings and their current values, or a markdown table."""
-    p = argparse.ArgumentParser(prog="execbus config", description="Show execbus settings.")
-    p.add_argument("--markdown", action="store_true", help="print the README configuration table")
-    args = p.parse_args(argv)
-    if args.markdown:
-        print(settings_table())
-        return 0
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"execbus config: {exc.message}", file=sys.stderr)
-        return 2
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
-    return 0
-
-
-def settings_table() -> str:
-    """The configuration table, generated from :class:`Settings`."""
-    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        shown = "" if default is None else json.dumps(default, default=str)
-        rows.append(f"| `EXECBUS_{name.upper()}` | `{shown}` | {field.description or ''} |")
-    return "\n".join(rows)

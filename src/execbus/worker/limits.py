@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from execbus.errors import ErrorCode, LimitExceeded
 from execbus.settings import Settings
@@ -32,13 +32,8 @@ class RequestLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
-        return cls(
-            max_argv_entries=settings.max_argv_entries,
-            max_argv_bytes=settings.max_argv_bytes,
-            max_env_entries=settings.max_env_entries,
-            max_env_bytes=settings.max_env_bytes,
-            max_output_limit=settings.max_output_limit,
-        )
+        """Each limit is the setting of the same name."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     def check(self, config: ExecConfig) -> None:
         """Raise :class:`RequestTooLarge` naming the limit and its setting (never a value)."""

@@ -146,12 +146,15 @@ class NodeCluster:
         self.wait_running(len(self.nodes))
         return node
 
-    def restart_down(self) -> None:
-        """Start every node that is down (after a test's faults) and wait for all of them."""
-        for node in self.nodes:
-            if not node.running:
-                node.start()
+    def restart_down(self) -> list[RabbitNode]:
+        """Start every node that is down (after a test's faults), together, and wait until
+        the cluster runs them all; the nodes started."""
+        down = [node for node in self.nodes if not node.running]
+        if down:
+            with ThreadPoolExecutor(len(down)) as pool:
+                list(pool.map(lambda n: n.start(), down))
         self.wait_running(len(self.nodes))
+        return down
 
     # -- questions -------------------------------------------------------------
 

@@ -79,6 +79,66 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+# -- errors ------------------------------------------------------------------
+
+
+def broker_reason(exc: BaseException) -> str:
+    """One line for an aio-pika/aiormq failure, never a repr: the broker's reply text
+    when it sent one (``ACCESS_REFUSED - write access to exchange ...``), else the
+    error's own words (``[Errno 111] Connection refused``, ``the channel is closed``).
+
+    aiormq keeps what the broker said in the exception's ``args``: the reply text
+    (a refusal: ``ChannelAccessRefused``, ``ChannelNotFoundEntity``, ...), a
+    ``(reply_code, reply_text)`` pair (``ChannelClosed``, ``ConnectionClosed``),
+    the ``Connection.Close`` frame itself (``InvalidFrameError`` while
+    connecting), or a nacked or returned publish (``DeliveryError``).
+    """
+    if isinstance(exc, amqp_errors.DeliveryError):
+        return _delivery_reason(exc)
+    if isinstance(exc, amqp_errors.ChannelInvalidStateError):
+        text = str(exc)  # often "<Channel ...> closed"
+        return "the channel is closed" if not text or "<" in text else _one_line(text)
+    if not isinstance(exc, amqp_errors.AMQPError):
+        return _one_line(str(exc)) or type(exc).__name__
+    text = "; ".join(words for words in map(_arg_words, exc.args) if words)
+    return _one_line(text) if text else _library_words(exc)
+
+
+def _arg_words(arg: object) -> str:
+    """What one argument of an AMQP error says: a text, a nested error, a close frame's text."""
+    if isinstance(arg, BaseException):
+        return broker_reason(arg)
+    if isinstance(arg, str):
+        return arg
+    reply = getattr(arg, "reply_text", None)  # a pamqp Connection.Close or Channel.Close
+    return str(reply) if reply else ""
+
+
+def _library_words(exc: amqp_errors.AMQPError) -> str:
+    """No text from the broker: say what closed (and the reply code), or the library's sentence."""
+    codes = [arg for arg in exc.args if isinstance(arg, int) and not isinstance(arg, bool)]
+    code = f" (reply code {codes[0]})" if codes else ""
+    if isinstance(exc, amqp_errors.ChannelClosed):
+        return f"the channel was closed{code}"
+    if isinstance(exc, amqp_errors.ConnectionClosed):
+        return f"the connection was closed{code}"
+    with contextlib.suppress(TypeError, ValueError):
+        return _one_line(exc.reason % exc.args)
+    return type(exc).__name__
+
+
+def _delivery_reason(exc: amqp_errors.DeliveryError) -> str:
+    """A publish the broker returned (its reply text: ``NO_ROUTE``) or did not confirm."""
+    if isinstance(exc, amqp_errors.PublishError):
+        return _one_line(str(exc.args[0])) if exc.args and exc.args[0] else "returned"
+    name = getattr(exc.frame, "name", "")  # a pamqp method: "Basic.Nack"
+    return "nacked by the broker" if name == "Basic.Nack" else f"not confirmed ({name or '?'})"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 # -- TLS ---------------------------------------------------------------------
 
 
@@ -124,14 +184,12 @@ def tls_context(
 def connect_error(exc: BaseException, url: str) -> BrokerUnavailable:
     """What a failed connection attempt means, naming the broker (never its password)."""
     where = f"the broker at {redact_url(url)}"
+    reason = scrub(broker_reason(exc), url)
     if isinstance(exc, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError):
-        reason = scrub(str(exc.args[0] if exc.args else exc), url)
         return BrokerRefused(f"{where} refused our credentials ({reason})")
     close = exc.args[0] if isinstance(exc, amqp_errors.InvalidFrameError) and exc.args else None
     if isinstance(exc, amqp_errors.ConnectionNotAllowed) or hasattr(close, "reply_text"):
-        text = getattr(close, "reply_text", None) or str(exc)
-        return BrokerRefused(f"{where} refused the connection ({scrub(str(text), url)})")
-    reason = scrub(str(exc) or type(exc).__name__, url)
+        return BrokerRefused(f"{where} refused the connection ({reason})")
     return BrokerUnavailable(f"cannot connect to {where}: {reason}")
 
 

@@ -18,6 +18,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from aiormq.channel import Channel as RawChannel
 from pamqp.commands import Basic
 
+from execbus.broker import broker_reason
 from execbus.errors import PublishFailed
 
 __all__ = ["Basic", "publish_confirmed", "publish_errors"]
@@ -36,10 +37,10 @@ def _publish_failed(
     exc: BaseException, what: str, routing_key: str, timeout: float
 ) -> PublishFailed:
     if isinstance(exc, DeliveryError):
-        return PublishFailed(f"the broker refused {what} for {routing_key!r}: {exc}")
+        return PublishFailed(f"the broker refused {what} for {routing_key!r}: {broker_reason(exc)}")
     if isinstance(exc, TimeoutError):
         return PublishFailed(f"no publisher confirm for {what} within {timeout:g} s")
-    return PublishFailed(f"publishing {what} failed: {exc!r}")
+    return PublishFailed(f"publishing {what} failed: {broker_reason(exc)}")
 
 
 async def publish_confirmed(

@@ -20,6 +20,7 @@ import time
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
+from execbus.broker import broker_reason
 from execbus.client.rpc import close_quietly
 from execbus.client.target import Target
 from execbus.errors import BrokerError, UnknownAgent
@@ -83,13 +84,15 @@ class AgentDirectory:
             # A passive declare that fails closes its channel: use a throwaway one.
             channel = await self._connection.channel(publisher_confirms=False)
         except CONNECTION_EXCEPTIONS as exc:
-            raise BrokerError(f"cannot open a channel to check {kind} {name!r}: {exc!r}") from exc
+            raise BrokerError(
+                f"cannot open a channel to check {kind} {name!r}: {broker_reason(exc)}"
+            ) from exc
         try:
             queue = await channel.declare_queue(queue_name, passive=True, robust=False)
         except ChannelNotFoundEntity:
             return None
         except CONNECTION_EXCEPTIONS as exc:
-            raise BrokerError(f"cannot check {kind} {name!r}: {exc!r}") from exc
+            raise BrokerError(f"cannot check {kind} {name!r}: {broker_reason(exc)}") from exc
         finally:
             await close_quietly(channel)
         result = queue.declaration_result

@@ -29,6 +29,7 @@ from typing import Literal, Self, Unpack, overload
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from execbus.broker import broker_reason
 from execbus.client.cluster import Announcements, ClusterStatus, cluster_status
 from execbus.client.config import ExecOptions, event_kind, exec_request, model
 from execbus.client.connection import amqp_user, client_settings, connect, redact_url, scrub
@@ -94,7 +95,7 @@ class Client(ExecRequests):
             )
         except CONNECTION_EXCEPTIONS as exc:
             await _close_quietly(connection)
-            reason = scrub(str(exc) or type(exc).__name__, url)
+            reason = scrub(broker_reason(exc), url)
             raise BrokerUnavailable(f"broker at {redact_url(url)}: setup failed: {reason}") from exc
         except BaseException:
             await _close_quietly(connection)

@@ -18,6 +18,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
+from execbus.broker import broker_reason
 from execbus.client.feed import QueueFeed
 from execbus.client.inbox import client_queue_name
 from execbus.errors import BrokerError
@@ -125,7 +126,7 @@ async def _listen(
         except ChannelAccessRefused as exc:
             raise BrokerError(
                 f"cannot read {names.control_exchange} (the worker announcements): "
-                f"{exc.args[0] if exc.args else exc}; this needs the observer permissions "
+                f"{broker_reason(exc)}; this needs the observer permissions "
                 "(`execbus permissions observer`, docs/security.md)"
             ) from None
 
@@ -207,12 +208,12 @@ class Announcements(QueueFeed[Announcement]):
             await self.close()
             raise BrokerError(
                 f"cannot read {exchange} (the worker announcements): "
-                f"{exc.args[0] if exc.args else exc}; this needs the observer permissions "
+                f"{broker_reason(exc)}; this needs the observer permissions "
                 "(`execbus permissions observer`, docs/security.md)"
             ) from None
         except CONNECTION_EXCEPTIONS as exc:
             await self.close()
-            raise BrokerError(f"cannot follow {exchange}: {exc or type(exc).__name__}") from exc
+            raise BrokerError(f"cannot follow {exchange}: {broker_reason(exc)}") from exc
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         announcement = parse_announcement(message.body)

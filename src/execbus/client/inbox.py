@@ -17,6 +17,7 @@ from collections.abc import Callable
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from execbus.broker import broker_reason
 from execbus.errors import BrokerError, InvalidRequest
 from execbus.wire.codec import parse_event, parse_reply
 from execbus.wire.events import Event
@@ -75,7 +76,9 @@ class Inbox:
         try:
             await self._queue.bind(self._names.events_exchange, routing_key=pattern)
         except CONNECTION_EXCEPTIONS as exc:
-            raise BrokerError(f"cannot bind the client queue to {pattern!r}: {exc!r}") from exc
+            raise BrokerError(
+                f"cannot bind the client queue to {pattern!r}: {broker_reason(exc)}"
+            ) from exc
         self._bound.add(pattern)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
+from execbus.broker import broker_reason
 from execbus.client.dedupe import SeenIds
 from execbus.client.feed import Feed, QueueFeed
 from execbus.client.rpc import close_quietly
@@ -70,8 +71,7 @@ class Subscription(QueueFeed[Event]):
             await self._consume(self._names.events_exchange, self._patterns)
         except CONNECTION_EXCEPTIONS as exc:
             await self.close()
-            reason = str(exc) or type(exc).__name__
-            raise BrokerError(f"cannot subscribe to events: {reason}") from exc
+            raise BrokerError(f"cannot subscribe to events: {broker_reason(exc)}") from exc
 
     async def next_event(self) -> Event | None:
         """The next new event; ``None`` once closed."""

@@ -31,7 +31,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelAccessRefused
 
 from execbus.backoff import backoff_delay
-from execbus.broker import broker_tls_context, connect_plain, redact_url, scrub
+from execbus.broker import broker_reason, broker_tls_context, connect_plain, redact_url, scrub
 from execbus.connections.address import AgentAddress
 from execbus.connections.factory import ConnectOptions
 from execbus.errors import BrokerRefused, BrokerUnavailable, ErrorCode, PublishFailed
@@ -117,6 +117,18 @@ class Worker:
         would only fill the broker's log.
         """
         attempt = refusals = 0
+        import signal as _sig, sys as _sys  # DEBUG-TEMP
+        def _dump():  # DEBUG-TEMP
+            for t in asyncio.all_tasks():
+                c = t.get_coro(); chain = []
+                while c is not None and hasattr(c, "cr_frame"):
+                    f = c.cr_frame
+                    chain.append(f"{f.f_code.co_filename.rsplit('/',1)[-1]}:{f.f_lineno}:{f.f_code.co_name}" if f else "?")
+                    c = c.cr_await
+                chain.append(repr(c)[:120])
+                print("TASK", " > ".join(chain), file=_sys.stderr)
+            _sys.stderr.flush()
+        asyncio.get_running_loop().add_signal_handler(_sig.SIGUSR1, _dump)  # DEBUG-TEMP
         try:
             while not stop.is_set():
                 try:
@@ -388,7 +400,7 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
 
 def _setup_error(exc: BaseException, url: str) -> BrokerUnavailable:
     """A session setup (declares) that failed; a refused permission is permanent."""
-    reason = scrub(str(exc) or type(exc).__name__, url)
+    reason = scrub(broker_reason(exc), url)
     if isinstance(exc, ChannelAccessRefused):
         return BrokerRefused(
             f"the broker at {redact_url(url)} refused this worker's user an operation: "

@@ -14,6 +14,7 @@ import sys
 
 import aiormq.exceptions
 
+from execbus.broker import broker_reason
 from execbus.cli.common import command_parser, execute, fail
 from execbus.cli.purge.delete import delete_all, plural
 from execbus.cli.purge.discovery import VIA, take_inventory
@@ -175,7 +176,7 @@ async def purge_command(args: argparse.Namespace, settings: Settings) -> int:
             f"(configure, write and read on '^{re.escape(ns)}\\..*')"
         )
     except aiormq.exceptions.AMQPError as exc:
-        return fail(f"broker error: {exc!r}")
+        return fail(f"broker error: {broker_reason(exc)}")
     finally:
         with contextlib.suppress(Exception):
             await connection.close()

@@ -11,6 +11,7 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractConnection
 
+from execbus.broker import broker_reason
 from execbus.cli.purge.discovery import take_inventory
 from execbus.cli.purge.inventory import OP_TIMEOUT, Inventory
 from execbus.wire.routing import Names
@@ -49,7 +50,7 @@ async def _delete(connection: AbstractConnection, kind: str, name: str) -> str |
     except aiormq.exceptions.ChannelAccessRefused:
         return "access refused (the user needs configure permission on it)"
     except aiormq.exceptions.AMQPError as exc:
-        return str(exc) or type(exc).__name__
+        return broker_reason(exc)
     finally:
         with contextlib.suppress(Exception):
             await channel.close()

@@ -117,18 +117,6 @@ class Worker:
         would only fill the broker's log.
         """
         attempt = refusals = 0
-        import signal as _sig, sys as _sys  # DEBUG-TEMP
-        def _dump():  # DEBUG-TEMP
-            for t in asyncio.all_tasks():
-                c = t.get_coro(); chain = []
-                while c is not None and hasattr(c, "cr_frame"):
-                    f = c.cr_frame
-                    chain.append(f"{f.f_code.co_filename.rsplit('/',1)[-1]}:{f.f_lineno}:{f.f_code.co_name}" if f else "?")
-                    c = c.cr_await
-                chain.append(repr(c)[:120])
-                print("TASK", " > ".join(chain), file=_sys.stderr)
-            _sys.stderr.flush()
-        asyncio.get_running_loop().add_signal_handler(_sig.SIGUSR1, _dump)  # DEBUG-TEMP
         try:
             while not stop.is_set():
                 try:

@@ -45,29 +45,36 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
+from execbus.agent import errors as agent_codes
+
 
 class ErrorCode(StrEnum):
-    """Stable machine codes carried by error replies and ``exec.failed`` events."""
+    """Stable machine codes carried by error replies and ``exec.failed`` events.
 
-    INVALID = "invalid"
-    NOT_FOUND = "not_found"
-    CONFLICT = "conflict"
-    FORBIDDEN = "forbidden"
-    UNSUPPORTED = "unsupported"
-    LIMIT_EXCEEDED = "limit_exceeded"
+    The codes a guest agent answers with too are its own constants
+    (:mod:`execbus.agent.errors`, standard library only), so the two lists cannot
+    drift apart; the others exist in execbus alone.
+    """
+
+    INVALID = agent_codes.INVALID
+    NOT_FOUND = agent_codes.NOT_FOUND
+    CONFLICT = agent_codes.CONFLICT
+    FORBIDDEN = agent_codes.FORBIDDEN
+    UNSUPPORTED = agent_codes.UNSUPPORTED
+    LIMIT_EXCEEDED = agent_codes.LIMIT_EXCEEDED
     TIMEOUT = "timeout"
     UNKNOWN_AGENT = "unknown_agent"
     AGENT_UNAVAILABLE = "agent_unavailable"
     AGENT_AUTH_FAILED = "agent_auth_failed"
-    AGENT_LOST = "agent_lost"
-    START_FAILED = "start_failed"
-    COMMAND_NOT_FOUND = "command_not_found"
-    COMMAND_NOT_EXECUTABLE = "command_not_executable"
-    UNKNOWN_USER = "unknown_user"
-    INVALID_WORKING_DIR = "invalid_working_dir"
-    CONTAINER_NOT_FOUND = "container_not_found"
-    CONTAINER_NOT_RUNNING = "container_not_running"
-    INTERNAL = "internal"
+    AGENT_LOST = agent_codes.AGENT_LOST
+    START_FAILED = agent_codes.START_FAILED
+    COMMAND_NOT_FOUND = agent_codes.COMMAND_NOT_FOUND
+    COMMAND_NOT_EXECUTABLE = agent_codes.COMMAND_NOT_EXECUTABLE
+    UNKNOWN_USER = agent_codes.UNKNOWN_USER
+    INVALID_WORKING_DIR = agent_codes.INVALID_WORKING_DIR
+    CONTAINER_NOT_FOUND = agent_codes.CONTAINER_NOT_FOUND
+    CONTAINER_NOT_RUNNING = agent_codes.CONTAINER_NOT_RUNNING
+    INTERNAL = agent_codes.INTERNAL
 
 
 class ExecbusError(Exception):
@@ -270,3 +277,28 @@ def start_error_for_code(code: str, message: str) -> StartFailed:
     """Like :func:`error_for_code`, but always a :class:`StartFailed`."""
     err = error_for_code(code, message)
     return err if isinstance(err, StartFailed) else StartFailed(message)
+
+
+# The agent's request errors (``execbus.agent.errors.REQUEST_ERRORS``) in the
+# execbus tree; the state-related ones are all a conflict for the caller.
+_BY_AGENT_CODE: dict[str, type[ExecbusError]] = {
+    agent_codes.INVALID: InvalidRequest,
+    agent_codes.NOT_FOUND: NotFound,
+    agent_codes.CONFLICT: Conflict,
+    agent_codes.NOT_RUNNING: Conflict,
+    agent_codes.NOT_TTY: Conflict,
+    agent_codes.STDIN_CLOSED: Conflict,
+    agent_codes.NOT_FINISHED: Conflict,
+    agent_codes.FORBIDDEN: Forbidden,
+    agent_codes.LIMIT_EXCEEDED: LimitExceeded,
+    agent_codes.UNSUPPORTED: Unsupported,
+    agent_codes.INTERNAL: InternalError,
+}
+
+
+def agent_error(code: str, message: str) -> ExecbusError:
+    """Translate a guest agent's error response (its protocol ``code``) into this tree."""
+    cls = _BY_AGENT_CODE.get(code)
+    if cls is None:
+        return InternalError(f"the agent answered with unknown error {code[:64]!r}: {message}")
+    return cls(message)

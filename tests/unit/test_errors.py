@@ -6,8 +6,8 @@ import pytest
 
 from execbus import errors as e
 from execbus.agent import errors as codes
-from execbus.connections.agent_client import agent_error, start_failure_info
-from execbus.errors import ErrorCode, error_for_code, start_error_for_code
+from execbus.connections.agent_client import start_failure_info
+from execbus.errors import ErrorCode, agent_error, error_for_code, start_error_for_code
 
 EXPECTED: dict[ErrorCode, type[e.ExecbusError]] = {
     ErrorCode.INVALID: e.InvalidRequest,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from execbus.agent.config import ConfigError, make_config
@@ -81,15 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _listening_options(parser.add_argument_group("listening"))
-    _exec_options(parser.add_argument_group("execs"))
-    _http_options(parser.add_argument_group("health and metrics"))
-    _logging_options(parser.add_argument_group("logging"))
+    _listening_options(parser.add_argument_group("listening").add_argument)
+    _exec_options(parser.add_argument_group("execs").add_argument)
+    _http_options(parser.add_argument_group("health and metrics").add_argument)
+    _logging_options(parser.add_argument_group("logging").add_argument)
     return parser
 
 
-def _listening_options(group: argparse._ArgumentGroup) -> None:
-    add = group.add_argument
+def _listening_options(add: Callable[..., argparse.Action]) -> None:
     add(
         "--listen",
         metavar="URL",
@@ -161,8 +161,7 @@ def _listening_options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _exec_options(group: argparse._ArgumentGroup) -> None:
-    add = group.add_argument
+def _exec_options(add: Callable[..., argparse.Action]) -> None:
     add(
         "--runc-root",
         metavar="PATH",
@@ -228,8 +227,7 @@ def _port(value: str) -> int:
     return port
 
 
-def _http_options(group: argparse._ArgumentGroup) -> None:
-    add = group.add_argument
+def _http_options(add: Callable[..., argparse.Action]) -> None:
     add(
         "--http-port",
         metavar="PORT",
@@ -245,8 +243,7 @@ def _http_options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _logging_options(group: argparse._ArgumentGroup) -> None:
-    add = group.add_argument
+def _logging_options(add: Callable[..., argparse.Action]) -> None:
     add(
         "--log-level",
         default="info",

@@ -29,15 +29,8 @@ from execbus.errors import (
     AgentError,
     AgentProtocolError,
     AgentUnavailable,
-    Conflict,
     ErrorCode,
-    ExecbusError,
-    Forbidden,
-    InternalError,
-    InvalidRequest,
-    LimitExceeded,
-    NotFound,
-    Unsupported,
+    agent_error,
 )
 from execbus.wire.config import ExecConfig
 from execbus.wire.records import ErrorInfo, ExitInfo
@@ -47,30 +40,7 @@ log = logging.getLogger("execbus.agent_client")
 Dialer = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 CLIENT_NAME = "execbus-worker/0.1"
 MAX_FRAME = 64 * 1024 * 1024
-# The agent's request errors (``execbus.agent.errors.REQUEST_ERRORS``) in the
-# execbus tree; the state-related ones are all a conflict for the caller.
-_AGENT_ERRORS: dict[str, type[ExecbusError]] = {
-    codes.INVALID: InvalidRequest,
-    codes.NOT_FOUND: NotFound,
-    codes.CONFLICT: Conflict,
-    codes.NOT_RUNNING: Conflict,
-    codes.NOT_TTY: Conflict,
-    codes.STDIN_CLOSED: Conflict,
-    codes.NOT_FINISHED: Conflict,
-    codes.FORBIDDEN: Forbidden,
-    codes.LIMIT_EXCEEDED: LimitExceeded,
-    codes.UNSUPPORTED: Unsupported,
-    codes.INTERNAL: InternalError,
-}
 _KNOWN_CODES = frozenset(ErrorCode)
-
-
-def agent_error(code: str, message: str) -> ExecbusError:
-    """Translate an agent error response into the execbus exception tree."""
-    cls = _AGENT_ERRORS.get(code)
-    if cls is None:
-        return InternalError(f"the agent answered with unknown error {code[:64]!r}: {message}")
-    return cls(message)
 
 
 def start_failure_info(err: dict[str, Any]) -> ErrorInfo:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from pydantic import Field, TypeAdapter
 
 from execbus.wire.config import StrictModel
 from execbus.wire.ids import AgentName, ExecId
 from execbus.wire.records import ErrorInfo, ExecInfo, ExecList
+
+
+class ReplyAbout(TypedDict, total=False):
+    """What a reply is about, each optional: the request it answers and the exec."""
+
+    request_type: str | None
+    request_id: str | None
+    agent: str | None
+    exec_id: str | None
+    replayed: bool
 
 
 class Reply(StrictModel):
@@ -35,50 +45,17 @@ class Reply(StrictModel):
     error: ErrorInfo | None = None
 
     @classmethod
-    def success(
-        cls,
-        result: ExecInfo | ExecList | None,
-        *,
-        request_type: str | None = None,
-        request_id: str | None = None,
-        agent: str | None = None,
-        exec_id: str | None = None,
-        replayed: bool = False,
-    ) -> Reply:
+    def success(cls, result: ExecInfo | ExecList | None, **about: Unpack[ReplyAbout]) -> Reply:
         """A successful reply."""
-        return cls(
-            ok=True,
-            result=result,
-            request_type=request_type,
-            request_id=request_id,
-            agent=agent,
-            exec_id=exec_id,
-            replayed=replayed,
-        )
+        return cls(ok=True, result=result, **about)
 
     @classmethod
     def failure(
-        cls,
-        code: str,
-        message: str,
-        *,
-        request_type: str | None = None,
-        request_id: str | None = None,
-        agent: str | None = None,
-        exec_id: str | None = None,
-        exit_code: int | None = None,
-        replayed: bool = False,
+        cls, code: str, message: str, *, exit_code: int | None = None, **about: Unpack[ReplyAbout]
     ) -> Reply:
         """An error reply with a stable ``code``."""
-        return cls(
-            ok=False,
-            error=ErrorInfo(code=code, message=message[:4096], exit_code=exit_code),
-            request_type=request_type,
-            request_id=request_id,
-            agent=agent,
-            exec_id=exec_id,
-            replayed=replayed,
-        )
+        error = ErrorInfo(code=code, message=message[:4096], exit_code=exit_code)
+        return cls(ok=False, error=error, **about)
 
 
 REPLY_ADAPTER: TypeAdapter[Reply] = TypeAdapter(Reply)

@@ -13,14 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from execbus.errors import BrokerError
-
-if TYPE_CHECKING:
-    from execbus.worker.publisher import Publisher
+from execbus.worker.publisher import Publisher
 
 log = logging.getLogger("execbus.worker")
 

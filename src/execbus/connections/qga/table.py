@@ -72,12 +72,11 @@ class QgaExec:
         self.sent = True
 
     def view(self, new: bool = False) -> AgentExec:
+        """As the connection reports it (qemu-ga has no TTY and no containers: the defaults)."""
         return AgentExec(
             exec_id=self.exec_id,
             state="running" if self.state == "starting" else self.state,
             pid=self.pid,
-            tty=False,
-            container_id="",
             meta=self.meta,
             started_at=self.started_at,
             finished_at=self.finished_at,

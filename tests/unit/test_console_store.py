@@ -12,7 +12,8 @@ import pytest
 from execbus.console.fleet import Fleet
 from execbus.console.output import OutputStore
 from execbus.console.stats import Stats, percentile
-from execbus.console.store import ConsoleStore, ExecFilter, clip_argv
+from execbus.console.store import ConsoleStore
+from execbus.console.views import ExecFilter, clip_argv
 from execbus.wire.control import AgentLink, Announcement
 from execbus.wire.events import (
     CreatedEvent,

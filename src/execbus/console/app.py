@@ -43,7 +43,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbus.console.auth import LoginFailed, LoginUnavailable, Session, Sessions
 from execbus.console.metrics import ConsoleMetrics
-from execbus.console.store import ConsoleStore, ExecFilter
+from execbus.console.store import ConsoleStore
+from execbus.console.views import ExecFilter
 from execbus.errors import ExecbusError
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,21 +83,11 @@ def amqp_url(cluster: NodeCluster) -> str:
 
 
 @pytest.fixture
-async def namespace(cluster: NodeCluster) -> AsyncIterator[str]:
-    """A namespace on the cluster; its queues and exchanges are deleted afterwards."""
-    ns = f"k{os.urandom(5).hex()}"
-    yield ns
-    queues = [row["name"] for row in cluster.queues() if str(row["name"]).startswith(f"{ns}.")]
-    connection = await aio_pika.connect(cluster.live_node().url)
-    async with connection:
-        for name in queues:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(name)
-        for suffix in ("requests", "events", "dead", "unrouted", "control"):
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(f"{ns}.{suffix}")
+def namespace(cluster: NodeCluster) -> str:
+    """A namespace of its own on the module's cluster. Nothing is deleted after the test:
+    the cluster goes, with all it holds, at the end of the module (deleting quorum queues
+    while a node is down takes seconds per queue)."""
+    return f"k{os.urandom(5).hex()}"
 
 
 # -- the load ------------------------------------------------------------------
@@ -117,6 +107,7 @@ class Call:
     replayed: bool = False
     attempts: int = 0
     error: str | None = None  # the clear error the caller gave up with
+    history: list[tuple[float, float, str]] = field(default_factory=list)  # sent, took, outcome
 
 
 @dataclass
@@ -178,6 +169,8 @@ class Load:
                 # (TimeoutError) no answer at all: send it again, with the same exec id.
                 kind = "attempt_timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                 self.retries[kind] += 1
+                took = time.monotonic() - call.last_sent
+                call.history.append((call.last_sent, took, f"{kind}: {exc}"[:300]))
                 # A caller gives up after GIVE_UP s, or (not to hold the test up) when the
                 # load is over: with a clear error, and its command must not have run twice.
                 if time.monotonic() - call.first_sent > GIVE_UP or self._stop.is_set():
@@ -191,6 +184,7 @@ class Load:
                 call.done = time.monotonic()
                 return
             call.done = time.monotonic()
+            call.history.append((call.last_sent, call.done - call.last_sent, "answered"))
             call.ok = result.exit_code == 0
             call.replayed = result.replayed
             if not call.ok:
@@ -253,6 +247,10 @@ class Load:
             **extra,
         }
         print(f"\ncluster fault {label}: {figures}")
+        for call in self.calls:  # what went wrong for whom, relative to the fault
+            if call.error or any(o.startswith("attempt_timeout") for _, _, o in call.history):
+                steps = [(round(t - fault_at, 2), round(d, 2), o) for t, d, o in call.history]
+                print(f"  {call.exec_id} -> {call.agent}: {call.error or 'answered'}; {steps[-4:]}")
         assert not unanswered, f"callers still waiting: {[c.exec_id for c in unanswered]}"
         assert not twice, f"executed twice: {twice}"
         assert not strays, f"side effects of requests nobody sent: {strays}"
@@ -445,7 +443,7 @@ async def test_stop_and_restart_the_owners_node(
         began = time.monotonic()
         cluster.stop(victim)
         timings["stop_s"] = time.monotonic() - began
-        time.sleep(3.0)
+        time.sleep(2.0)
         began = time.monotonic()
         cluster.start(victim)
         timings["restart_s"] = time.monotonic() - began

@@ -62,10 +62,6 @@ class ErrorCode(StrEnum):
     FORBIDDEN = agent_codes.FORBIDDEN
     UNSUPPORTED = agent_codes.UNSUPPORTED
     LIMIT_EXCEEDED = agent_codes.LIMIT_EXCEEDED
-    TIMEOUT = "timeout"
-    UNKNOWN_AGENT = "unknown_agent"
-    AGENT_UNAVAILABLE = "agent_unavailable"
-    AGENT_AUTH_FAILED = "agent_auth_failed"
     AGENT_LOST = agent_codes.AGENT_LOST
     START_FAILED = agent_codes.START_FAILED
     COMMAND_NOT_FOUND = agent_codes.COMMAND_NOT_FOUND
@@ -75,6 +71,11 @@ class ErrorCode(StrEnum):
     CONTAINER_NOT_FOUND = agent_codes.CONTAINER_NOT_FOUND
     CONTAINER_NOT_RUNNING = agent_codes.CONTAINER_NOT_RUNNING
     INTERNAL = agent_codes.INTERNAL
+    # execbus alone (the worker and the SDK):
+    TIMEOUT = "timeout"
+    UNKNOWN_AGENT = "unknown_agent"
+    AGENT_UNAVAILABLE = "agent_unavailable"
+    AGENT_AUTH_FAILED = "agent_auth_failed"
 
 
 class ExecbusError(Exception):

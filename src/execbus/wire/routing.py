@@ -23,6 +23,7 @@ worker write into a queue they could not write to themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from execbus.wire.ids import decode_key_segment, encode_key_segment
 
@@ -32,9 +33,8 @@ REASON_HEADER = "x-execbus-reason"
 EXEC_ID_HEADER = "x-execbus-exec-id"
 
 
-@dataclass(frozen=True, slots=True)
-class EventKey:
-    """A parsed event routing key."""
+class EventKey(NamedTuple):
+    """An event routing key's parts, parsed (:meth:`Names.parse_event_routing_key`)."""
 
     agent: str
     container_id: str

@@ -8,13 +8,24 @@ a cut of every worker-broker connection, a broker restart
 (`rabbitmqctl stop_app` / `start_app` of the soak's own node), and a kill +
 restart of the agent.
 
+With `--cluster` the broker is a local 3-node RabbitMQ cluster
+(`execbus.testing.cluster_nodes`): workers and the SDK get the three node URLs
+(the workers through one fault proxy per node), quorum queues have three
+replicas, and the broker faults are node faults instead: SIGKILL of a random
+node, SIGKILL of the node leading the agent's queue, and a clean stop of a
+random node; the node is started again 2-5 s later (one node down at a time,
+so every quorum queue keeps its majority).
+
 Each command appends its exec id to a file (its side effect). At the end it
 prints one line of figures, then a JSON object:
 
     requests=.. replies=.. exits=.. lost=.. duplicated=.. faults: kill_worker=.. ...
+    recovery (s, median/max): kill_worker=../.. ...
 
 `lost` counts requests that got neither a reply nor an exit event;
 `duplicated` counts side effects that happened more than once. Both must be 0.
+A fault's recovery time is from the fault until a request *sent* after it (its
+last attempt) was answered: how long the agent went unserved.
 
 By default everything runs against a private RabbitMQ node started for the
 soak (so restarting it disturbs nobody); `--shared-broker` uses --amqp-url
@@ -23,7 +34,8 @@ its namespace (shared broker) or its node (private), and its temporary
 directory unless something was lost or duplicated (then the logs stay there,
 and the JSON says where).
 
-Usage: bench/chaos.py [--seconds 300] [--concurrency 8] [--shared-broker [--amqp-url URL]]
+Usage: bench/chaos.py [--seconds 300] [--concurrency 8]
+                      [--cluster | --shared-broker [--amqp-url URL]]
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,37 +61,61 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from execbus import Client  # noqa: E402
+from execbus.broker import urls_of  # noqa: E402
 from execbus.errors import BrokerError, ExecbusError, UnknownAgent  # noqa: E402
 from execbus.testing.broker import PrivateBroker  # noqa: E402
+from execbus.testing.cluster_nodes import NodeCluster  # noqa: E402
 from execbus.testing.faultproxy import FaultProxy  # noqa: E402
 from execbus.testing.processes import Processes, purge  # noqa: E402
 
 
-class Stack:
-    """The processes under test: one agent, two workers behind the fault proxy, the broker."""
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
 
-    def __init__(self, amqp_url: str, ns: str, workdir: Path, proxy: FaultProxy) -> None:
+
+class Stack:
+    """The processes under test: one agent, two workers behind the fault proxies (one per
+    broker node), the broker (a private node or a cluster)."""
+
+    def __init__(
+        self, amqp_url: str, ns: str, workdir: Path, proxies: list[FaultProxy], **worker_env: str
+    ) -> None:
         self.procs = Processes(workdir, amqp_url, ns)
-        self.proxy = proxy
-        port = amqp_url.rsplit(":", 1)[1].split("/")[0]
-        self.proxied = amqp_url.replace(f":{port}", f":{proxy.port}")
+        self.proxies = proxies
+        nodes = urls_of(amqp_url)
+        self.proxied = ",".join(
+            url.replace(f":{_port(url)}", f":{proxy.port}")
+            for url, proxy in zip(nodes, proxies, strict=True)
+        )
+        self.worker_env = worker_env
         self.broker: PrivateBroker | None = None
+        self.cluster: NodeCluster | None = None
 
     def start(self) -> None:
         self.procs.add_agent("a1", "--state-dir", str(self.procs.workdir / "agent-state"))
         for _ in range(2):
-            self.procs.add_worker(amqp_url=self.proxied, EXECBUS_SHUTDOWN_GRACE="5")
+            self.procs.add_worker(
+                amqp_url=self.proxied, EXECBUS_SHUTDOWN_GRACE="5", **self.worker_env
+            )
 
 
-async def inject(kind: str, stack: Stack) -> None:
-    """Inject one fault and bring the victim back."""
+NODE_FAULTS = ("node_kill", "leader_kill", "node_stop")
+
+
+async def inject(kind: str, stack: Stack, tally: Tally) -> None:
+    """Inject one fault (its time goes to the tally) and bring the victim back."""
+    if kind in NODE_FAULTS:
+        await node_fault(kind, stack, tally)
+        return
+    tally.fault_times.append((kind, time.monotonic()))
     if kind in ("kill_worker", "term_worker"):
         worker = random.choice(stack.procs.workers)
         worker.signal(signal.SIGKILL if kind == "kill_worker" else signal.SIGTERM, group=False)
         await asyncio.to_thread(worker.wait, 30)
         worker.start()
     elif kind == "cut":
-        stack.proxy.cut()
+        for proxy in stack.proxies:
+            proxy.cut()
     elif kind == "broker_restart":
         assert stack.broker is not None
         await asyncio.to_thread(stack.broker.restart)
@@ -88,6 +125,26 @@ async def inject(kind: str, stack: Stack) -> None:
         await asyncio.to_thread(agent.wait, 10)
         await asyncio.sleep(0.5)
         agent.start()
+
+
+async def node_fault(kind: str, stack: Stack, tally: Tally) -> None:
+    """SIGKILL (of a random node, or of the agent queue's leader) or a clean stop of one
+    cluster node, started again 2-5 s later."""
+    cluster = stack.cluster
+    assert cluster is not None
+    if kind == "leader_kill":
+        queue = f"{stack.procs.namespace}.agent.a1"
+        name = await asyncio.to_thread(cluster.leader, queue)
+    else:
+        name = random.choice(cluster.nodes).node
+    tally.fault_times.append((kind, time.monotonic()))
+    print(f"[{time.strftime('%H:%M:%S')}]   node {name}", file=sys.stderr, flush=True)
+    if kind == "node_stop":
+        await asyncio.to_thread(cluster.stop, name)
+    else:
+        await asyncio.to_thread(cluster.kill, name)
+    await asyncio.sleep(random.uniform(2, 5))
+    await asyncio.to_thread(cluster.start, name)
 
 
 async def _ctl(*args: str) -> None:
@@ -106,6 +163,27 @@ class Tally:
         self.faults: Counter[str] = Counter()
         self.timed_out: list[str] = []
         self.diagnosis: dict[str, str] = {}
+        self.fault_times: list[tuple[str, float]] = []
+        # (when the answered request's last attempt was sent, when its answer came)
+        self.answers: list[tuple[float, float]] = []
+
+    def recovery(self) -> dict[str, dict[str, float]]:
+        """Per fault kind: seconds from each fault until a request sent after it was
+        answered (median, max, and how many faults were measured)."""
+        answers = sorted(self.answers)
+        times: dict[str, list[float]] = {}
+        for kind, at in self.fault_times:
+            after = [done for sent, done in answers if sent >= at]
+            if after:
+                times.setdefault(kind, []).append(min(after) - at)
+        return {
+            kind: {
+                "median": round(statistics.median(values), 2),
+                "max": round(max(values), 2),
+                "n": len(values),
+            }
+            for kind, values in sorted(times.items())
+        }
 
 
 async def one_exec(client: Client, marker: Path, tally: Tally) -> None:
@@ -116,8 +194,10 @@ async def one_exec(client: Client, marker: Path, tally: Tally) -> None:
     try:
         async with asyncio.timeout(120):
             while True:
+                sent = time.monotonic()
                 try:
                     await client.run("a1", cmd, exec_id=tag)
+                    tally.answers.append((sent, time.monotonic()))
                     break
                 except (BrokerError, UnknownAgent) as exc:
                     # Not sent, or no worker consuming right now: send again with the same
@@ -126,6 +206,7 @@ async def one_exec(client: Client, marker: Path, tally: Tally) -> None:
                     await asyncio.sleep(0.5)
                 except ExecbusError as exc:  # answered: failed (e.g. agent_lost)
                     tally.errors[str(exc.code)] += 1
+                    tally.answers.append((sent, time.monotonic()))
                     break
         tally.replied.add(tag)
     except TimeoutError:
@@ -163,7 +244,7 @@ async def chaos(stack: Stack, tally: Tally, until: float, kinds: list[str]) -> N
         kind = random.choice(kinds)
         tally.faults[kind] += 1
         print(f"[{time.strftime('%H:%M:%S')}] fault: {kind}", file=sys.stderr, flush=True)
-        await inject(kind, stack)
+        await inject(kind, stack, tally)
         await asyncio.sleep(random.uniform(3, 9))
 
 
@@ -174,15 +255,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     tally = Tally()
     kinds = ["kill_worker", "term_worker", "cut", "agent_restart"]
     with contextlib.ExitStack() as stack_cm:
-        broker = None
-        if not args.shared_broker:
+        broker = cluster = None
+        worker_env: dict[str, str] = {}
+        if args.cluster:
+            cluster = stack_cm.enter_context(NodeCluster(3))
+            kinds.extend(NODE_FAULTS)
+            url = cluster.urls
+            worker_env["EXECBUS_QUORUM_REPLICAS"] = "3"
+        elif not args.shared_broker:
             broker = stack_cm.enter_context(PrivateBroker())
             kinds.append("broker_restart")
-        url = broker.url if broker is not None else args.amqp_url
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
-        proxy = stack_cm.enter_context(FaultProxy("127.0.0.1", port))
-        stack = Stack(url, ns, workdir, proxy)
-        stack.broker = broker
+            url = broker.url
+        else:
+            url = args.amqp_url
+        proxies = [
+            stack_cm.enter_context(FaultProxy("127.0.0.1", _port(node))) for node in urls_of(url)
+        ]
+        stack = Stack(url, ns, workdir, proxies, **worker_env)
+        stack.broker, stack.cluster = broker, cluster
         stack.start()
         try:
             await asyncio.sleep(3)
@@ -200,8 +290,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                     await watcher
         finally:
             stack.procs.kill()
-            if broker is None:  # the shared broker keeps the namespace: delete it
+            if broker is None and cluster is None:  # the shared broker keeps the namespace
                 print(await purge(url, ns, ["a1"]), file=sys.stderr, flush=True)
+    broker_kind = "cluster" if args.cluster else "shared" if args.shared_broker else "private"
     effects = Counter(marker.read_text().split()) if marker.exists() else Counter()
     lost = len(tally.sent - tally.replied - tally.exits)
     duplicated = sum(1 for n in effects.values() if n > 1)
@@ -215,6 +306,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "duplicated": duplicated,
         "faults": dict(tally.faults),
         "faults_total": sum(tally.faults.values()),
+        "recovery_s": tally.recovery(),
+        "broker": broker_kind,
         "errors": dict(tally.errors),
         "not_answered": tally.diagnosis,
         "seconds": args.seconds,
@@ -232,10 +325,16 @@ def main() -> int:
         "--amqp-url",
         default=os.environ.get("EXECBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
     )
-    ap.add_argument(
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument(
         "--shared-broker",
         action="store_true",
         help="use --amqp-url and skip broker restarts (default: a private RabbitMQ node)",
+    )
+    mode.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a local 3-node RabbitMQ cluster, with node kills and stops among the faults",
     )
     args = ap.parse_args()
     result = asyncio.run(main_async(args))
@@ -244,6 +343,11 @@ def main() -> int:
         f"requests={result['requests']} replies={result['replies']} exits={result['exits']} "
         f"lost={result['lost']} duplicated={result['duplicated']} faults: {faults}"
     )
+    recovery = " ".join(
+        f"{k}={v['median']:g}/{v['max']:g}"
+        for k, v in result["recovery_s"].items()  # type: ignore[attr-defined]
+    )
+    print(f"recovery (s, median/max): {recovery}")
     print(json.dumps(result))
     return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import pwd
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from execbus.testing import processes
 from execbus.testing.agent_peer import AgentPeer
+from execbus.testing.waiting import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -26,8 +24,9 @@ IS_ROOT = os.geteuid() == 0
 READY_TIMEOUT = 15.0
 
 
-class AgentProcess:
-    """``python -m execbus.agent`` in a private temporary directory."""
+class AgentProcess(processes.AgentProcess):
+    """``python -m execbus.agent`` with JSON logs in a private temporary directory,
+    ready once it logs ``agent ready`` (``execbus.testing.processes``'s agent)."""
 
     def __init__(
         self, args: list[str], *, user: int | None = None, python: str | None = None
@@ -35,110 +34,36 @@ class AgentProcess:
         self.dir = tempfile.mkdtemp(prefix="eb-agent-")
         if user is not None:
             os.chown(self.dir, user, -1)
-        self.socket = os.path.join(self.dir, "agent.sock")
-        self.log_path = os.path.join(self.dir, "agent.log")
-        self.args = ["--listen", f"unix://{self.socket}", "--log-format", "json", *args]
-        self.user = user
         # EXECBUS_TEST_AGENT_PYTHON runs the agents of the tests under another
         # interpreter, e.g. a python3.9 (the oldest the agent supports; docs/guest.md).
-        self.python = python or os.environ.get("EXECBUS_TEST_AGENT_PYTHON") or sys.executable
-        self.proc: subprocess.Popen[bytes] | None = None
+        python = python or os.environ.get("EXECBUS_TEST_AGENT_PYTHON") or sys.executable
+        workdir = Path(self.dir)
+        env = processes.child_env(PYTHONPATH=str(SRC))
+        super().__init__(
+            "agent", workdir, env, *args, json_logs=True, python=python, cwd=ROOT, user=user
+        )
+        self.args = args
+
+    @property
+    def socket(self) -> str:
+        return str(self.sock)
 
     def start(self) -> AgentProcess:
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [self.python, "-m", "execbus.agent", *self.args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                cwd=str(ROOT),
-                start_new_session=True,
-                **self._credentials(),
-            )
-        self._wait_ready()
+        super().start()
+        self.wait_ready(READY_TIMEOUT)
         return self
-
-    def _credentials(self) -> dict[str, Any]:
-        if self.user is None:
-            return {}
-        gid = pwd.getpwuid(self.user).pw_gid
-        return {"user": self.user, "group": gid, "extra_groups": []}
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.ready_line() is not None:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log_text()}")
-            time.sleep(0.01)
-        raise RuntimeError(f"agent did not get ready: {self.log_text()}")
-
-    def log_text(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(line))
-        return lines
-
-    def ready_line(self) -> dict[str, Any] | None:
-        return next((e for e in self.log_lines() if e.get("msg") == "agent ready"), None)
-
-    @property
-    def addresses(self) -> list[str]:
-        """The listener addresses of the "agent ready" log line."""
-        ready = self.ready_line()
-        assert ready is not None
-        return list(ready["listen"])
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     async def connect(self, **kw: Any) -> AgentPeer:
         return await AgentPeer.unix(self.socket, **kw)
 
-    def terminate(self, timeout: float = 15.0) -> int:
-        """SIGTERM, wait; SIGKILL the whole group if it does not stop."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL the agent alone (not its process group), as a crash would."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
     def lifeline(self, timeout: float = 5.0) -> int:
         """The pid of the agent's lifeline process (started with its first exec)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = lifeline_of(self.pid)
-            if found is not None:
-                return found
-            time.sleep(0.01)
-        raise AssertionError(f"agent {self.pid} has no lifeline")
+        return wait_until_sync(
+            lambda: lifeline_of(self.pid), timeout, what=f"the lifeline of agent {self.pid}"
+        )
 
     def cleanup(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.kill_group()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

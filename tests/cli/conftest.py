@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
-from tests.conftest import child_env
+from execbus.testing.processes import child_env
 
 Execbus = Callable[..., "subprocess.CompletedProcess[bytes]"]
 
@@ -54,14 +54,6 @@ def offline_execbus(amqp_url: str) -> Execbus:
     return runner(
         child_env(EXECBUS_AMQP_URL=amqp_url, EXECBUS_NAMESPACE=f"x{uuid.uuid4().hex[:10]}")
     )
-
-
-@pytest.fixture
-def local_worker(start_worker: Any) -> Any:
-    """A real worker that owns the embedded agent ``local``."""
-    worker = start_worker()
-    worker.wait_owner("local")
-    return worker
 
 
 # -- RabbitMQ users with exactly the permissions `execbus permissions` prints ----------

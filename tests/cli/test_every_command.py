@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from execbus.cli.main import COMMANDS
+from execbus.testing.processes import child_env, free_port
 from tests.cli.conftest import BrokerUser, Execbus, runner
-from tests.conftest import child_env, free_port
 
 pytestmark = pytest.mark.integration
 

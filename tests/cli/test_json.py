@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from execbus.testing.processes import child_env
 from tests.cli.conftest import Execbus, runner
-from tests.conftest import child_env
 
 
 @pytest.mark.integration

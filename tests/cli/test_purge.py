@@ -20,8 +20,8 @@ import aio_pika
 import pytest
 
 from execbus.testing import broker as private_broker
+from execbus.testing.processes import child_env
 from tests.cli.conftest import Execbus, runner
-from tests.conftest import child_env
 
 pytestmark = pytest.mark.integration
 

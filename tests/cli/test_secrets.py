@@ -15,8 +15,8 @@ import pytest
 
 from execbus.cli.commands import merged_env
 from execbus.cli.common import EnvFileError, env_entry, read_env_file
+from execbus.testing.processes import child_env
 from tests.cli.conftest import Execbus, runner
-from tests.conftest import child_env
 
 # -- the formats, offline --------------------------------------------------------
 

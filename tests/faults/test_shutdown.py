@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import WorkerProcess
+from execbus.testing.processes import WorkerProcess
 from tests.integration.bus import Bus, unb64
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]

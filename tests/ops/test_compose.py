@@ -13,11 +13,9 @@ The agent runs as uid 10001, as in the stack, when the test runs as root
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +33,10 @@ from execbus.agent.cli import build_parser as agent_parser
 from execbus.agent.config import make_config
 from execbus.cli.worker import build_parser as worker_parser
 from execbus.errors import Forbidden
+from execbus.testing.processes import Managed, WorkerProcess, child_env, free_port
 from execbus.wire.config import ExecConfig
 from execbus.worker.policy_file import load_policy
-from tests.conftest import ROOT, WorkerProcess, child_env, free_port
+from tests.conftest import ROOT
 from tests.integration.bus import Bus, unb64
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -187,7 +186,7 @@ def test_a_policy_is_shipped_and_means_what_it_says() -> None:
     assert path == ROOT / "deploy" / "policy.toml"
     policy = load_policy(path)
     ok = ExecConfig(cmd=["uname", "-a"], timeout=60)
-    policy.check_exec("execbus", "box", ok)
+    assert policy.check_exec("execbus", "box", ok) in policy.rules
     for caller, agent, config in [
         ("execbus", "box", ExecConfig(cmd=["id"])),  # no timeout
         ("execbus", "box", ExecConfig(cmd=["id"], timeout=60, user="root")),
@@ -305,14 +304,11 @@ class Translation:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
+def processes() -> Iterator[list[Managed]]:
+    procs: list[Managed] = []
     yield procs
     for proc in procs:
-        with contextlib.suppress(Exception):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(10)
+        proc.kill_group()
 
 
 @pytest.fixture
@@ -338,19 +334,9 @@ def stack_user(amqp_url: str) -> Iterator[tuple[str, str, str]]:
         ctl("delete_user", name)
 
 
-def spawn(
-    procs: list[subprocess.Popen[bytes]],
-    argv: list[str],
-    env: dict[str, str],
-    log: Path,
-    **kw: Any,
-) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw
-        )
+def spawn(procs: list[Managed], proc: Managed) -> Managed:
     procs.append(proc)
-    return proc
+    return proc.start()
 
 
 def healthcheck(test: list[str], ports: dict[str, str], env: dict[str, str]) -> int:
@@ -393,7 +379,7 @@ async def test_compose_wiring_without_docker(
     namespace: str,
     tmp_path: Path,
     shared_dir: Path,
-    processes: list[subprocess.Popen[bytes]],
+    processes: list[Managed],
     stack_user: tuple[str, str, str],
 ) -> None:
     user, password, url = stack_user
@@ -419,15 +405,16 @@ async def test_compose_wiring_without_docker(
         pyz = build(shared_dir / "execbus-agent.pyz").path
         pyz.chmod(0o755)
         argv = ["/usr/bin/python3", "-I", str(pyz), *agent_argv[1:]]
-        ids = {"user": IMAGE_UID, "group": IMAGE_UID, "extra_groups": []}
-        spawn(processes, argv, {"PATH": "/usr/bin:/bin"}, shared_dir / "agent.log", **ids)
+        env = {"PATH": "/usr/bin:/bin"}
+        ids = {"user": IMAGE_UID, "group": IMAGE_UID}
+        spawn(processes, Managed("agent", argv, env, shared_dir / "agent.log", **ids))
     else:
         argv = [sys.executable, "-m", "execbus", *agent_argv]
-        spawn(processes, argv, child_env(), shared_dir / "agent.log")
+        spawn(processes, Managed("agent", argv, child_env(), shared_dir / "agent.log"))
     agent_health = svc["agent"]["healthcheck"]["test"]
     deadline = time.monotonic() + 15
     while healthcheck(agent_health, agent_ports, {}) != 0:
-        assert processes[0].poll() is None, (shared_dir / "agent.log").read_text()
+        assert processes[0].alive, processes[0].log_text()
         assert time.monotonic() < deadline, "the agent never became healthy"
         time.sleep(0.1)
     sock = sock_dir / "agent.sock"
@@ -443,9 +430,11 @@ async def test_compose_wiring_without_docker(
     for i in range(2):
         ports = {"9180": str(free_port())}
         argv = [sys.executable, "-m", "execbus", *tr.args(svc["worker"]["command"], ports)]
-        log = tmp_path / f"worker-{i}.log"
-        proc = spawn(processes, argv, child_env(**worker_env), log)
-        worker = WorkerProcess(proc, int(ports["9180"]), log, argv)
+        port = int(ports["9180"])
+        worker = WorkerProcess(
+            f"worker-{i}", tmp_path, child_env(**worker_env), {}, http_port=port, argv=argv
+        )
+        spawn(processes, worker)
         worker.wait_ready()
         assert healthcheck(svc["worker"]["healthcheck"]["test"], ports, worker_env) == 0
         assert "no authorization policy" not in worker.log(), "the policy is in force"

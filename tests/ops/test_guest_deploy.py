@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from execbus.testing.processes import free_port
+from tests.conftest import ROOT
 
 GUEST = ROOT / "deploy" / "guest"
 UNIT = GUEST / "execbus-agent.service"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from execbus.testing.agent_peer import AgentPeer, announce, raw_frame
-from tests.conftest import free_port
+from execbus.testing.processes import free_port
 from tests.integration.bus import Bus
 from tests.ops.scrape import Samples, get, names, probe, scrape, value
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, child_env
+from execbus.testing.processes import child_env
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 

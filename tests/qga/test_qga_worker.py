@@ -14,9 +14,9 @@ from typing import Any
 import aio_pika
 import pytest
 
+from execbus.testing.processes import WorkerProcess, child_env
 from execbus.wire.codec import parse_reply
 from execbus.wire.replies import Reply
-from tests.conftest import WorkerProcess, child_env
 from tests.qga.conftest import QemuGuestAgent
 
 pytestmark = [pytest.mark.qga, pytest.mark.integration]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, child_env
+from execbus.testing.processes import child_env
+from tests.conftest import ROOT
 
 pytestmark = [
     pytest.mark.integration,

@@ -3,18 +3,14 @@ client is ``execbus.testing.agent_peer``)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
+import shutil
 import ssl
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from execbus.testing.processes import AgentProcess, child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -89,80 +85,41 @@ def make_certs(d: Path) -> Certs:
     return Certs(d)
 
 
-# -- agent daemons ---------------------------------------------------------
+# -- agent daemons (execbus.testing.processes) ---------------------------------
 
 
-class AgentDaemon:
-    """``python -m execbus.agent`` with JSON logs, in its own temporary directory."""
+class AgentDaemon(AgentProcess):
+    """``python -m execbus.agent`` with JSON logs and ``--grace 0``, in its own temporary
+    directory; ``unix=False``: only the listeners in ``args``."""
 
     def __init__(self, *args: str, unix: bool = True) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="eb-sec-"))
-        self.socket = self.dir / "agent.sock"
-        self.log_path = self.dir / "agent.log"
-        listen = ["--listen", f"unix://{self.socket}"] if unix else []
-        self.args = [*listen, "--log-format", "json", "--grace", "0", *args]
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            "agent",
+            self.dir,
+            child_env(PYTHONPATH=str(SRC)),
+            "--grace",
+            "0",
+            *args,
+            unix=unix,
+            json_logs=True,
+        )
+
+    @property
+    def socket(self) -> Path:
+        return self.sock
 
     def start(self, wait: bool = True) -> AgentDaemon:
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "execbus.agent", *self.args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                start_new_session=True,
-            )
+        super().start()
         if wait:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready() is not None:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited {self.proc.returncode}: {self.log_text()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"agent not ready: {self.log_text()}")
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(line))
-        return lines
-
-    def ready(self) -> dict[str, Any] | None:
-        return next((e for e in self.log_lines() if e.get("msg") == "agent ready"), None)
-
-    def port(self, scheme: str) -> int:
-        ready = self.ready()
-        assert ready is not None
-        url = next(u for u in ready["listen"] if u.startswith(f"{scheme}://"))
-        return int(url.rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        with contextlib.suppress(OSError):
-            for path in self.dir.iterdir():
-                path.unlink()
-            self.dir.rmdir()
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM (SIGKILL to its group after ``grace``), then remove its directory."""
+        if self.proc is not None:
+            self.terminate(grace)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def client_context(certs: Certs, *, cert: str | None = None) -> ssl.SSLContext:

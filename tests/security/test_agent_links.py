@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import WorkerProcess, child_env
+from execbus.testing.processes import WorkerProcess, child_env
 from tests.integration.bus import Bus
 from tests.ops.scrape import scrape, value
 from tests.security.support import AgentDaemon, Certs

@@ -32,8 +32,8 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from execbus.testing.processes import WorkerProcess, child_env, delete_namespace
 from execbus.wire.permissions import permissions
-from tests.conftest import WorkerProcess, child_env, delete_namespace
 from tests.integration.bus import Bus, unb64
 from tests.ops.scrape import scrape, value
 

@@ -15,18 +15,13 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from execbus.testing.processes import free_port
 
 
 def available() -> bool:
@@ -69,10 +64,10 @@ class RabbitNode:
         erl_args: str = "",
         directory: Path | None = None,
     ) -> None:
-        self.port = _free_port()
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.dist_port = free_port()
         # With management=True the node also serves the management HTTP API on 127.0.0.1.
-        self.management_port = _free_port() if management else None
+        self.management_port = free_port() if management else None
         self.node = name or f"execbus{uuid.uuid4().hex[:8]}@localhost"
         self.dir = directory or Path(tempfile.mkdtemp(prefix="execbus-rmq-"))
         self.start_timeout = start_timeout

@@ -8,38 +8,17 @@ owns what.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from execbus.testing.processes import child_env, fetch_readyz, free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fetch_readyz(port: int) -> dict[str, object] | None:
-    """A worker's readiness document (also when it answers 503), or None."""
-    url = f"http://127.0.0.1:{port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        exc.close()
-    except OSError:
-        return None
-    doc: dict[str, object] = json.loads(body)
-    return doc
+__all__ = ["Cluster", "ClusterWorker", "fetch_readyz", "is_balanced"]
 
 
 @dataclass
@@ -85,12 +64,7 @@ class Cluster:
     sockets: dict[str, Path] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        src = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-        env["EXECBUS_AMQP_URL"] = self.amqp_url
-        env["EXECBUS_NAMESPACE"] = self.namespace
-        return env
+        return child_env(EXECBUS_AMQP_URL=self.amqp_url, EXECBUS_NAMESPACE=self.namespace)
 
     def socket_of(self, name: str) -> Path:
         """The Unix socket agent ``name`` is reached at (several names may share one)."""
@@ -130,7 +104,7 @@ class Cluster:
     def start_worker(self, *extra: str) -> ClusterWorker:
         """Start a worker serving every agent of the cluster."""
         index = len(self.workers)
-        port = _free_port()
+        port = free_port()
         args = [sys.executable, "-m", "execbus", "worker", "--http-port", str(port)]
         for name in self.agent_names:
             args += ["--agent", f"{name}=unix://{self.socket_of(name)}"]

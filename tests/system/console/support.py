@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import child_env
+from execbus.testing.processes import child_env
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

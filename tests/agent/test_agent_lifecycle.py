@@ -123,11 +123,14 @@ def journal_entries(state_dir: str) -> list[str]:
 
 
 def kill_agent_and_lifeline(agent: AgentProcess) -> None:
-    """SIGKILL the agent and its lifeline together (the lifeline never acts)."""
+    """SIGKILL the agent and its lifeline together (the lifeline never acts); returns
+    once both are gone, so nothing of theirs can still kill anything."""
     lifeline = agent.lifeline()
+    since = start_time(lifeline)
     os.kill(lifeline, signal.SIGSTOP)
     agent.kill()
     os.kill(lifeline, signal.SIGKILL)
+    wait_process_gone(lifeline, since)
 
 
 # -- timeouts ------------------------------------------------------------------------
@@ -226,6 +229,7 @@ async def test_execs_die_with_a_killed_agent(
     agent.kill()
     for pid, since in (main, bg):
         await asyncio.to_thread(wait_process_gone, pid, since)
+        assert not is_running(pid, since), f"exec process {pid} outlived the killed agent"
 
 
 async def test_restart_reports_an_exec_killed_with_the_agent(
@@ -271,8 +275,7 @@ async def test_restart_kills_what_survived_the_agent_and_its_lifeline(
     main = (started["pid"], start_time(started["pid"]))
     bg = bg_pid(pidfile)
     strays.extend([main[0], bg[0]])
-    kill_agent_and_lifeline(agent)
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(kill_agent_and_lifeline, agent)
     assert is_running(*main) and is_running(*bg), "nothing killed them (yet)"
 
     again = agent_factory("--state-dir", state_dir, *mode_args)
@@ -311,8 +314,7 @@ async def test_restart_kills_what_an_acknowledged_exec_left_running(
     strays.append(bg[0])
     journaled = json.loads((Path(state_dir) / "daemonizer.exec.json").read_text())
     assert journaled["acked"] is True and journaled["groups"]
-    kill_agent_and_lifeline(agent)
-    await asyncio.sleep(0.2)
+    await asyncio.to_thread(kill_agent_and_lifeline, agent)
     assert is_running(*bg)
 
     again = agent_factory("--state-dir", state_dir, *private)
@@ -333,8 +335,7 @@ async def test_a_new_agent_kills_what_dead_agents_left_in_their_cgroups(
     await c.close()
     bg = bg_pid(pidfile)
     strays.append(bg[0])
-    kill_agent_and_lifeline(agent)
-    await asyncio.sleep(0.2)
+    await asyncio.to_thread(kill_agent_and_lifeline, agent)
     assert is_running(*bg)
     newcomer = agent_factory("--cgroup-root", cgroup_root)
     assert not is_running(*bg)

@@ -216,7 +216,8 @@ def _module(path: Path) -> str:
 
 @pytest.mark.parametrize("path", MODULES, ids=_rel)
 def test_agent_module_parses_with_the_39_grammar(path: Path) -> None:
-    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+    tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+    assert isinstance(tree, ast.Module) and ast.get_docstring(tree), "a module with its purpose"
 
 
 def test_agent_modules_defer_annotations() -> None:

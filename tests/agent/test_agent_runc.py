@@ -420,10 +420,11 @@ async def test_a_restarted_agent_kills_a_container_exec_that_survived(
     try:
         procs = await _start_container_exec(agent, container)
         lifeline = agent.lifeline()
+        lifeline_since = start_time(lifeline)
         os.kill(lifeline, signal.SIGSTOP)
         agent.kill()
         os.kill(lifeline, signal.SIGKILL)
-        time.sleep(0.2)
+        wait_process_gone(lifeline, lifeline_since)  # nothing of the agent's can act now
         assert all(is_running(pid, since) for pid, since in procs), "nothing killed them yet"
         again = AgentProcess(args).start()
         for pid, since in procs:

@@ -110,7 +110,8 @@ async def test_pool_run_with_stdin(client: Client) -> None:
 
 async def test_signal_reaches_a_pool_run(client: Client) -> None:
     execution = await client.submit(None, ["sleep", "30"], pool="p")
-    await asyncio.sleep(0.3)  # let it start
+    while (await execution.inspect()).state != "running":  # started (inspect round trips)
+        pass
     await execution.signal("TERM")
     result = await asyncio.wait_for(execution.result(), 10)
     assert (result.exit_code, result.signal) == (143, "SIGTERM")

@@ -22,6 +22,7 @@ from execbus import Client
 from execbus.testing.broker import PrivateBroker
 from execbus.testing.broker import available as broker_available
 from execbus.testing.faultproxy import FaultProxy
+from execbus.testing.waiting import wait_until
 from tests.integration.bus import Bus
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(120)]
@@ -258,7 +259,10 @@ async def test_broker_restart_under_load(
             asyncio.create_task(client.run("a1", cmd(f"b{i}", 1.5), exec_id=f"b{i}"))
             for i in range(10)
         ]
-        await asyncio.sleep(0.7)
+        await wait_until(  # every command is running when the broker goes
+            lambda: marker.exists() and len(marker.read_text().split()) == 10,
+            what="the ten commands started",
+        )
         await asyncio.to_thread(private_broker.restart)
         results = await asyncio.wait_for(asyncio.gather(*during), 60)
         assert [r.exit_code for r in results] == [0] * 10, "no request or exit lost"

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from execbus.testing.waiting import wait_until
 from tests.integration.bus import Bus, b64, unb64
 
 pytestmark = pytest.mark.integration
+
+
+def in_flight(http_port: int) -> float:
+    """The requests the worker is handling right now (its /metrics)."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("execbus_inflight_requests ")
+    )
 
 
 def run_body(cmd: list[str], **config: Any) -> dict[str, Any]:
@@ -204,7 +217,9 @@ async def test_agent_down_then_back_runs_once(
     async with Bus(amqp_url, namespace) as bus:
         body = run_body(["sh", "-c", f"echo x >> {marker}"])
         corr = await bus.publish("agent.a1", {"v": 1, **body})
-        await asyncio.sleep(1.0)
+        await wait_until(  # the request meets the agent down: the worker is on it
+            lambda: in_flight(worker.http_port) > 0, what="the request in the worker's hands"
+        )
         start_agent("a1", socket_path=agent.socket_path)
         reply = await bus.reply(corr, timeout=20)
         assert reply["ok"], reply

@@ -22,6 +22,7 @@ from execbus.errors import (
     NotFound,
     Unsupported,
 )
+from execbus.testing.waiting import wait_until
 from execbus.wire.config import ExecConfig
 from tests.qga.conftest import Opened, QemuGuestAgent, UnixProxy, wait_connected
 
@@ -367,7 +368,7 @@ async def test_a_second_client_waits_for_the_first(
     # until the first lets go (what a worker taking over an agent sees).
     first = await open_conn(qga.socket_path)
     second = await open_conn(qga.socket_path, wait=False, call_timeout=0.3)
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: second.conn.last_error, what="the second client's first failure")
     assert first.conn.connected
     assert not second.conn.connected
     await first.conn.close()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from execbus.testing.cluster import Cluster, is_balanced
+from execbus.testing.waiting import wait_until, wait_until_sync
 from tests.integration.bus import Bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -103,7 +104,10 @@ async def failover_without_loss(
             "config": {"cmd": ["sh", "-c", f"echo {tag} >> {marker}; sleep 1"]},
         }
         inflight[tag] = await bus.publish(f"agent.{agent}", body)
-    await asyncio.sleep(0.3)
+    await wait_until(  # the work is in flight on every agent
+        lambda: marker.exists() and len(marker.read_text().split()) == len(inflight),
+        what="a command running on every agent",
+    )
     killed_at = time.monotonic()
     cluster.kill_worker(victim)
     probes = {a: await bus.publish(f"agent.{a}", run_body(["true"])) for a in moved}
@@ -135,7 +139,12 @@ async def test_pool_jobs_spread(amqp_url: str, namespace: str, cluster: Cluster)
         cluster.start_worker()
     owners = cluster.wait_balanced(timeout=30)
     owner_of = {a: w for w, agents in owners.items() for a in agents}
-    await asyncio.sleep(1.5)  # pool consumers follow ownership
+    await asyncio.to_thread(  # pool consumers follow ownership
+        wait_until_sync,
+        lambda: all(((w.readyz() or {}).get("pools") or {}).get("p") for w in cluster.workers),
+        30,
+        what="every worker consuming pool p",
+    )
     async with Bus(amqp_url, namespace) as bus:
         corrs = []
         for _ in range(40):

@@ -25,6 +25,7 @@ from execbus.connections.base import AgentExec
 from execbus.connections.factory import ConnectOptions, make_connection
 from execbus.errors import ConfigError, Forbidden
 from execbus.testing.agent_peer import AgentPeer, AgentRequestError, announce
+from execbus.testing.waiting import wait_until
 from execbus.wire.config import ExecConfig
 from tests.security.support import AgentDaemon, Certs, client_context
 
@@ -145,9 +146,11 @@ async def test_tls_client_refuses_an_agent_it_does_not_trust(
     conn = make_connection("vm1", address, options)
     await conn.open(Quiet())
     try:
-        await asyncio.sleep(1.0)
+        state = await wait_until(
+            lambda: conn.state if conn.state.code != "agent_unavailable" else None,
+            what="the first refused connection attempt",
+        )
         assert not conn.connected
-        state = conn.state  # type: ignore[attr-defined]
         assert state.code == "agent_auth_failed"
         assert "failed verification: unable to get local issuer certificate" in state.reason
         assert "(subject CN=execbus-agent)" in state.reason, "says which certificate"
@@ -529,6 +532,17 @@ async def test_tls_handshake_flood_neither_locks_out_a_client_nor_keeps_the_memo
     assert after - before < 8 * 1024, f"{after - before} KiB not returned after the flood"
 
 
+async def _open_at_most(socks: list[socket.socket], count: int, timeout: float = 5.0) -> int:
+    """How many of ``socks`` the agent still holds open, once it is at most ``count``
+    (or when ``timeout`` is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        still = await asyncio.to_thread(_still_open, socks)
+        if still <= count or time.monotonic() > deadline:
+            return still
+        await asyncio.sleep(0.05)
+
+
 def _still_open(socks: list[socket.socket]) -> int:
     """Sockets the agent has not closed (a read would block rather than see EOF)."""
     count = 0
@@ -554,12 +568,10 @@ async def test_tls_handshakes_count_against_the_connection_limit_and_time_out(
     port = agent.port("tls")
     socks = await asyncio.to_thread(_silent_connections, port, 5)
     try:
-        await asyncio.sleep(0.2)
         # 3 connections at most, and one slot kept for a client that authenticates
-        assert await asyncio.to_thread(_still_open, socks) <= 2
+        assert await _open_at_most(socks, 2) <= 2
         assert (await _tls_hello(port, certs))["version"] == 1
-        await asyncio.sleep(1.0)  # the handshake timeout covers TLS
-        assert await asyncio.to_thread(_still_open, socks) == 0
+        assert await _open_at_most(socks, 0) == 0, "the handshake timeout covers TLS"
     finally:
         for s in socks:
             s.close()

@@ -73,10 +73,14 @@ def denied(fn: Any, *args: Any) -> str:
 
 
 def test_a_rule_that_allows_all_of_the_request_allows_it(policy: Policy) -> None:
-    policy.check_exec("ci-7", "vm-1", cfg(container_id="web", user="nobody", timeout=60))
-    policy.check_exec("ci-7", "vm-1", cfg(container_id="web", user="1000", timeout=3600))
-    policy.check_exec("ops", "anything", cfg(privileged=True))  # host, default user
-    policy.check_agent("auditor", "vm-1")
+    allowed = policy.check_exec("ci-7", "vm-1", cfg(container_id="web", user="nobody", timeout=60))
+    assert allowed.label == "rule 'ci'"
+    allowed = policy.check_exec("ci-7", "vm-1", cfg(container_id="web", user="1000", timeout=3600))
+    assert allowed.label == "rule 'ci'"
+    host = policy.check_exec("ops", "anything", cfg(privileged=True))  # host, default user
+    assert host.label == "rule 'ops'" and host.privileged
+    assert [rule.label for rule in policy.check_agent("auditor", "vm-1")] == ["rule #3"]
+    assert [rule.label for rule in policy.check_agent("ops", "vm-1")] == ["rule 'ops'"]
 
 
 def test_unknown_callers_and_agents_are_denied(policy: Policy) -> None:
@@ -118,15 +122,15 @@ def test_rules_never_combine() -> None:
             ]
         }
     )
-    policy.check_exec("x", "a", cfg(container_id="c1", user="u1"))
-    policy.check_exec("x", "a", cfg(container_id="c2", user="u2"))
+    assert policy.check_exec("x", "a", cfg(container_id="c1", user="u1")).label == "rule #1"
+    assert policy.check_exec("x", "a", cfg(container_id="c2", user="u2")).label == "rule #2"
     message = denied(policy.check_exec, "x", "a", cfg(container_id="c1", user="u2"))
     assert "rule #1: user 'u2'" in message and "rule #2: container 'c1'" in message
 
 
 def test_globs_are_case_sensitive_and_whole_value() -> None:
     policy = parse_policy({"rule": [{"callers": ["ci-?"], "agents": ["vm-[12]"]}]})
-    policy.check_agent("ci-1", "vm-2")
+    assert [rule.label for rule in policy.check_agent("ci-1", "vm-2")] == ["rule #1"]
     denied(policy.check_agent, "CI-1", "vm-1")
     denied(policy.check_agent, "ci-10", "vm-1")
     denied(policy.check_agent, "ci-1", "vm-3")
@@ -171,7 +175,7 @@ def test_policy_files_toml_and_yaml(tmp_path: Path) -> None:
         "    users: ['']\n    max_timeout: 60\n"
     )
     policy = load_policy(yaml_path)
-    policy.check_exec("ci-1", "vm-1", cfg(timeout=10))
+    assert policy.check_exec("ci-1", "vm-1", cfg(timeout=10)).max_timeout == 60
     bad = tmp_path / "bad.toml"
     bad.write_text("[[rule]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -356,7 +360,7 @@ def test_a_user_glob_never_reaches_across_user_group(
     policy = parse_policy({"rule": [rule]})
     config = cfg(user=user) if user else cfg()
     if allowed:
-        policy.check_exec("c", "a", config)
+        assert policy.check_exec("c", "a", config).users == tuple(patterns)
     else:
         assert "is not allowed (users:" in denied(policy.check_exec, "c", "a", config)
 

@@ -139,9 +139,13 @@ async def test_notifier_wakes_waiters() -> None:
 
     notifier = Notifier()
     waiter = asyncio.create_task(notifier.wait(5.0))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiter starts waiting
+    assert not waiter.done()
+    loop = asyncio.get_running_loop()
+    notified = loop.time()
     notifier.notify()
     await asyncio.wait_for(waiter, 1.0)
+    assert loop.time() - notified < 1.0, "woken by the notification, not by its 5 s timeout"
 
 
 def test_control_is_off_by_default() -> None:

@@ -100,7 +100,9 @@ def test_nul_in_argument(cmd: list[str]) -> None:
 
 
 def test_argv_at_byte_limit_is_accepted() -> None:
-    ExecConfig(cmd=["x" * (MAX_ARG_BYTES // 2), "y" * (MAX_ARG_BYTES // 2)])
+    cmd = ["x" * (MAX_ARG_BYTES // 2), "y" * (MAX_ARG_BYTES // 2)]
+    config = ExecConfig(cmd=cmd)
+    assert config.cmd == cmd and sum(len(a.encode()) for a in config.cmd) == MAX_ARG_BYTES
 
 
 def test_argv_too_many_bytes() -> None:
@@ -151,7 +153,9 @@ def test_env_with_nul(entry: str) -> None:
 
 
 def test_env_entry_at_limit_is_accepted() -> None:
-    ExecConfig(cmd=["true"], env=["A=" + "x" * (MAX_ENV_ENTRY_BYTES - 2)])
+    entry = "A=" + "x" * (MAX_ENV_ENTRY_BYTES - 2)
+    config = ExecConfig(cmd=["true"], env=[entry])
+    assert config.env == [entry] and len(entry.encode()) == MAX_ENV_ENTRY_BYTES
 
 
 def test_env_entry_too_large() -> None:
@@ -160,7 +164,8 @@ def test_env_entry_too_large() -> None:
 
 
 def test_env_at_count_limit_is_accepted() -> None:
-    ExecConfig(cmd=["true"], env=[f"V{i}=1" for i in range(MAX_ENV)])
+    config = ExecConfig(cmd=["true"], env=[f"V{i}=1" for i in range(MAX_ENV)])
+    assert config.env is not None and len(config.env) == MAX_ENV
 
 
 def test_too_many_env_entries() -> None:
@@ -266,8 +271,10 @@ def test_bad_console_size_inside_config() -> None:
 
 
 def test_console_size_limits_accepted() -> None:
-    ConsoleSize(width=1, height=1)
-    ConsoleSize(width=MAX_CONSOLE_DIM, height=MAX_CONSOLE_DIM)
+    smallest = ConsoleSize(width=1, height=1)
+    largest = ConsoleSize(width=MAX_CONSOLE_DIM, height=MAX_CONSOLE_DIM)
+    assert (smallest.width, smallest.height) == (1, 1)
+    assert (largest.width, largest.height) == (MAX_CONSOLE_DIM, MAX_CONSOLE_DIM)
 
 
 @pytest.mark.parametrize(
@@ -316,7 +323,8 @@ def test_output_limit_bounds_accepted() -> None:
 
 
 def test_labels_at_limit_accepted() -> None:
-    ExecConfig(cmd=["true"], labels={f"k{i}": "v" for i in range(MAX_LABELS)})
+    labels = {f"k{i}": "v" for i in range(MAX_LABELS)}
+    assert ExecConfig(cmd=["true"], labels=labels).labels == labels
 
 
 def test_too_many_labels() -> None:

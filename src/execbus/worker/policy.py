@@ -50,7 +50,9 @@ Rules:
 * Omitted fields allow nothing: no ``containers`` / ``users`` means the rule
   allows no exec at all (only the requests that need just the agent).
 
-Denials raise :class:`PolicyDenied` (``forbidden``); the consumer answers
+An allowed request gets the rule that allowed it (``Policy.check_exec``) or the
+rules that let the caller use the agent (``Policy.check_agent``). Denials
+raise :class:`PolicyDenied` (``forbidden``); the consumer answers
 the caller and dead-letters the request with the reason (never with env
 values or stdin). The policy file is read by ``worker/policy_file.py``, the
 size limits are ``worker/limits.py``, and ``worker/guard.py`` applies both to
@@ -156,21 +158,22 @@ class Policy:
             raise PolicyDenied(f"caller {caller!r} may not use agent {agent!r}")
         return rules
 
-    def check_agent(self, caller: str, agent: str) -> None:
-        """Allowed when some rule names the caller and the agent."""
-        self._candidates(caller, agent)
+    def check_agent(self, caller: str, agent: str) -> tuple[Rule, ...]:
+        """Allowed when some rule names the caller and the agent: those rules."""
+        return tuple(self._candidates(caller, agent))
 
     def sees_all_execs(self, caller: str, agent: str) -> bool:
         """May ``caller`` act on other callers' execs on ``agent`` (``all_execs``)?"""
         return any(r.all_execs and r.names(caller) and r.covers(agent) for r in self.rules)
 
-    def check_exec(self, caller: str, agent: str, config: ExecConfig) -> None:
-        """Allowed when some rule for the caller and agent allows all of ``config``."""
+    def check_exec(self, caller: str, agent: str, config: ExecConfig) -> Rule:
+        """Allowed when some rule for the caller and agent allows all of ``config``: the
+        first such rule (its ``label`` says which)."""
         reasons = []
         for rule in self._candidates(caller, agent):
             why = rule.refusal(config)
             if why is None:
-                return
+                return rule
             reasons.append(f"{rule.label}: {why}")
         more = f"; and {len(reasons) - MAX_REASONS} more" if len(reasons) > MAX_REASONS else ""
         raise PolicyDenied(

@@ -18,6 +18,11 @@ to an operator's purge, say).
 
 Steady state costs the broker nothing: no declares, no polls, only the
 consumers it already has.
+
+Every broker call here is bounded (:data:`CALL_TIMEOUT`) and belongs to one
+broker session: a call stuck on a connection that died (aiormq can wait
+forever to write to a closed one) must not hold the lease's lock, or the
+agent would never be taken again in the sessions that follow.
 """
 
 from __future__ import annotations
@@ -39,6 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("execbus.worker")
 
 TOKEN = b"execbus lease token"
+#: Seconds any one lease operation (get in line, mint, give back) may take.
+CALL_TIMEOUT = 15.0
+#: Seconds to wait before using a lease queue that looks new (no token, nobody in
+#: line). Another worker may have declared it a moment ago, and RabbitMQ before
+#: 4.1 answers a declare before the quorum queue runs: a consume or publish then
+#: crashes the channel, and the broker closes the whole connection (INTERNAL_ERROR).
+NEW_QUEUE_SETTLE = 0.5
 
 
 class Lease:
@@ -61,6 +73,10 @@ class Lease:
         self._tag: str | None = None
         self._token: AbstractIncomingMessage | None = None
         self._busy = asyncio.Lock()
+        # Bumped when the broker session is gone: work begun in an older one is void.
+        self._generation = 0
+        # Getting in line: the token may arrive before the consume call returns.
+        self._joining = False
 
     @property
     def subscribed(self) -> bool:
@@ -73,40 +89,78 @@ class Lease:
         return self._token is not None
 
     async def subscribe(self, session: BrokerSession) -> None:
-        """Get in line (idempotent); the token arrives through ``on_granted`` when it is ours."""
+        """Get in line (idempotent); the token arrives through ``on_granted`` when it is ours.
+
+        A failure is logged and leaves this worker out of line; the membership
+        loop asks again at its next tick.
+        """
         async with self._busy:
             if self._tag is not None:
                 return
-            channel = await session.channel()
-            await channel.set_qos(prefetch_count=1)
-            queue = await channel.declare_queue(
-                self.queue_name, durable=True, arguments=self._arguments
-            )
-            result = queue.declaration_result
-            if not result.message_count and not result.consumer_count:
-                await self._mint(channel)
+            generation = self._generation
+            channel: AbstractChannel | None = None
+            failure: Exception | None = None
+            self._joining = True
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    channel = await session.channel()
+                    queue, tag = await self._get_in_line(channel)
+            except Exception as exc:
+                failure = exc
+            finally:
+                self._joining = False
+            if failure is not None or channel is None:
+                why = str(failure) or type(failure).__name__
+                log.warning("agent %s: could not get in line for its lease: %s", self.agent, why)
+                await self._abandon(channel)
+                return
+            if generation != self._generation or channel.is_closed:  # the session ended
+                await self._abandon(channel)
+                return
             channel.close_callbacks.add(self._channel_closed)
-            self._channel, self._queue = channel, queue
-            self._tag = await queue.consume(self._received, no_ack=False)
+            self._channel, self._queue, self._tag = channel, queue, tag
+            if self._token is not None:  # it came while we were getting in line
+                self._on_granted()
+
+    async def _abandon(self, channel: AbstractChannel | None) -> None:
+        """A failed or void attempt to get in line: a token it got goes back with its channel."""
+        self._token = None
+        await _close_quietly(channel)
+
+    async def _get_in_line(self, channel: AbstractChannel) -> tuple[AbstractQueue, str]:
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.declare_queue(
+            self.queue_name, durable=True, arguments=self._arguments
+        )
+        result = queue.declaration_result
+        if not result.message_count and not result.consumer_count:
+            await asyncio.sleep(NEW_QUEUE_SETTLE)
+            await self._mint(channel)
+        return queue, await queue.consume(self._received, no_ack=False)
 
     async def mint(self) -> None:
         """Add a token (the designated owner, when nobody has owned the agent for a while)."""
         async with self._busy:
             if self._channel is not None and not self._channel.is_closed:
-                await self._mint(self._channel)
+                try:
+                    await self._mint(self._channel)
+                except Exception as exc:
+                    log.warning("agent %s: could not mint a lease token: %s", self.agent, exc)
 
     async def _mint(self, channel: AbstractChannel) -> None:
         log.info("agent %s: minting a lease token", self.agent, extra={"agent": self.agent})
         message = aio_pika.Message(TOKEN, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-        await channel.default_exchange.publish(message, self.queue_name)
+        await channel.default_exchange.publish(message, self.queue_name, timeout=CALL_TIMEOUT)
 
     async def _received(self, message: AbstractIncomingMessage) -> None:
-        if self._token is not None or self._tag is None:  # not ours to hold (any more)
+        if self._token is not None or (self._tag is None and not self._joining):
+            # Not ours to hold (any more): give it back.
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             return
         self._token = message
-        self._on_granted()
+        if not self._joining:  # else subscribe grants it once the line is joined for good
+            self._on_granted()
 
     async def release(self) -> None:
         """Leave the line, and give the token back if held (the next in line gets it)."""
@@ -118,18 +172,19 @@ class Lease:
             with contextlib.suppress(Exception):
                 channel.close_callbacks.discard(self._channel_closed)
             # Cancel first: the broker then activates the next consumer, which gets
-            # the token the moment we give it back.
+            # the token the moment we give it back. Closing the channel gives it back
+            # too, should the nack not get through.
             with contextlib.suppress(Exception):
-                if queue is not None and tag is not None:
-                    await queue.cancel(tag)
-            with contextlib.suppress(Exception):
-                if token is not None:
-                    await token.nack(requeue=True)
-            with contextlib.suppress(Exception):
-                await channel.close()
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    if queue is not None and tag is not None:
+                        await queue.cancel(tag)
+                    if token is not None:
+                        await token.nack(requeue=True)
+            await _close_quietly(channel)
 
     def forget(self) -> None:
         """The broker connection is gone, and with it the place in line and the token."""
+        self._generation += 1
         self._channel = self._queue = self._tag = self._token = None
 
     def _channel_closed(self, *_: Any) -> None:
@@ -137,3 +192,12 @@ class Lease:
         self.forget()
         if held:
             self._on_lost()
+
+
+async def _close_quietly(channel: AbstractChannel | None) -> None:
+    """Close a lease channel (bounded; a dead connection's channel is gone already)."""
+    if channel is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CALL_TIMEOUT):
+            await channel.close()

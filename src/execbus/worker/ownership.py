@@ -106,7 +106,13 @@ class OwnershipLoop:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        """A role change ended: one line if it failed (the next tick tries again)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("changing an agent's role failed: %s", str(exc) or type(exc).__name__)
 
     async def _announce(self, exchange: AbstractExchange) -> None:
         full = self._send_full or self._announced % FULL_EVERY == 0

@@ -20,8 +20,8 @@ run: install  ## run a worker with the embedded local agent (needs RabbitMQ)
 test: install  ## the whole test suite (unit, agent, integration, faults)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-contract-deps:  ## the Node.js contract suite's packages (tests/contract, pinned by package-lock.json)
-	cd tests/contract && npm ci --ignore-scripts --no-audit --no-fund
+contract-deps:  ## the Node.js contract suite's packages (tests/system/contract, pinned by package-lock.json)
+	cd tests/system/contract && npm ci --ignore-scripts --no-audit --no-fund
 
 console-test-deps:  ## the console's browser tests: playwright-core, pinned by tests/system/console/package-lock.json (the browser is Debian's chromium)
 	cd tests/system/console && npm ci --ignore-scripts --no-audit --no-fund

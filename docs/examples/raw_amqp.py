@@ -7,7 +7,7 @@ and exits with the command's exit code (125 when execbus itself refused).
 ``stdout``/``stderr`` in it are the decoded text (undecodable bytes replaced);
 ``stdout_base64``/``stderr_base64`` are the exact bytes, as the wire carried them.
 See docs/integration.md for every step; this file is tested by
-tests/ops/test_raw_amqp_example.py against a real worker.
+tests/system/ops/test_raw_amqp_example.py against a real worker.
 """
 
 from __future__ import annotations

@@ -10,6 +10,6 @@ and keeps every exit until a client acknowledges it
 Every module of this package imports the Python standard library only, so the
 agent runs in a minimal guest that has nothing but ``python3``, from 3.9 on:
 ``execbus agent-bundle`` makes it one file (``docs/guest.md``). Take what 3.10+
-added from :mod:`execbus.agent.compat`; ``tests/agent/test_agent_py39.py``
+added from :mod:`execbus.agent.compat`; ``tests/system/agent/test_py39.py``
 checks.
 """

@@ -2,7 +2,7 @@
 
 The agent runs on any ``python3`` from 3.9 on (``docs/guest.md``), while the
 rest of execbus needs 3.11. Everything the agent would otherwise take from
-3.10 or 3.11 comes from here, and ``tests/agent/test_agent_py39.py`` checks
+3.10 or 3.11 comes from here, and ``tests/system/agent/test_py39.py`` checks
 the package for constructs 3.9 lacks and runs it under a real 3.9 where one is
 installed.
 

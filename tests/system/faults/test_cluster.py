@@ -51,7 +51,7 @@ pytestmark = [
 
 AGENTS = ("a1", "a2")
 CLIENTS = 3
-LANES = 2  # concurrent callers per client
+LANES = 1  # concurrent callers per client
 GIVE_UP = 30.0  # a caller gives up on a request after this long (a clear error)
 ATTEMPT_TIMEOUT = 30.0  # one attempt that takes longer than this is a hang
 SERVE_BOUND = 15.0  # asserted; the target (reported) is 5 s after a node kill

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
 import tempfile
 import time
@@ -99,18 +100,30 @@ class NodeCluster:
             raise
         return self
 
+    def _boot(self, node: RabbitNode) -> None:
+        """Start a node and wait until it runs. First its AMQP port (a cheap probe: each
+        ``rabbitmqctl`` is an Erlang VM of its own, competing with the booting node for
+        the CPU), then ``rabbitmqctl await_startup`` once."""
+        node.launch()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", node.port), 1),
+            ):
+                break
+            time.sleep(0.2)
+        node.await_startup(self.start_timeout)
+
     def _form(self) -> None:
-        for node in self.nodes:
-            node.launch()
         with ThreadPoolExecutor(len(self.nodes)) as pool:
-            list(pool.map(lambda n: n.await_startup(self.start_timeout), self.nodes))
+            list(pool.map(self._boot, self.nodes))
         seed = self.nodes[0]
         for node in self.nodes[1:]:
             node.ctl("stop_app")
             node.ctl("reset")
             node.ctl("join_cluster", seed.node)
-            node.ctl("start_app")
-            node.await_startup(self.start_timeout)
+            node.ctl("start_app")  # returns once the app runs
         self.wait_running(len(self.nodes))
 
     def __exit__(self, *exc: object) -> None:
@@ -142,7 +155,7 @@ class NodeCluster:
         """Start a stopped or killed node again with its data; it rejoins the cluster."""
         node = self.node(name)
         if not node.running:
-            node.start()
+            self._boot(node)
         self.wait_running(len(self.nodes))
         return node
 
@@ -152,7 +165,7 @@ class NodeCluster:
         down = [node for node in self.nodes if not node.running]
         if down:
             with ThreadPoolExecutor(len(down)) as pool:
-                list(pool.map(lambda n: n.start(), down))
+                list(pool.map(self._boot, down))
         self.wait_running(len(self.nodes))
         return down
 

@@ -141,9 +141,23 @@ class RabbitNode:
         self._written = True
 
     def launch(self) -> None:
-        """Start the node's VM (``rabbitmq-server -detached``) without waiting for it."""
+        """Start the node's VM (``rabbitmq-server -detached``) without waiting for it.
+
+        As root, Debian's ``rabbitmq-server`` wrapper switches to the ``rabbitmq``
+        user with ``su``, whose PAM session resets the open-files limit to 1,024:
+        a node with a few hundred quorum queues then runs out of file handles and
+        stops accepting connections. So we switch users ourselves and raise the
+        limit up to the hard one first (the way the systemd unit's LimitNOFILE does).
+        """
         self._write_files()
-        subprocess.run(["rabbitmq-server", "-detached"], env=self._env(), check=True, timeout=30)
+        server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if os.geteuid() == 0 and Path(server).exists():
+            raise_limit = 'ulimit -n "$(ulimit -H -n)" 2>/dev/null'
+            script = f"{raise_limit}; cd /var/lib/rabbitmq; exec {server} -detached"
+            command = ["su", "rabbitmq", "-s", "/bin/sh", "-c", script]
+        else:
+            command = ["rabbitmq-server", "-detached"]
+        subprocess.run(command, env=self._env(), check=True, timeout=30)
 
     def await_startup(self, timeout: float | None = None) -> None:
         """Wait until the node runs its app (:class:`TimeoutError` after ``timeout``)."""

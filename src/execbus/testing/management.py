@@ -35,7 +35,7 @@ CHURN_OPS = (
 class Counters:
     """The broker's cumulative operation counts at one moment."""
 
-    at: float  # the node's own clock, seconds
+    at: float  # when they were read (time.monotonic())
     ops: dict[str, int]
 
     def rates(self, earlier: Counters) -> dict[str, float]:
@@ -62,12 +62,13 @@ class Management:
             return json.loads(response.read())
 
     def counters(self) -> Counters:
-        """Cumulative message and churn counts (they move once per statistics interval)."""
+        """Cumulative message and churn counts (they move once per statistics interval,
+        so rates over a window of N seconds are good to about 1/N)."""
         overview = self.get("overview")
         stats, churn = overview.get("message_stats", {}), overview.get("churn_rates", {})
         ops = {k: int(stats.get(k, 0)) for k in MESSAGE_OPS}
         ops.update({k: int(churn.get(k, 0)) for k in CHURN_OPS})
-        return Counters(at=overview.get("sample_time", 0) / 1000, ops=ops)
+        return Counters(at=time.monotonic(), ops=ops)
 
     def node_name(self) -> str:
         return str(self.get("overview")["node"])

@@ -19,6 +19,15 @@ to an operator's purge, say).
 Steady state costs the broker nothing: no declares, no polls, only the
 consumers it already has.
 
+A new quorum queue is never used at once. RabbitMQ before 4.1 may answer a
+declare of a queue another client is creating before the queue runs; a
+consume or publish then crashes the channel, and the broker closes the whole
+connection (INTERNAL_ERROR, rabbitmq-server#13625). So the ownership loop
+declares an agent's queues one tick before it first gets in line for them,
+and standbys get in line only behind an owner that announces holding the
+lease (``worker/ownership.py``); the queues are durable, so this happens
+once per worker process, not per reconnect.
+
 Every broker call here is bounded (:data:`CALL_TIMEOUT`) and belongs to one
 broker session: a call stuck on a connection that died (aiormq can wait
 forever to write to a closed one) must not hold the lease's lock, or the
@@ -46,11 +55,6 @@ log = logging.getLogger("execbus.worker")
 TOKEN = b"execbus lease token"
 #: Seconds any one lease operation (get in line, mint, give back) may take.
 CALL_TIMEOUT = 15.0
-#: Seconds to wait before using a lease queue that looks new (no token, nobody in
-#: line). Another worker may have declared it a moment ago, and RabbitMQ before
-#: 4.1 answers a declare before the quorum queue runs: a consume or publish then
-#: crashes the channel, and the broker closes the whole connection (INTERNAL_ERROR).
-NEW_QUEUE_SETTLE = 0.5
 
 
 class Lease:
@@ -64,7 +68,7 @@ class Lease:
         on_lost: Callable[[], None],
     ) -> None:
         self.queue_name = topology.names.lease_queue(agent)
-        self._arguments = topology.quorum(**{"x-single-active-consumer": True})
+        self._topology = topology
         self.agent = agent
         self._on_granted = on_granted
         self._on_lost = on_lost
@@ -129,12 +133,9 @@ class Lease:
 
     async def _get_in_line(self, channel: AbstractChannel) -> tuple[AbstractQueue, str]:
         await channel.set_qos(prefetch_count=1)
-        queue = await channel.declare_queue(
-            self.queue_name, durable=True, arguments=self._arguments
-        )
+        queue = await self._topology.declare_lease_queue(channel, self.agent)
         result = queue.declaration_result
         if not result.message_count and not result.consumer_count:
-            await asyncio.sleep(NEW_QUEUE_SETTLE)
             await self._mint(channel)
         return queue, await queue.consume(self._received, no_ack=False)
 

@@ -100,6 +100,10 @@ class Membership:
         """Does a live worker (ourselves included) announce owning ``agent``?"""
         return any(agent in a.owned for a in self.live().values())
 
+    def owned_anywhere(self) -> set[str]:
+        """The agents some live worker (ourselves included) announces owning."""
+        return {agent for a in self.live().values() for agent in a.owned}
+
     def live(self) -> dict[str, Announcement]:
         """Peers heard from within ``expiry``, plus ourselves."""
         now = self.clock()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from execbus import __version__
 from execbus.loops import wait_event
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("execbus.worker")
 FULL_EVERY = 10
+#: Role changes (getting in line for a lease, giving one back) in flight at once:
+#: at a cold start a worker has one per agent, and thousands of concurrent queue
+#: declares and consumes only slow the broker down for every worker.
+ROLE_CHANGES_AT_ONCE = 16
 
 
 class OwnershipLoop:
@@ -71,6 +75,10 @@ class OwnershipLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_change = on_change
         self._wake = asyncio.Event()
+        self._role_slots = asyncio.Semaphore(ROLE_CHANGES_AT_ONCE)
+        # Agents with a role change queued or running (one at a time per agent).
+        self._changing: set[str] = set()
+        self._declare_channel: AbstractChannel | None = None
 
     def _announcement(self, full: bool = True) -> Announcement:
         links = {name: rt.link() for name, rt in self.runtimes.items()}
@@ -97,6 +105,10 @@ class OwnershipLoop:
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange, "worker.#")
         await queue.consume(self._on_announcement, no_ack=True)
+        # Hear the others before taking anything: workers started together would
+        # each see only themselves and all go for every agent at once.
+        await self._announce(exchange)
+        await asyncio.sleep(self.interval)
         while True:
             await self._announce(exchange)
             await self.reconcile(session)
@@ -107,6 +119,22 @@ class OwnershipLoop:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._settled)
+
+    def _change_role(self, agent: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a role change for ``agent`` within the slots, unless one is pending."""
+        if agent in self._changing:
+            coro.close()
+            return
+        self._changing.add(agent)
+
+        async def change() -> None:
+            try:
+                async with self._role_slots:
+                    await coro
+            finally:
+                self._changing.discard(agent)
+
+        self._spawn(change())
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         """A role change ended: one line if it failed (the next tick tries again)."""
@@ -162,17 +190,46 @@ class OwnershipLoop:
             len(mine),
             len(standby),
         )
+        owned, now = self.membership.owned_anywhere(), time.monotonic()
         for name, rt in self.runtimes.items():
             role = Role.OWNER if name in mine else Role.STANDBY if name in standby else Role.NONE
-            if role is Role.STANDBY and rt.owner and rt.owned_for() > self.handover_grace:
-                # We took it over (its owner died, or we won a race); once the view
-                # has settled, the designated owner gets it back.
-                self._spawn(rt.hand_over(session, quiet=self.interval))
-            elif role is not rt.role or (role is not Role.NONE and not rt.owner):
-                self._spawn(rt.set_role(role, session))
+            step = self._step(rt, role, name in owned, now, session)
+            if step is not None:
+                self._change_role(name, step)
         self._check_tokens(mine)
         if self.on_change is not None:
             self.on_change()
+
+    def _step(
+        self, rt: AgentRuntime, role: Role, owned: bool, now: float, session: BrokerSession
+    ) -> Coroutine[Any, Any, None] | None:
+        """What moves ``rt`` toward ``role`` now (None: nothing, or not yet)."""
+        if role is Role.STANDBY and rt.owner and rt.owned_for() > self.handover_grace:
+            # We took it over (its owner died, or we won a race); once the view
+            # has settled, the designated owner gets it back.
+            return rt.hand_over(session, quiet=self.interval)
+        if role is Role.NONE:
+            return rt.set_role(role, session) if rt.role is not role else None
+        if role is Role.STANDBY and not rt.lease.subscribed and not owned:
+            # Get in line behind an owner that holds the lease, not before: its
+            # queue may be new, and a consumer racing its creation costs the
+            # connection (see worker/lease.py on new quorum queues).
+            return None
+        if rt.declared_at is None:  # declare first, get in line a tick later (the same)
+            return self._declare(rt, session)
+        if now - rt.declared_at < self.interval:
+            return None
+        if role is not rt.role or not rt.owner:
+            return rt.set_role(role, session)
+        return None
+
+    async def _declare(self, rt: AgentRuntime, session: BrokerSession) -> None:
+        """Declare an agent's queues on the session's declaring channel (one for all:
+        thousands of agents must not cost thousands of channels)."""
+        channel = self._declare_channel
+        if channel is None or channel.is_closed:
+            channel = self._declare_channel = await session.channel()
+        await rt.declare_queues(channel)
 
     def _check_tokens(self, mine: set[str]) -> None:
         """The lease watchdog, with no broker traffic: an agent this worker should own,

@@ -113,6 +113,9 @@ class AgentRuntime:
         self._transition = asyncio.Lock()
         self.owned_since = 0.0
         self._quiet_until = 0.0
+        # When this process declared the agent's request and lease queues (they are
+        # durable: a reconnect finds them; an owner declares its queue again anyway).
+        self.declared_at: float | None = None
 
     # -- roles ------------------------------------------------------------
 
@@ -125,6 +128,13 @@ class AgentRuntime:
                 await self._release()
         elif not self.lease.subscribed and time.monotonic() >= self._quiet_until:
             await self.lease.subscribe(session)
+
+    async def declare_queues(self, channel: AbstractChannel) -> None:
+        """Declare the agent's request queue (requests wait there for an owner) and
+        lease queue, a tick before getting in line (see worker/lease.py)."""
+        await self.topology.declare_agent_queue(channel, self.name)
+        await self.topology.declare_lease_queue(channel, self.name)
+        self.declared_at = time.monotonic()
 
     def owned_for(self) -> float:
         """Seconds since this worker took the agent (0 when it does not own it)."""

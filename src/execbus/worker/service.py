@@ -60,6 +60,8 @@ CLOSE_TIMEOUT = 1.0
 STABLE_SESSION = 10.0
 # Refusals (credentials, vhost, permissions) tried before the worker gives up.
 REFUSALS_TOLERATED = 3
+#: Channels that declare agent queues side by side when a worker first connects.
+DECLARE_CHANNELS = 8
 
 
 class Worker:
@@ -106,6 +108,8 @@ class Worker:
         self._pool_consumers: dict[str, tuple[AbstractQueue, str]] = {}
         self.last_broker_error = "not connected yet"
         self.started_at = time.time()
+        # Agents whose request queue this process declared (see _declare_agent_queues).
+        self._declared_agents: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting to the broker as needed.
@@ -154,8 +158,6 @@ class Worker:
         try:
             channel = await open_channel(None, connection, publisher_confirms=True)
             await self.topology.declare_base(channel)
-            for name in self.runtimes:
-                await self.topology.declare_agent_queue(channel, name)
             for pool in self.pools:
                 await self.topology.declare_pool_queue(channel, pool)
             publisher = Publisher(channel, self.names, self.settings.publish_timeout)
@@ -164,9 +166,41 @@ class Worker:
             with contextlib.suppress(Exception):
                 await connection.close()
             raise _setup_error(exc, url) from exc
+        session = BrokerSession(connection, publisher, _cursor=1)
+        try:
+            await self._declare_agent_queues(session)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise _setup_error(exc, url) from exc
         self.metrics.broker_reconnects.inc()
         log.info("worker %s connected to %s", self.worker_id, redact_url(url))
-        return BrokerSession(connection, publisher, _cursor=1)
+        return session
+
+    async def _declare_agent_queues(self, session: BrokerSession) -> None:
+        """Declare the request queue of every agent this process has not declared yet.
+
+        Requests for an agent must be queued from the moment a worker serving it is
+        up, even before its owner is settled. The queues are durable, so a later
+        session (a reconnect, a broker restart) finds them: only the first session
+        pays, and a few channels at once make it short.
+        """
+        todo = [name for name in self.runtimes if name not in self._declared_agents]
+        if not todo:
+            return
+        lanes = [todo[i::DECLARE_CHANNELS] for i in range(DECLARE_CHANNELS)]
+        await asyncio.gather(*(self._declare_lane(session, lane) for lane in lanes if lane))
+        log.info("declared the request queues of %d agents", len(todo))
+
+    async def _declare_lane(self, session: BrokerSession, names: list[str]) -> None:
+        channel = await session.channel()
+        try:
+            for name in names:
+                await self.topology.declare_agent_queue(channel, name)
+                self._declared_agents.add(name)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def _serve(self, session: BrokerSession, stop: asyncio.Event) -> BaseException | None:
         """Run one broker session until it ends; the error that ended it, if any."""

@@ -53,6 +53,18 @@ class Topology:
             extra["x-single-active-consumer"] = True
         return self.quorum(**extra)
 
+    def lease_queue_arguments(self) -> dict[str, Any]:
+        """Arguments of an agent's ownership lease queue (``worker/lease.py``)."""
+        return self.quorum(**{"x-single-active-consumer": True})
+
+    async def declare_lease_queue(self, channel: AbstractChannel, agent: str) -> AbstractQueue:
+        """The lease queue of one agent (declared at connect, long before anyone
+        consumes it: see ``worker/lease.py`` on new quorum queues)."""
+        name = self.names.lease_queue(agent)
+        return await channel.declare_queue(
+            name, durable=True, arguments=self.lease_queue_arguments()
+        )
+
     async def declare_base(self, channel: AbstractChannel) -> None:
         """Exchanges plus the dead-letter and unrouted queues."""
         names = self.names

@@ -93,7 +93,6 @@ class Token:
 @pytest.fixture(autouse=True)
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lease_module, "CALL_TIMEOUT", 0.2)
-    monkeypatch.setattr(lease_module, "NEW_QUEUE_SETTLE", 0.0)
 
 
 def make_lease(granted: list[str]) -> Lease:

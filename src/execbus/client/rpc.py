@@ -5,7 +5,12 @@ Every request goes to ``<ns>.requests`` with routing key ``agent.<agent>``
 ``correlation_id`` and ``message_id``, and ``reply_to`` set to the
 client's private queue (see :mod:`execbus.client.inbox`). A request is not
 sent until the broker confirmed it. The publishing channel is separate from
-the inbox's, so a channel error on publish never disturbs the consumer.
+the inbox's, so a channel error on publish never disturbs the consumer; it is
+a :class:`~execbus.publishing.ConfirmChannel`: a request the broker nacks, or
+one that finds the channel closed, fails with
+:class:`~execbus.errors.PublishFailed` after a fresh channel took its place,
+so the caller's retry goes out on the fresh one (a RabbitMQ 3.10 channel that
+was once refused by a quorum queue whose leader was down stays refused).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from aio_pika.abc import AbstractChannel
 
 from execbus.client.target import Target
 from execbus.errors import ExecTimeout
-from execbus.publishing import Basic, publish_confirmed
+from execbus.publishing import Basic, ConfirmChannel
 from execbus.wire.codec import dump
 from execbus.wire.replies import Reply
 from execbus.wire.requests import RequestBase
@@ -47,7 +52,7 @@ class Rpc:
 
     def __init__(
         self,
-        channel: AbstractChannel,
+        channel: ConfirmChannel,
         names: Names,
         reply_to: str,
         publish_timeout: float,
@@ -61,6 +66,11 @@ class Rpc:
         self._reply_to = reply_to
         self._publish_timeout = publish_timeout
         self._pending: dict[str, PendingReply] = {}
+
+    @property
+    def channel(self) -> ConfirmChannel:
+        """The publishing channel (a fresh one after a nack or a close)."""
+        return self._channel
 
     async def send(self, target: Target, request: RequestBase) -> PendingReply:
         """Publish ``request`` (confirmed) to ``target``; the caller awaits, then
@@ -122,8 +132,7 @@ class Rpc:
             message_type=pending.request_type,
             delivery_mode=2,
         )
-        await publish_confirmed(
-            self._channel,
+        await self._channel.publish(
             self._names.requests_exchange,
             pending.target.routing_key(),
             dump(request),

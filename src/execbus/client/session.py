@@ -16,6 +16,7 @@ from execbus.client.agents import AgentDirectory
 from execbus.client.exits import ExitWatcher
 from execbus.client.inbox import Inbox
 from execbus.client.rpc import Rpc
+from execbus.publishing import ConfirmChannel, open_confirm_channel
 from execbus.wire.events import Event
 from execbus.wire.replies import Reply
 from execbus.wire.routing import Names
@@ -38,7 +39,14 @@ class Session:
         self.inbox = Inbox(
             inbox_channel, names, self._on_reply, self._on_event, self._follows, user=user
         )
-        self.rpc = Rpc(publish_channel, names, self.inbox.name, publish_timeout, user_id=user)
+        # Replaced after a nack or a close (see execbus.publishing.ConfirmChannel).
+        publisher = ConfirmChannel(
+            publish_channel,
+            lambda: open_confirm_channel(connection),
+            drain_timeout=publish_timeout,
+            replace_closed=True,
+        )
+        self.rpc = Rpc(publisher, names, self.inbox.name, publish_timeout, user_id=user)
         self.exits = ExitWatcher(self.inbox)
         self.directory = AgentDirectory(connection, names)
         self.request_timeout = request_timeout

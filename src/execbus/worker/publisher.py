@@ -2,8 +2,12 @@
 
 A result is not "sent" until the broker confirmed it. Publishes are
 pipelined: callers run many at once and each awaits only its own confirm.
-Events and replies (several per exec) take the lean path of
-:mod:`execbus.publishing`; errors become :class:`~execbus.errors.PublishFailed`.
+Everything takes the lean path of :mod:`execbus.publishing`; errors become
+:class:`~execbus.errors.PublishFailed`. The channel is a
+:class:`~execbus.publishing.ConfirmChannel`: a nacked publish replaces it (once
+the broker session has told the publisher how to open one, see
+``worker/session.py``) before the caller hears of the failure, so a retry, or
+the next publish, goes out on the fresh channel.
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pamqp import encode
 from pydantic import BaseModel
 
-from execbus.publishing import Basic, publish_confirmed, publish_errors
+from execbus.publishing import Basic, ChannelOpener, ConfirmChannel
 from execbus.wire.codec import dump
 from execbus.wire.routing import EXEC_ID_HEADER, REASON_HEADER, Names
 
@@ -48,13 +52,12 @@ def _short(value: str | None) -> str | None:
 
 
 class Publisher:
-    """Publishes on one confirm-mode channel."""
+    """Publishes on one confirm-mode channel (a fresh one after a nack)."""
 
     def __init__(self, channel: AbstractChannel, names: Names, timeout: float) -> None:
-        self._channel = channel
+        self._out = ConfirmChannel(channel, drain_timeout=timeout)
         self._names = names
         self._timeout = timeout
-        self._dead: AbstractExchange | None = None
 
     @property
     def names(self) -> Names:
@@ -63,12 +66,22 @@ class Publisher:
 
     @property
     def channel(self) -> AbstractChannel:
-        """The confirm-mode channel everything is published on."""
-        return self._channel
+        """The confirm-mode channel everything is published on now (the callbacks added
+        to its ``close_callbacks`` follow it when a nack replaces it)."""
+        return self._out.channel
+
+    @property
+    def replacements(self) -> int:
+        """How many times a nack replaced the channel."""
+        return self._out.replacements
+
+    def reopen_with(self, reopen: ChannelOpener) -> None:
+        """How to open a fresh confirm-mode channel on the same connection."""
+        self._out.reopen_with(reopen)
 
     async def setup(self) -> None:
-        """Look up the exchanges (declared by the topology beforehand)."""
-        self._dead = await self._channel.get_exchange(self._names.dead_exchange, ensure=False)
+        """Nothing to look up: every publish names its exchange (declared by the
+        topology beforehand)."""
 
     async def event(self, routing_key: str, event: BaseModel, event_id: str) -> None:
         """Publish an event on ``<ns>.events`` (persistent, ``message_id`` = event id,
@@ -82,19 +95,21 @@ class Publisher:
             timestamp=datetime.now(UTC),
             headers={EXEC_ID_HEADER: exec_id} if exec_id else None,
         )
-        await self._publish_raw(self._names.events_exchange, routing_key, dump(event), props)
+        await self._publish_raw(
+            self._names.events_exchange, routing_key, dump(event), props, "the event"
+        )
 
     async def reply(self, reply_to: str, correlation_id: str | None, reply: BaseModel) -> None:
         """Send an RPC reply through the default exchange."""
         props = Basic.Properties(
             content_type=JSON, correlation_id=correlation_id, message_type="reply"
         )
-        await self._publish_raw("", reply_to, dump(reply), props)
+        await self._publish_raw("", reply_to, dump(reply), props, "the reply")
 
     async def _publish_raw(
-        self, exchange: str, key: str, body: bytes, props: Basic.Properties
+        self, exchange: str, key: str, body: bytes, props: Basic.Properties, what: str
     ) -> None:
-        await publish_confirmed(self._channel, exchange, key, body, props, timeout=self._timeout)
+        await self._out.publish(exchange, key, body, props, timeout=self._timeout, what=what)
 
     async def dead_letter(self, original: AbstractIncomingMessage, reason: str) -> None:
         """Copy ``original`` to ``<ns>.dead`` with the reason in a header.
@@ -104,7 +119,6 @@ class Publisher:
         their size (the copy must fit the broker's frame size, or the broker
         closes the connection), and property strings are cut to AMQP's 255 bytes.
         """
-        assert self._dead is not None, "setup() first"
         message = aio_pika.Message(
             original.body,
             headers=dead_letter_headers(original, reason),
@@ -115,5 +129,5 @@ class Publisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         key = original.routing_key or ""
-        with publish_errors("the dead letter", key, self._timeout):
-            await self._dead.publish(message, key, mandatory=False, timeout=self._timeout)
+        dead = self._names.dead_exchange
+        await self._publish_raw(dead, key, message.body, message.properties, "the dead letter")

@@ -3,7 +3,10 @@
 A session lives as long as its AMQP connection (or its publishing channel):
 every lease, consumer and channel hangs off it, and a new session starts from
 scratch (``worker/service.py``). Agent runtimes and the ownership loop get
-the session they run in; they never see the worker itself.
+the session they run in; they never see the worker itself. A publish the
+broker nacks does not end the session: the publisher opens a fresh
+publishing channel through the session (:meth:`BrokerSession.channel`) and
+closes the nacked one (``execbus.publishing.ConfirmChannel``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ class BrokerSession:
     publisher: Publisher
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     _cursor: int = 0
+
+    def __post_init__(self) -> None:
+        # A nacked publish replaces the publishing channel with one of this session's.
+        self.publisher.reopen_with(self._publishing_channel)
+
+    async def _publishing_channel(self) -> AbstractChannel:
+        return await self.channel(publisher_confirms=True)
 
     async def channel(self, publisher_confirms: bool = False) -> AbstractChannel:
         """Open a channel, never reusing a recently closed channel number.

@@ -466,22 +466,18 @@ class StalePublishChannel(AssertionError):
     """The client's publishing channel is still refused by a queue that has a leader again."""
 
 
-@pytest.mark.xfail(
-    raises=StalePublishChannel,
-    strict=True,
-    reason="RabbitMQ 3.10: a channel whose first publish to a quorum queue finds the queue's "
-    "recorded leader node down is nacked for that queue until that node is back "
-    "(rabbit_fifo_client:enqueue/3 keeps asking the dead node); the SDK keeps its publishing "
-    "channel, so its requests to that agent keep failing. Passes once the SDK replaces a "
-    "channel that got a nack.",
-)
 async def test_client_publishes_again_once_the_agent_queue_has_a_leader(
     cluster: NodeCluster, namespace: str, start_agent: Any, start_worker: Any, tmp_path: Path
 ) -> None:
     """Deterministic: the agent queue's leader and a second node down (no quorum, so the
     queue keeps naming its dead leader); a client's first request to it is refused (a
     clear error); the second node comes back, the queue elects a leader and the worker
-    serves (a new client is answered): the first client must be answered too."""
+    serves (a new client is answered): the first client must be answered too.
+
+    RabbitMQ 3.10 keeps nacking, for that queue, the channel whose first publish to it
+    found the recorded leader down (``rabbit_fifo_client:enqueue/3`` keeps asking the
+    dead node); the SDK replaces its publishing channel after a nack, so its next
+    request goes out on a channel that asks the queue's new leader."""
     first, second, third = cluster.nodes
     topology = topology_of(load_settings(namespace=namespace, quorum_replicas=3))
     connection = await aio_pika.connect(third.url)

@@ -107,7 +107,10 @@ class Lease:
             self._joining = True
             try:
                 async with asyncio.timeout(CALL_TIMEOUT):
-                    channel = await session.channel()
+                    # Confirms: a mint the broker refuses (RabbitMQ 3.10 nacks a
+                    # quorum queue whose recorded leader is down) must fail loudly,
+                    # not leave the line without a token.
+                    channel = await session.channel(publisher_confirms=True)
                     queue, tag = await self._get_in_line(channel)
             except Exception as exc:
                 failure = exc

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from execbus.worker.session import BrokerSession
 
 log = logging.getLogger("execbus.worker")
-FULL_EVERY = 10
+#: Every this many announcements the full reachable set goes out even unchanged: a
+#: peer that missed the one after a change (a reconnect within the expiry) catches
+#: up. At 10,000 agents the set is ~80 KB, so rarely: once in 30 intervals.
+FULL_EVERY = 30
 #: Role changes (getting in line for a lease, giving one back) in flight at once:
 #: at a cold start a worker has one per agent, and thousands of concurrent queue
 #: declares and consumes only slow the broker down for every worker.

@@ -78,7 +78,7 @@ class ScriptedSession:
         self._channel = channel
         self.closed = asyncio.Event()
 
-    async def channel(self) -> ScriptedChannel:
+    async def channel(self, publisher_confirms: bool = False) -> ScriptedChannel:
         return self._channel
 
 

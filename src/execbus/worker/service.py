@@ -189,8 +189,10 @@ class Worker:
         if not todo:
             return
         lanes = [todo[i::DECLARE_CHANNELS] for i in range(DECLARE_CHANNELS)]
+        started = time.monotonic()
         await asyncio.gather(*(self._declare_lane(session, lane) for lane in lanes if lane))
-        log.info("declared the request queues of %d agents", len(todo))
+        took = time.monotonic() - started
+        log.info("declared the request queues of %d agents in %.2f s", len(todo), took)
 
     async def _declare_lane(self, session: BrokerSession, names: list[str]) -> None:
         channel = await session.channel()

@@ -316,6 +316,8 @@ class Client(ExecRequests):
     def announcements(self) -> Announcements:
         """Follow the workers' announcements on ``<ns>.control`` (who runs, owns which
         agent, its links and load), as they arrive: ``async for a in client.announcements()``.
+        Only the links that are down come: ``a.link_of(agent)`` reads an owned agent
+        without one as connected.
         """
         if self._connection is None:
             raise BrokerError(NOT_CONNECTED)

@@ -22,7 +22,7 @@ from execbus.broker import broker_reason
 from execbus.client.feed import QueueFeed
 from execbus.client.inbox import client_queue_name
 from execbus.errors import BrokerError
-from execbus.wire.control import Announcement
+from execbus.wire.control import CONNECTED, Announcement
 from execbus.wire.routing import Names
 
 log = logging.getLogger("execbus.client")
@@ -31,7 +31,8 @@ log = logging.getLogger("execbus.client")
 @dataclass(frozen=True, slots=True)
 class WorkerStatus:
     """One live worker as it announced itself (``links``: agent -> its link state, for
-    the agents it owns: ``connected``, and ``reason``/``code`` when down)."""
+    each agent it owns: ``connected``, and ``reason``/``code``/``since`` when down;
+    workers announce only the links that are down, the others are connected)."""
 
     worker_id: str
     agents: list[str]
@@ -50,7 +51,7 @@ class WorkerStatus:
             owned=sorted(a.owned),
             load=a.load,
             pools=sorted(a.pools),
-            links={name: link.to_json() for name, link in sorted(a.links.items())},
+            links={name: (a.link_of(name) or CONNECTED).to_json() for name in sorted(a.owned)},
             version=a.version,
             started_at=a.started_at,
         )
@@ -74,7 +75,7 @@ class ClusterStatus:
         return next((w.worker_id for w in self.workers if agent in w.owned), None)
 
     def link_of(self, agent: str) -> dict[str, Any] | None:
-        """The owner's link state of ``agent`` (None: no owner, or an older worker)."""
+        """The owner's link state of ``agent`` (None: no owner)."""
         return next((w.links[agent] for w in self.workers if agent in w.links), None)
 
 

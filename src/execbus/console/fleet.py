@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from execbus.wire.control import AgentLink, Announcement
+from execbus.wire.control import AgentLink, Announcement, link_of
 
 MAX_WORKERS = 10_000
 MOVE_HIGHLIGHT = 15.0  # seconds an agent that changed owner stays marked as moved
@@ -167,7 +167,8 @@ class Fleet:
         for name in sorted(set(self._owners) | set(reach)):
             state = self._owners.get(name) or AgentOwner()
             owner = self.workers.get(state.owner) if state.owner else None
-            link = owner.links.get(name) if owner is not None else None
+            # Workers announce only the links that are down (older ones all of them).
+            link = link_of(owner.links, owner.owned, name) if owner is not None else None
             moved = (
                 state.previous is not None
                 and state.owner is not None
@@ -182,7 +183,8 @@ class Fleet:
                     "connected": link.connected if link is not None else None,
                     "reason": link.reason if link is not None and not link.connected else "",
                     "code": link.code if link is not None and not link.connected else "",
-                    "link_since": link.since if link is not None else None,
+                    # Unknown for a link that is up by omission (the owner's /readyz has it).
+                    "link_since": link.since if link is not None and link.since else None,
                     "workers": sorted(reach.get(name, ())),
                 }
             )

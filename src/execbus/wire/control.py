@@ -10,6 +10,13 @@ The agents a worker can reach may be thousands: an announcement always
 carries their digest (``reach``) and the agents it owns, and the full list
 (``agents``) only when it changed, when a new peer appeared, and now and
 then; peers keep the last full list per worker (``Membership``).
+
+Links go by exception: ``links`` names only the owned agents whose link is
+not connected (``{"connected": false, "reason", "code", "since"}``, ``since``
+in milliseconds); an owned agent without an entry is connected
+(:func:`link_of`). At 100 owned agents that keeps an announcement near 1 KB
+instead of ~7 KB. Workers before this sent an entry for every owned agent
+(``{"connected": true, "since"}`` when up): readers take those as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from execbus.errors import ErrorCode
 
 
 def reach_digest(agents: frozenset[str]) -> str:
@@ -36,7 +45,9 @@ class AgentLink:
     since: float = 0.0  # wall-clock time of the last change
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"connected": self.connected, "since": self.since}
+        doc: dict[str, Any] = {"connected": self.connected}
+        if self.since:  # unknown for a link that is connected by omission
+            doc["since"] = round(self.since, 3)
         if not self.connected:
             doc.update(reason=self.reason, code=self.code)
         return doc
@@ -54,10 +65,31 @@ class AgentLink:
         )
 
 
+#: The link of an owned agent its owner announced no entry for.
+CONNECTED = AgentLink(True)
+#: An owned agent whose connection the worker has not opened (yet).
+NOT_CONNECTED_YET = AgentLink(False, "not connected yet", ErrorCode.AGENT_UNAVAILABLE)
+
+
+def link_of(links: Mapping[str, AgentLink], owned: frozenset[str], agent: str) -> AgentLink | None:
+    """An owner's link to ``agent``: its entry, else connected if it owns the agent,
+    else None (not owned)."""
+    link = links.get(agent)
+    if link is None and agent in owned:
+        return CONNECTED
+    return link
+
+
 @dataclass(frozen=True, slots=True)
 class Announcement:
     """What a worker says about itself: the agents it can reach and owns, its load,
-    and (for the agents it owns) how its link to each is doing."""
+    and (for the agents it owns) how its link to each is doing.
+
+    ``links`` may hold every owned agent's link (the worker's own view, or an
+    older worker's announcement) or only those that are not connected (a
+    parsed announcement): :meth:`link_of` reads both. Only links that are not
+    connected go out (:meth:`to_json`).
+    """
 
     worker_id: str
     agents: frozenset[str]
@@ -82,12 +114,21 @@ class Announcement:
                 "load": self.load,
                 "pools": sorted(self.pools),
                 "stopping": self.stopping,
-                "links": {name: link.to_json() for name, link in sorted(self.links.items())},
+                "links": {
+                    name: link.to_json()
+                    for name, link in sorted(self.links.items())
+                    if not link.connected
+                },
                 "version": self.version,
                 "started_at": self.started_at,
             }
         )
         return doc
+
+    def link_of(self, agent: str) -> AgentLink | None:
+        """This worker's link to ``agent`` (connected unless it says otherwise), None
+        when it does not own it."""
+        return link_of(self.links, self.owned, agent)
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> Announcement:

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 
 from execbus import __version__
 from execbus.loops import wait_event
-from execbus.wire.control import Announcement, reach_digest
+from execbus.wire.control import NOT_CONNECTED_YET, Announcement, reach_digest
 from execbus.wire.routing import Names
 from execbus.worker.membership import Membership
 from execbus.worker.runtime import AgentRuntime, Role
@@ -84,17 +84,22 @@ class OwnershipLoop:
         self._declare_channel: AbstractChannel | None = None
 
     def _announcement(self, full: bool = True) -> Announcement:
-        links = {name: rt.link() for name, rt in self.runtimes.items()}
+        owned = {name: rt for name, rt in self.runtimes.items() if rt.owner}
+        # Only the links that are not connected go out (Announcement.to_json) and an
+        # owned agent without one reads as connected: one with no link at all (the
+        # runtime opens the connection as it takes the agent, so not seen today)
+        # is sent as not connected.
+        links = {name: rt.link() or NOT_CONNECTED_YET for name, rt in owned.items()}
         return Announcement(
             worker_id=self.worker_id,
             agents=self._reachable,
             reach=self._reach,
             full=full,
-            owned=frozenset(n for n, rt in self.runtimes.items() if rt.owner),
+            owned=frozenset(owned),
             load=sum(rt.load() for rt in self.runtimes.values()),
             pools=self.pools,
             stopping=self.stopping,
-            links={name: link for name, link in links.items() if link is not None},
+            links=links,
             version=__version__,
             started_at=self.started_at,
         )

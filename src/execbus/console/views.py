@@ -79,6 +79,7 @@ class ExecView:
     cmd_truncated: bool = False
     env_keys: tuple[str, ...] = ()
     tty: bool | None = None
+    user: str | None = None  # config.user; None: the agent's default, or not told
     labels: dict[str, str] = field(default_factory=lambda: _NO_LABELS)
     state: str = "created"
     pid: int | None = None
@@ -146,6 +147,7 @@ class ExecView:
             if sum(map(len, self.env_keys)) > MAX_ENV_KEYS_CHARS:
                 self.env_keys = clip_argv(list(event.env_keys), MAX_ENV_KEYS_CHARS)[0]
             self.tty = event.tty
+            self.user = intern(event.user) if event.user is not None else None
             self.created_at = _ts(event.time)
         elif isinstance(event, ev.StartedEvent):
             self._advance("running")
@@ -264,7 +266,7 @@ def row(view: ExecView, full: bool = False) -> dict[str, Any]:
         "container": view.container_id,
         "cmd": cmd,
         "cmd_more": more,
-        "user": None,  # not in the events (yet)
+        "user": view.user,  # from exec.created: null when not seen or the agent's default
         "state": view.state,
         "result": view.result,
         "exit_code": view.exit_code,

@@ -23,6 +23,9 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 MAX_OUTPUT_LIMIT = 4 * 1024 * 1024  # both streams fit one agent frame (16 MiB)
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 MAX_CONSOLE_DIM = 10_000
+MAX_USER_CHARS = 256
+#: ``ExecConfig.user``: name, uid, uid:gid or name:group (Docker ``--user`` rules).
+USER_PATTERN = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.][A-Za-z0-9_.-]*)?$"
 
 Dimension = Annotated[int, Field(ge=1, le=MAX_CONSOLE_DIM)]
 #: The lifecycle events a caller may turn off; the exit notification
@@ -79,8 +82,8 @@ class ExecConfig(StrictModel):
     working_dir: str | None = Field(default=None, max_length=4096)
     user: str | None = Field(
         default=None,
-        max_length=256,
-        pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.][A-Za-z0-9_.-]*)?$",
+        max_length=MAX_USER_CHARS,
+        pattern=USER_PATTERN,
         description="name, uid, uid:gid or name:group (Docker --user rules).",
     )
     tty: bool = False

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from execbus.wire.config import StrictModel, WireBytes
+from execbus.wire.config import MAX_USER_CHARS, USER_PATTERN, StrictModel, WireBytes
 from execbus.wire.ids import AgentName, ContainerId, ExecId
 from execbus.wire.records import ErrorInfo, ExitInfo
 
@@ -39,12 +39,24 @@ class EventBase(StrictModel):
 
 
 class CreatedEvent(EventBase):
-    """The exec was registered. Carries env keys only, never values."""
+    """The exec was registered. Carries env keys only, never values.
+
+    ``user`` is the config's ``user`` (what the command runs as); left out when
+    the exec runs as the agent's default user. Workers before it was added never
+    send it, so a missing ``user`` may also mean "not told".
+    """
 
     type: Literal["exec.created"] = "exec.created"
     cmd: list[str]
     env_keys: list[str] = Field(default_factory=list)
     tty: bool = False
+    user: str | None = Field(
+        default=None,
+        max_length=MAX_USER_CHARS,
+        pattern=USER_PATTERN,
+        description="the config's user (name, uid, uid:gid or name:group); "
+        "absent when it runs as the agent's default user.",
+    )
 
 
 class StartedEvent(EventBase):

@@ -31,7 +31,11 @@ def _base(agent: str, record: ExecRecord, kind: str, extra: str = "") -> dict[st
 def created(agent: str, record: ExecRecord) -> ev.CreatedEvent:
     cfg = record.config
     return ev.CreatedEvent(
-        **_base(agent, record, "created"), cmd=cfg.cmd, env_keys=cfg.env_keys(), tty=cfg.tty
+        **_base(agent, record, "created"),
+        cmd=cfg.cmd,
+        env_keys=cfg.env_keys(),
+        tty=cfg.tty,
+        user=cfg.user,
     )
 
 

@@ -135,18 +135,21 @@ async def test_console_live_view(
     )
 
     async with Client(amqp_url, namespace=namespace) as client:
-        # 1. A run shows up in the list, with its exit code, within 2 s of its exit.
+        # 1. A run shows up in the list, with its exit code and user, within 2 s of its exit.
+        user = str(os.getuid())  # the agent runs as this test's user: it may name itself
         result = await client.run(
             "a1",
             ["sh", "-c", f"echo '{XSS_OUTPUT}'; exit 3", XSS_ARGV],
             labels={"suite": "console", "xss": XSS_LABEL},
+            user=user,
         )
         assert result.exit_code == 3
         exited_at = time.monotonic()
         await in_thread(
             browser.wait,
             rows_expr(
-                f"rows.some(r => r.dataset.key === 'a1/{result.exec_id}' && r.dataset.exit === '3')"
+                f"rows.some(r => r.dataset.key === 'a1/{result.exec_id}' && r.dataset.exit === '3'"
+                f" && r.querySelector('td.user').textContent === {json.dumps(user)})"
             ),
             2.0,
         )

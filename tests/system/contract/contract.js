@@ -277,6 +277,7 @@ checks.run = async (peer) => {
     env: ["GREETING=hello"],
     labels: { suite: "contract" },
     timeout: 60,
+    user: String(process.getuid()), // the agent runs as this test's user: it may name itself
   };
   const reply = await peer.call({ type: "exec.run", exec_id: execId, config });
   const result = ok(reply, "exec.run");
@@ -295,6 +296,7 @@ checks.run = async (peer) => {
   expect(exited.exit.exit_code === 3 && exited.exit.stdout === result.exit.stdout, "event exit", exited);
   const created = peer.eventsOf(execId)[0];
   expect(JSON.stringify(created.env_keys) === '["GREETING"]' && !JSON.stringify(created).includes("hello"), "no env values in events", created);
+  expect(created.user === config.user, "exec.created carries the user", created);
   return { request_type: reply.request_type, events: kinds };
 };
 

@@ -9,7 +9,10 @@ publishes the exits of the execs it inherited).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import pwd
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -225,3 +228,47 @@ async def test_lifecycle_events_are_selectable_the_exit_always_goes_out(
     streamed = [e["type"] for e in log.by_exec[ids[-1]] if e["type"] != "exec.output"]
     assert streamed == expected
     assert not order_problems(log.by_exec[ids[-1]])
+
+
+async def test_created_carries_the_user_and_never_env_values(
+    amqp_url: str,
+    namespace: str,
+    start_agent: Any,
+    start_worker: Any,
+    event_log: tuple[EventLog, Any],
+) -> None:
+    """``exec.created`` says whom the command runs as (``config.user``), and nothing when
+    it runs as the agent's default user; no event of those execs holds an env value.
+    With ``exec.created`` off, no event carries the user."""
+    log, bind = event_log
+    agent = start_agent("u1")
+    start_worker("--agent", f"u1={agent.address}").wait_owner("u1")
+    await bind("u1")
+    if os.geteuid() == 0:
+        user, uid = "nobody", pwd.getpwnam("nobody").pw_uid
+    else:  # an unprivileged agent may only name itself
+        user, uid = f"{os.getuid()}:{os.getgid()}", os.getuid()
+    secret = "s3cret-" + uuid.uuid4().hex
+    env = [f"TOKEN={secret}"]
+    as_user = streaming_run("id -u", stream_output=False, user=user, env=env)
+    default = streaming_run("id -u", stream_output=False, env=env)
+    no_created = streaming_run("id -u", stream_output=False, user=user, lifecycle_events=[])
+    async with Bus(amqp_url, namespace) as bus:
+        await run_all(bus, "u1", [as_user, default, no_created])
+        ids = [b["exec_id"] for b in (as_user, default, no_created)]
+        await settled(log, ids)
+
+    def event(exec_id: str, kind: str) -> dict[str, Any]:
+        (found,) = [e for e in log.by_exec[exec_id] if e["type"] == f"exec.{kind}"]
+        return found
+
+    created = event(as_user["exec_id"], "created")
+    assert created["user"] == user
+    assert created["env_keys"] == ["TOKEN"]
+    ran_as = base64.b64decode(event(as_user["exec_id"], "exited")["exit"]["stdout"])
+    assert ran_as.decode().strip() == str(uid)
+    assert "user" not in event(default["exec_id"], "created")
+    assert [e["type"] for e in log.by_exec[no_created["exec_id"]]] == ["exec.exited"]
+    assert all("user" not in e for e in log.by_exec[no_created["exec_id"]])
+    everything = json.dumps([log.by_exec[i] for i in ids])
+    assert secret not in everything

@@ -86,6 +86,24 @@ def test_full_lifecycle_builds_the_record_and_timeline() -> None:
     assert doc["user"] is None
 
 
+def test_the_user_comes_from_exec_created_in_the_row_and_the_detail() -> None:
+    store = ConsoleStore()
+    as_user = CreatedEvent(cmd=["id", "-u"], env_keys=["SECRET"], user="1000:1000", **base("u1"))
+    for event in (as_user, started("u1"), exited("u1", 0)):
+        store.apply_event(event, 1.0)
+    store.apply_event(created("u2"), 2.0)  # the agent's default user: no user in the event
+    store.apply_event(exited("u3", 0), 3.0)  # exec.created off (or missed): not known
+    rows = {r["id"]: r for r in store.query(ExecFilter())[0]}
+    assert {k: r["user"] for k, r in rows.items()} == {"u1": "1000:1000", "u2": None, "u3": None}
+    assert rows["u2"]["cmd"] is not None and rows["u3"]["cmd"] is None  # how the page tells them
+    doc = store.detail("a1", "u1")
+    assert doc is not None and doc["user"] == "1000:1000" and doc["env_keys"] == ["SECRET"]
+    # A later event without the user (an exit) does not forget it.
+    store.apply_event(exited("u1", 1), 4.0)
+    doc = store.detail("a1", "u1")
+    assert doc is not None and doc["user"] == "1000:1000"
+
+
 @pytest.mark.parametrize("first", ["output", "exited", "failed", "started"])
 def test_an_exec_first_seen_late_is_shown(first: str) -> None:
     store = ConsoleStore()

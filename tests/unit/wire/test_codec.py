@@ -531,6 +531,7 @@ ALL_EVENTS: list[BaseModel] = [
         **event_common("failed"),
         error=ErrorInfo(code="command_not_found", message="no such file", exit_code=127),
     ),
+    CreatedEvent(**event_common("created"), cmd=["id", "-u"], user="1000:1000"),
 ]
 
 
@@ -546,6 +547,31 @@ def test_output_event_data_is_base64_on_the_wire() -> None:
     event = ALL_EVENTS[3]
     doc = json.loads(dump(event))
     assert doc["data"] == base64.b64encode(b"\x00\x01hello").decode()
+
+
+def test_created_event_carries_the_user_only_when_one_was_asked_for() -> None:
+    """``user`` is additive: left out for the agent's default user, so such an event is
+    the same bytes a reader from before the field sees; a body without it still parses."""
+    with_user = json.loads(dump(ALL_EVENTS[-1]))
+    assert with_user["user"] == "1000:1000"
+    assert "SECRET" not in json.dumps(with_user)
+    default = CreatedEvent(**event_common("created"), cmd=["ls"], env_keys=["SECRET"])
+    doc = json.loads(dump(default))
+    assert "user" not in doc
+    assert set(doc) == {*event_common("created"), "v", "type", "cmd", "env_keys", "tty"}
+    older = parse_event(json.dumps({k: v for k, v in with_user.items() if k != "user"}))
+    assert isinstance(older, CreatedEvent) and older.user is None
+    named = parse_event(json.dumps({**with_user, "user": "nobody"}))
+    assert isinstance(named, CreatedEvent) and named.user == "nobody"
+
+
+@pytest.mark.parametrize("user", ["", "a b", "-x", "root:", "x" * 257])
+def test_created_event_user_follows_the_config_rules(user: str) -> None:
+    doc = json.loads(dump(ALL_EVENTS[-1]))
+    with pytest.raises(InvalidRequest, match=r"^invalid event: exec\.created\.user: "):
+        parse_event(json.dumps({**doc, "user": user}))
+    with pytest.raises(ValueError, match="user"):
+        ExecConfig(cmd=["true"], user=user)
 
 
 def test_every_event_kind_is_covered() -> None:

@@ -155,6 +155,12 @@ function rowDuration(row) {
   return "";
 }
 
+// exec.created carries the user (left out for the agent's default); without it, unknown.
+function userNote(row) {
+  if (row.user) return "";
+  return row.cmd ? "the agent's default user" : "unknown: exec.created was not seen";
+}
+
 function renderRows(execs) {
   const rows = state.rows;
   const tbody = $("exec-rows");
@@ -169,7 +175,7 @@ function renderRows(execs) {
       el("td", { class: "agent", text: row.agent }),
       el("td", { class: "container", text: row.container || "~" }),
       el("td", { class: "cmd", text: argv(row.cmd, row.cmd_more), title: argv(row.cmd, row.cmd_more) }),
-      el("td", { class: "user muted", text: row.user ?? "–", title: "not published in exec events" }),
+      el("td", { class: row.user ? "user" : "user muted", text: row.user ?? "–", title: userNote(row) }),
       el("td", { class: "state" }, el("span", { class: `state ${row.state}`, text: row.state }),
         row.gap ? el("span", { class: "gap", text: " ?", title: "the console was disconnected while this exec ran: events may be missing" }) : null),
       el("td", { class: `exit result-${row.result || "none"}`, text: exitText(row) }),
@@ -230,7 +236,7 @@ function renderExec(x) {
   const record = [
     ["agent", x.agent], ["container", x.container || "~ (the agent's host)"],
     ["cmd", x.cmd ? argv(x.cmd, x.cmd_more) : "(unknown: exec.created was not seen)"],
-    ["env keys", x.env_keys.length ? x.env_keys.join(" ") : "–"], ["user", "– (not published in events)"],
+    ["env keys", x.env_keys.length ? x.env_keys.join(" ") : "–"], ["user", x.user ?? `– (${userNote(x)})`],
     ["tty", x.tty === null ? "unknown" : String(x.tty)], ["pid", x.pid ?? "–"],
     ["state", x.state], ["exit", exitText(x) || "–"], ["error", x.error_message || "–"],
     ["duration", rowDuration(x) || "–"], ["created", dateTime(x.created_at) || "–"],

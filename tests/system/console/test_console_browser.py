@@ -296,6 +296,12 @@ async def test_console_live_view(
             "JSON.stringify(Object.fromEntries([...document.querySelectorAll('#agent-rows tr')]"
             f".map(r => [r.dataset.agent, r.dataset.owner]))) === {expected}",
         )
+        # Links that are up come by omission (no entry in the announcement): connected.
+        await in_thread(
+            browser.wait,
+            "['a1','a2'].every(a => document.querySelector("
+            "`#agent-rows tr[data-agent=\"${a}\"] td.link`)?.textContent === 'connected')",
+        )
         fleet_shot = await in_thread(browser.screenshot, tmp_path / "console-fleet.png")
         victim = w1 if "worker-one" in current.values() else w2
         victim_id = "worker-one" if victim is w1 else "worker-two"

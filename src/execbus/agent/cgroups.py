@@ -13,12 +13,27 @@ cgroup v2 hierarchy, else of the v1 ``pids`` or ``freezer`` hierarchy).
 namespace, pid and start time; an agent that starts removes what the dead
 lives under the same root left behind (killing what still runs there).
 
-The exec's main process is moved in right after it is spawned, then any
-child it already forked (the agent does not run code in the child between
-fork and exec: that would cost the fast ``vfork`` path). Killing an exec's
-cgroup writes ``cgroup.kill`` (cgroup v2, Linux 5.14+), else SIGKILLs every
-pid of ``cgroup.procs`` until none is left. Controllers (memory, cpu) are not
-enabled: the cgroups only track.
+An exec is born in its cgroup: for the moment of the spawn the agent moves
+itself into the exec's cgroup and then back to its own
+(:meth:`ExecCgroup.entered`), so the process and whatever it forks are in
+the cgroup from their first instruction. The alternatives cost more or leave
+a gap: code in the child between fork and exec (writing its own pid) gives
+up the fast ``vfork`` path (~2 ms more per spawn, measured); moving the
+child after the spawn leaves a window in which a fast fork escapes;
+``clone3`` with ``CLONE_INTO_CGROUP`` is out of reach of Python's
+``subprocess``. The two moves are one ``write("0")`` each (``0``: the
+writing process), the way home through a ``cgroup.procs`` kept open. What
+they still cost is the kernel's: a move takes the cgroup threadgroup lock
+for writing, which, after a pause in moves, first waits for an RCU grace
+period (the way in pays it, the way home right after does not). Only if the
+agent cannot enter is the child moved in after the spawn, with the children
+it already forked (:meth:`ExecCgroup.adopt`).
+
+Killing an exec's cgroup writes ``cgroup.kill`` (cgroup v2, Linux 5.14+),
+else SIGKILLs every pid of ``cgroup.procs`` until none is left. Controllers
+(memory, cpu) are not enabled: the cgroups only track. The lifeline kills
+what is left in the cgroups of a life whose agent died
+(:mod:`execbus.agent.lifeline`).
 
 Container execs (runc): ``runc exec`` moves the process it starts into the
 container's own cgroup, so the exec's cgroup holds ``runc exec`` only; the
@@ -45,6 +60,9 @@ DEFAULT_NAME = "execbus"
 _V1_HIERARCHIES = ("pids", "freezer")
 _LIFE = re.compile(r"a(\d+)-(\d+)-(\d+)")
 _KILL_ROUNDS = 20
+# Where the agent goes when it cannot return to its own cgroup (in its life's
+# directory, beside the exec cgroups; no exec id holds a '.').
+REFUGE = "agent.home"
 
 
 class CgroupError(Exception):
@@ -150,23 +168,33 @@ def procs(path: str) -> list[int]:
 def populated(path: str) -> bool:
     """True while a process (of the cgroup or one below it) is in the cgroup."""
     try:
-        with open(os.path.join(path, "cgroup.events"), encoding="ascii") as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == "populated":
-                    return value.strip() != "0"
+        events = _read(os.path.join(path, "cgroup.events"))
     except FileNotFoundError:
         if not os.path.isdir(path):
             return False
     except OSError:
         return False
+    else:
+        for line in events.split(b"\n"):
+            if line.startswith(b"populated "):
+                return line[10:].strip() != b"0"
     # cgroup v1 (no cgroup.events): its procs may list zombies
     return any(is_live(pid) for pid in procs(path)) or any(
-        populated(os.path.join(path, sub)) for sub in _children(path)
+        populated(os.path.join(path, sub)) for sub in children(path)
     )
 
 
-def _children(path: str) -> list[str]:
+def _read(path: str) -> bytes:
+    """A small cgroup file in one read (no file object: this is on every exec's path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def children(path: str) -> list[str]:
+    """The names of the cgroups right below ``path`` (none if it is gone)."""
     try:
         return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
     except OSError:
@@ -184,7 +212,7 @@ def kill(path: str) -> bool:
         return True
     except OSError:
         pass  # cgroup v1, or a kernel before 5.14
-    for sub in _children(path):
+    for sub in children(path):
         kill(os.path.join(path, sub))
     for _ in range(_KILL_ROUNDS):  # a process may fork while we kill: again until none
         pids = procs(path)
@@ -198,15 +226,22 @@ def kill(path: str) -> bool:
 
 def remove(path: str) -> bool:
     """Remove the cgroup (and its empty children); True once it is gone."""
-    for sub in _children(path):
-        remove(os.path.join(path, sub))
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
+    for attempt in range(2):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            # busy: processes, or cgroups below it (an exec's has none: it is
+            # tried first, without listing the directory)
+            below = children(path) if attempt == 0 else []
+            if not below:
+                return False
+            for sub in below:
+                remove(os.path.join(path, sub))
+        else:
+            return True
+    return False
 
 
 def wait_empty(path: str, timeout: float) -> bool:
@@ -224,9 +259,16 @@ def wait_empty(path: str, timeout: float) -> bool:
 # -- the agent's cgroups --------------------------------------------------------
 
 
+_WRITE = os.O_WRONLY | os.O_CLOEXEC
+
+
 def _write_pid(cgroup: str, pid: int) -> None:
-    with open(os.path.join(cgroup, "cgroup.procs"), "w", encoding="ascii") as f:
-        f.write(str(pid))
+    """Move process ``pid`` (0: the caller) into ``cgroup``."""
+    fd = os.open(os.path.join(cgroup, "cgroup.procs"), _WRITE)
+    try:
+        os.write(fd, b"%d" % pid)
+    finally:
+        os.close(fd)
 
 
 class ExecCgroup:
@@ -239,26 +281,28 @@ class ExecCgroup:
     def __init__(self, path: str, owner: CgroupRoot) -> None:
         self.path = path
         self.owner = owner
+        # True once a process was spawned from within (see entered): it and all
+        # it forks are in the cgroup from their first instruction on
+        self.born_inside = False
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[bool]:
         """Spawn within: the agent itself is in the cgroup meanwhile (True), or could
         not be moved (False: :meth:`adopt` the child afterwards)."""
-        home = self.owner.home
-        if home is None:
+        if self.owner.home is None:
             yield False
             return
-        me = os.getpid()
         try:
-            _write_pid(self.path, me)
+            _write_pid(self.path, 0)
         except OSError as exc:
             log.warning("cannot enter the exec's cgroup: %s", exc)
             yield False
             return
         try:
             yield True
+            self.born_inside = True
         finally:
-            self.owner.return_home(me)
+            self.owner.return_home()
 
     def adopt(self, pid: int) -> None:
         """Move ``pid`` into the cgroup, then every descendant it already has.
@@ -317,6 +361,8 @@ class CgroupRoot:
         self.home = mount.own_cgroup()
         if self.home is not None and self.home.startswith(self.life):
             self.home = None
+        # Its cgroup.procs, opened once: the way home is taken after every spawn.
+        self._home_fd: int | None = None
 
     @classmethod
     def open(cls, setting: str | None) -> CgroupRoot | None:
@@ -372,8 +418,8 @@ class CgroupRoot:
                 if n > 1000:
                     raise
 
-    def return_home(self, pid: int) -> None:
-        """Move the agent (``pid``) back to its own cgroup after a spawn.
+    def return_home(self) -> None:
+        """Move the agent back to its own cgroup after a spawn.
 
         Should that fail (its cgroup removed meanwhile), the agent goes to
         ``<life>/agent.home`` and spawns its children without entering their
@@ -382,25 +428,34 @@ class CgroupRoot:
         if self.home is None:
             return
         try:
-            _write_pid(self.home, pid)
+            if self._home_fd is None:
+                self._home_fd = os.open(os.path.join(self.home, "cgroup.procs"), _WRITE)
+            os.write(self._home_fd, b"0")
             return
         except OSError as exc:
             log.error("cannot return to the agent's cgroup %s: %s", self.home, exc)
         self.home = None
-        refuge = os.path.join(self.life, "agent.home")  # no exec id holds a '.'
+        self._close_home()
+        refuge = os.path.join(self.life, REFUGE)
 
         try:
             os.makedirs(refuge, exist_ok=True)
-            _write_pid(refuge, pid)
+            _write_pid(refuge, 0)
         except OSError as exc:
             log.critical("the agent is stuck in an exec's cgroup: %s", exc)
+
+    def _close_home(self) -> None:
+        fd, self._home_fd = self._home_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def sweep_dead_lives(self) -> list[str]:
         """Kill and remove what agents that are gone left under the root (same pid
         namespace only: another namespace's pids mean nothing here)."""
         swept = []
         ns = _pidns()
-        for name in _children(self.root):
+        for name in children(self.root):
             match = _LIFE.fullmatch(name)
             if match is None or match.group(1) != ns:
                 continue
@@ -418,5 +473,6 @@ class CgroupRoot:
 
     def close(self) -> None:
         """Remove this life's directory (when every exec cgroup is gone)."""
+        self._close_home()
         with contextlib.suppress(OSError):
             os.rmdir(self.life)

@@ -85,7 +85,10 @@ class HostBackend:
         proc, stdio = spawn(plan)
         exited = self._reaper.watch_process(proc)
         groups = (proc.pid,)  # the child is a session (and group) leader
-        return Launched(proc, proc.pid, stdio, exited, groups, groups, exit_status)
+        contained = cgroup is not None and cgroup.born_inside
+        return Launched(
+            proc, proc.pid, stdio, exited, groups, groups, exit_status, contained=contained
+        )
 
     def _env_defaults(self, user: ResolvedUser | None, tty: bool) -> dict[str, str]:
         defaults = {"PATH": DEFAULT_PATH, "HOME": user.home if user else self._own_home}

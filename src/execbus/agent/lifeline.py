@@ -9,17 +9,21 @@ costs the fast ``vfork`` spawn path (~3 ms per exec).
 
 So the agent starts one small helper process, the lifeline (a fresh
 ``python3 -I -S`` in a session of its own, ignoring SIGINT, SIGTERM and
-SIGHUP), and tells it over a pipe what each exec started::
+SIGHUP). With cgroups it is given the directory of the agent's life
+(``<root>/<life>``, see :mod:`execbus.agent.cgroups`) when it starts: every
+exec cgroup below it is the agent's, so an exec spawned into its cgroup costs
+the lifeline nothing. What is not in such a cgroup it is told over a pipe::
 
-    + <exec_id> c <cgroup path>
     + <exec_id> g <pgid> <leader start time>
+    + <exec_id> c <cgroup path>      (a cgroup elsewhere)
     - <exec_id>                      (its processes are gone)
 
 When the pipe reaches end of file (the agent exited, however it exited) the
-lifeline kills every cgroup and process group still registered, appends the
-ids of the execs it killed to ``lifeline.log`` in the state directory (so
-the next life of the agent can say what happened), and exits. After a
-graceful shutdown nothing is registered any more and it just exits.
+lifeline kills every cgroup of the life that still holds a process (but the
+agent's own refuge, ``agent.home``) and every process group and cgroup still
+registered, appends the ids of the execs it killed to ``lifeline.log`` in the
+state directory (so the next life of the agent can say what happened), and
+exits. After a graceful shutdown nothing is left and it just exits.
 
 What the lifeline cannot cover: the lifeline killed together with the agent
 (``kill -9`` of both). Then with ``--state-dir`` the next agent kills what
@@ -58,8 +62,9 @@ def _package_parent() -> str:
 class Lifeline:
     """The agent's side: starts the lifeline on first use and keeps it told."""
 
-    def __init__(self, state_dir: str | None) -> None:
+    def __init__(self, state_dir: str | None, life: str | None = None) -> None:
         self._state_dir = state_dir or ""
+        self._life = life  # the directory of the agent's exec cgroups (see above)
         self._proc: subprocess.Popen[bytes] | None = None
         self._targets: dict[str, list[str]] = {}
         self._closed = False
@@ -72,13 +77,19 @@ class Lifeline:
 
     def register(self, exec_id: str, cgroup: str | None, leaders: list[Leader]) -> None:
         """Kill these with the agent (added to what was registered for the exec)."""
-        lines = [f"+ {exec_id} c {cgroup}"] if cgroup else []
+        lines = [f"+ {exec_id} c {cgroup}"] if cgroup and not self._watches(cgroup) else []
         lines += [f"+ {exec_id} g {pid} {started or '-'}" for pid, started in leaders]
+        if not lines:
+            return
         known = self._targets.setdefault(exec_id, [])
         new = [line for line in lines if line not in known]
         if new:
             known.extend(new)
             self._send(new)
+
+    def _watches(self, cgroup: str) -> bool:
+        """True for a cgroup of the agent's life (the lifeline kills those unasked)."""
+        return self._life is not None and os.path.dirname(cgroup) == self._life
 
     def release(self, exec_id: str) -> None:
         """The exec's processes are gone: nothing to kill for it any more."""
@@ -110,7 +121,10 @@ class Lifeline:
             return None
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _BOOT, _package_parent(), self._state_dir],
+                [
+                    *(sys.executable, "-I", "-S", "-c", _BOOT, _package_parent()),
+                    *(self._state_dir, self._life or ""),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
@@ -140,6 +154,8 @@ class Lifeline:
                 self._lost()
                 if self._targets:
                     self._send([line for entry in self._targets.values() for line in entry])
+                elif self._life is not None:  # it guards the life's cgroups unasked
+                    self._start()
             else:
                 proc.poll()
 
@@ -208,6 +224,7 @@ def guard_main(argv: list[str]) -> None:
 
     _ignore_signals()
     state_dir = argv[0] if argv else ""
+    life = argv[1] if len(argv) > 1 else ""
     targets: dict[str, list[list[str]]] = {}
     stdin = sys.stdin.buffer
     while True:
@@ -224,6 +241,14 @@ def guard_main(argv: list[str]) -> None:
             targets.setdefault(parts[1], []).append(parts[2:])
     killed = []
     cgroup_paths = []
+    if life:  # the agent's exec cgroups, named <exec_id> or <exec_id>.<n>
+        for name in cgroups.children(life):
+            if name == cgroups.REFUGE:
+                continue  # the agent's own (the lifeline may be in it)
+            path = os.path.join(life, name)
+            cgroup_paths.append(path)
+            if cgroups.kill(path):
+                killed.append(name.partition(".")[0])
     for exec_id, items in targets.items():
         hit = False
         for item in items:
@@ -234,7 +259,7 @@ def guard_main(argv: list[str]) -> None:
             elif item[0] == "g" and len(item) >= 3 and item[1].isdigit():
                 started = None if item[2] == "-" else item[2]
                 hit = procs.kill_groups([(int(item[1]), started)]) or hit
-        if hit:
+        if hit and exec_id not in killed:
             killed.append(exec_id)
     if state_dir and killed:
         with contextlib.suppress(OSError):
@@ -248,6 +273,6 @@ def guard_main(argv: list[str]) -> None:
     for path in cgroup_paths:
         cgroups.wait_empty(path, 2.0)
         cgroups.remove(path)
-    for life in {os.path.dirname(path) for path in cgroup_paths}:
+    for parent in {os.path.dirname(path) for path in cgroup_paths} | ({life} if life else set()):
         with contextlib.suppress(OSError):
-            os.rmdir(life)  # the agent's own directory, once empty
+            os.rmdir(parent)  # the agent's own directory, once empty

@@ -49,11 +49,16 @@ def stat_start_time(fields: list[bytes]) -> str | None:
 
 def stat_fields(pid: int) -> list[bytes] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+    try:  # no file object: this is read for every exec
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        stat = os.read(fd, 4096)  # a line of a few hundred bytes, whole in one read
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return split_stat(stat)
 
 
@@ -64,6 +69,15 @@ def start_time(pid: int, *, zombies: bool = True) -> str | None:
     if fields is None or len(fields) <= 19:
         return None
     if not zombies and fields[0] in (b"Z", b"X"):
+        return None
+    return stat_start_time(fields)
+
+
+def child_start_time(pid: int) -> str | None:
+    """Like :func:`start_time`, for a child of this process not reaped yet (a zombie
+    counts); None once it is not: reaped, and its pid maybe someone else's."""
+    fields = stat_fields(pid)
+    if fields is None or len(fields) <= 19 or fields[1] != b"%d" % os.getpid():
         return None
     return stat_start_time(fields)
 
@@ -91,14 +105,14 @@ def group_alive(leader: Leader, members: dict[int, list[int]] | None = None) -> 
     """True while the leader's group is ours and has a live process (zombies, which
     an init may take a while to reap, do not count). ``members``: the result of
     one :func:`live_group_members` scan for many groups (else one is made)."""
-    if not owns_group(leader):
-        return False
     try:
-        os.killpg(leader[0], 0)  # cheap: most groups are simply empty
+        os.killpg(leader[0], 0)  # cheap, and first: most groups are simply empty
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
+    if not owns_group(leader):
+        return False
     if members is None or leader[0] not in members:
         members = live_group_members([leader[0]])
     return bool(members[leader[0]])

@@ -62,7 +62,7 @@ class ProcessPlan:
     stdout: bool = True  # False: /dev/null (pipes only; a PTY is always read)
     stderr: bool = True
     raw_tty: bool = False  # the PTY only relays another terminal (runc's)
-    cgroup: ExecCgroup | None = None  # moved into it right after the spawn
+    cgroup: ExecCgroup | None = None  # born in it (see spawn)
 
 
 @slots_dataclass()
@@ -99,6 +99,9 @@ class Launched:
     decode: Callable[[int | None], tuple[int, int | None]]
     cleanup: list[Callable[[], None]] = field(default_factory=list)
     resize: Callable[[int, int], None] | None = None  # default: TIOCSWINSZ on stdio.control
+    # Every process of ``kill_groups`` is in the exec's cgroup from its first
+    # instruction (a host exec spawned from within it): the cgroup alone tracks them.
+    contained: bool = False
 
 
 def spawn(plan: ProcessPlan) -> tuple[subprocess.Popen[bytes], Stdio]:

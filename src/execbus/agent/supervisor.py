@@ -213,7 +213,9 @@ class Supervisor:
         else:
             self._execs[spec.exec_id] = exe
             self.metrics.exec_started(spawned=True)
-            procs = ProcessSet.spawned(spec.exec_id, cgroup, launched.kill_groups)
+            procs = ProcessSet.spawned(
+                spec.exec_id, cgroup, launched.kill_groups, contained=launched.contained
+            )
             self.tracker.track(procs)
             exe.attach(launched, procs)
             log.info(

@@ -37,16 +37,60 @@ SWEEP_INTERVAL = 1.0
 class ProcessSet:
     """The processes of one exec: its cgroup (if any) and the groups it leads."""
 
-    def __init__(self, exec_id: str, cgroup: str | None, leaders: list[Leader]) -> None:
+    def __init__(
+        self, exec_id: str, cgroup: str | None, leaders: list[Leader], *, contained: bool = False
+    ) -> None:
         self.exec_id = exec_id
         self.cgroup = cgroup
-        self.leaders = leaders
+        self._leaders = leaders
+        self._unidentified: tuple[int, ...] = ()  # leaders whose start time is not read yet
+        # Every process of the leaders' groups is in the cgroup (born there): the
+        # lifeline, which kills the agent's cgroups, need not be told the groups.
+        self.contained = contained and cgroup is not None
 
     @classmethod
-    def spawned(cls, exec_id: str, cgroup: ExecCgroup | None, pids: tuple[int, ...]) -> ProcessSet:
-        """Just spawned: the leaders' start times are read now (they cannot have been reaped)."""
-        leaders = [(pid, procs.start_time(pid)) for pid in pids]
-        return cls(exec_id, cgroup.path if cgroup else None, leaders)
+    def spawned(
+        cls,
+        exec_id: str,
+        cgroup: ExecCgroup | None,
+        pids: tuple[int, ...],
+        *,
+        contained: bool = False,
+    ) -> ProcessSet:
+        """Just spawned: the leaders' start times are read now (they cannot have been
+        reaped), or, ``contained``, when first needed (:meth:`identify`).
+
+        Read right after a spawn, ``/proc/<pid>/stat`` waits until the child has
+        finished its ``execve`` (~0.2 ms here), the agent's whole event loop with
+        it. A contained exec's leaders are the agent's children, and its cgroup
+        holds all its processes: a start time serves only to signal a group
+        while its leader runs (read then), or to journal it. A leader reaped
+        before that keeps none, which says the same as its start time would:
+        once no process has the leader's pid, what is left in the group is the
+        exec's (a pid is not reused while a group has it), and a process that
+        has it is not the leader (see :func:`procs.owns_group`)."""
+        path = cgroup.path if cgroup else None
+        if contained and path is not None:
+            pset = cls(exec_id, path, [], contained=True)
+            pset._unidentified = pids
+            return pset
+        return cls(exec_id, path, [(pid, procs.start_time(pid)) for pid in pids])
+
+    @property
+    def leaders(self) -> list[Leader]:
+        """The process groups of the exec: (leader pid, its start time)."""
+        if self._unidentified:
+            self.identify()
+        return self._leaders
+
+    @property
+    def identified(self) -> bool:
+        return not self._unidentified
+
+    def identify(self) -> None:
+        """Read the start times of the leaders not identified yet (children of the agent)."""
+        pids, self._unidentified = self._unidentified, ()
+        self._leaders.extend((pid, procs.child_start_time(pid)) for pid in pids)
 
     @classmethod
     def from_journal(cls, doc: dict[str, Any]) -> ProcessSet | None:
@@ -108,7 +152,10 @@ class Tracker:
     def __init__(self, journal: Journal, cgroup_root: CgroupRoot | None) -> None:
         self.journal = journal
         self.cgroup_root = cgroup_root
-        self.lifeline = Lifeline(str(journal.directory) if journal.directory else None)
+        self.lifeline = Lifeline(
+            str(journal.directory) if journal.directory else None,
+            cgroup_root.life if cgroup_root is not None else None,
+        )
         self._sets: dict[str, ProcessSet] = {}
         self._lingering: set[str] = set()
         self._acked: set[str] = set()
@@ -119,28 +166,40 @@ class Tracker:
         """A fresh cgroup for an exec about to be spawned (None without cgroups).
 
         The lifeline is started first: it must run before anything it guards
-        does, and it keeps the agent's own cgroup populated while the agent
-        steps into the exec's for the spawn (a service manager watching that
-        cgroup never sees it empty).
+        does (it kills every cgroup of this agent's life, so the exec's needs no
+        registration), and it keeps the agent's own cgroup populated while the
+        agent steps into the exec's for the spawn (a service manager watching
+        that cgroup never sees it empty).
         """
         self.lifeline.start()
         if self.cgroup_root is None:
             return None
         try:
-            cgroup = self.cgroup_root.create(exec_id)
+            return self.cgroup_root.create(exec_id)
         except OSError as exc:
             log.warning("cannot create the exec's cgroup: %s", exc, extra={"exec_id": exec_id})
             return None
-        # registered before the spawn: a container exec takes a while to hand
-        # over its pids, and whatever runs by then is in the cgroup already
-        self.lifeline.register(exec_id, cgroup.path, [])
-        return cgroup
 
     def track(self, pset: ProcessSet) -> None:
-        """The exec's processes run: they die with the agent from now on."""
+        """The exec's processes run: they die with the agent from now on.
+
+        An exec contained in its cgroup is the lifeline's already (it kills the
+        agent's cgroups), and its journal entry names the cgroup; with a
+        journal its leaders are identified and journaled on the next turn of
+        the event loop, else when first needed (see ProcessSet.spawned).
+        """
         self._sets[pset.exec_id] = pset
-        self.lifeline.register(pset.exec_id, pset.cgroup, pset.leaders)
+        if not pset.identified:
+            if self.journal.directory is not None:
+                asyncio.get_running_loop().call_soon(self._identify, pset)
+            return
+        self.lifeline.register(pset.exec_id, pset.cgroup, [] if pset.contained else pset.leaders)
         self.journal.identify(pset.exec_id, pset.identity())
+
+    def _identify(self, pset: ProcessSet) -> None:
+        pset.identify()  # unless a kill or an exit check needed them first
+        if self._sets.get(pset.exec_id) is pset:
+            self.journal.identify(pset.exec_id, pset.identity())
 
     def discard_cgroup(self, exec_id: str, cgroup: ExecCgroup | None) -> None:
         """The spawn failed: its cgroup is not needed."""

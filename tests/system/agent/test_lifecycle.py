@@ -26,6 +26,8 @@ import pytest
 
 from execbus.agent import cgroups
 from execbus.agent.cli import main as agent_main
+from execbus.agent.lifeline import Lifeline, read_log
+from execbus.testing.waiting import wait_until_sync
 from tests.system.agent.harness import (
     IS_ROOT,
     SRC,
@@ -55,6 +57,7 @@ MODES = [
     ),
     "off",
 ]
+CGROUP_MODES = MODES[:2]
 
 
 def _private_root(parent: str) -> Iterator[str]:
@@ -98,6 +101,20 @@ def bg_script(pidfile: str, then: str) -> list[str]:
 def bg_pid(pidfile: str) -> tuple[int, str | None]:
     pid = int(wait_for_file(pidfile))
     return pid, start_time(pid)
+
+
+def cgroups_of(pid: int) -> list[str]:
+    """The cgroup of the process in each hierarchy (``/proc/<pid>/cgroup``)."""
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+        return [line.split(":", 2)[2] for line in f.read().splitlines()]
+
+
+def sleeper_in(cgroup: str) -> subprocess.Popen[bytes]:
+    """A ``sleep 600`` moved into ``cgroup``."""
+    proc = subprocess.Popen(["sleep", "600"])
+    with open(os.path.join(cgroup, "cgroup.procs"), "w", encoding="ascii") as f:
+        f.write(str(proc.pid))
+    return proc
 
 
 @pytest.fixture
@@ -170,6 +187,62 @@ async def test_a_cgroup_catches_what_left_the_process_group(
         pid, started = bg_pid(pidfile)
         strays.append(pid)
         await asyncio.to_thread(wait_process_gone, pid, started)
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("mode", CGROUP_MODES)
+async def test_what_an_exec_forks_at_once_is_born_in_its_cgroup(
+    agent_factory: AgentFactory, tmp_dir: str, mode: str, mode_args: list[str], strays: list[int]
+) -> None:
+    """The exec is in its cgroup from its first instruction: a daemon it forks before
+    anything else (``setsid``, and the exec exits at once, orphaning it) is there too
+    and dies at the timeout. The agent, which stepped in for the spawn, is back out."""
+    agent = agent_factory(*mode_args)
+    root = "/" + os.path.basename(mode_args[1]) + "/"
+    c = await agent.connect()
+    try:
+        pidfile = os.path.join(tmp_dir, "bg")
+        exec_id = uuid.uuid4().hex
+        script = ["sh", "-c", f"setsid sleep 600 & echo $! > {pidfile}; exit 0"]
+        t0 = time.monotonic()
+        state, _, _ = await c.run(script, exec_id=exec_id, timeout=1.0)
+        assert state["exit"]["exit_code"] == 0
+        pid, started = bg_pid(pidfile)
+        strays.append(pid)
+        inside = [path for path in cgroups_of(pid) if root in path]
+        assert inside and all(path.endswith("/" + exec_id) for path in inside), cgroups_of(pid)
+        assert not [path for path in cgroups_of(agent.pid) if root in path], "the agent is home"
+        await asyncio.to_thread(wait_process_gone, pid, started)
+        assert time.monotonic() - t0 >= 1.0, "killed at the timeout, not before"
+    finally:
+        await c.close()
+
+
+@pytest.mark.skipif(not CGROUPS, reason="needs root and a cgroup hierarchy")
+async def test_the_journal_identifies_the_leader_of_an_exec_in_a_cgroup(
+    agent_factory: AgentFactory, tmp_path: Path, cgroup_root: str, strays: list[int]
+) -> None:
+    """With a journal, the leader of an exec contained in its cgroup is identified a
+    turn of the event loop after the spawn (not while the child is still in execve)
+    and journaled with the cgroup."""
+    state_dir = tmp_path / "state"
+    agent = agent_factory("--state-dir", str(state_dir), "--cgroup-root", cgroup_root)
+    c = await agent.connect()
+    try:
+        started = await c.call("start", exec_id="long", cmd=["sleep", "600"])
+        pid = started["pid"]
+        strays.append(pid)
+        entry = state_dir / "long.exec.json"
+
+        def identified() -> dict[str, Any] | None:
+            doc: dict[str, Any] = json.loads(entry.read_text())
+            return doc if doc.get("groups") else None
+
+        doc = await asyncio.to_thread(wait_until_sync, identified, 5.0, what="the identity")
+        assert doc is not None
+        assert doc["groups"] == [[pid, start_time(pid)]]
+        assert doc["cgroup"].startswith(cgroup_root + "/") and doc["cgroup"].endswith("/long")
     finally:
         await c.close()
 
@@ -340,6 +413,32 @@ async def test_a_new_agent_kills_what_dead_agents_left_in_their_cgroups(
     newcomer = agent_factory("--cgroup-root", cgroup_root)
     assert not is_running(*bg)
     assert any("dead agent" in str(e.get("msg")) for e in newcomer.log_lines())
+
+
+@pytest.mark.skipif(not CGROUPS, reason="needs root and a cgroup hierarchy")
+def test_the_lifeline_kills_what_is_left_in_the_cgroups_of_its_life(
+    cgroup_root: str, tmp_path: Path
+) -> None:
+    """Nobody registers an exec's cgroup with the lifeline: it is given the agent's
+    life directory and kills what runs in any cgroup there, but the agent's refuge."""
+    life = os.path.join(cgroup_root, "a1-2-3")
+    for name in ("e1", "e2.1", "gone", cgroups.REFUGE):
+        os.makedirs(os.path.join(life, name))
+    execs = [sleeper_in(os.path.join(life, name)) for name in ("e1", "e2.1")]
+    refugee = sleeper_in(os.path.join(life, cgroups.REFUGE))
+    try:
+        guard = Lifeline(str(tmp_path), life)
+        guard.start()
+        guard.close()  # end of file: as if the agent died
+        for proc in execs:
+            assert proc.wait(5) == -signal.SIGKILL
+        assert refugee.poll() is None, "the agent's own cgroup is not the lifeline's to kill"
+        assert cgroups.children(life) == [cgroups.REFUGE]
+        assert sorted(read_log(str(tmp_path))) == ["e1", "e2"]
+    finally:
+        for proc in [*execs, refugee]:
+            proc.kill()
+            proc.wait()
 
 
 async def test_a_lifeline_that_dies_is_replaced(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aio_pika.abc import (
+    AbstractChannel,
     AbstractConnection,
     AbstractIncomingMessage,
     AbstractRobustConnection,
@@ -96,8 +97,9 @@ async def cluster_status(
     reachable = {a for w in workers.values() for a in (*w.agents, *w.owned)}
     agents = sorted(reachable | set(extra_agents))
     pools = sorted({p for w in workers.values() for p in w.pools})
-    queues = {a: await _queue(connection, names.agent_queue(a)) for a in agents}
-    queues.update({f"pool:{p}": await _queue(connection, names.pool_queue(p)) for p in pools})
+    wanted = {a: names.agent_queue(a) for a in agents}
+    wanted.update({f"pool:{p}": names.pool_queue(p) for p in pools})
+    queues = await _queues(connection, wanted)
     return ClusterStatus(sorted(workers.values(), key=lambda w: w.worker_id), queues)
 
 
@@ -141,15 +143,42 @@ async def _listen(
     return seen
 
 
-async def _queue(connection: AbstractConnection, name: str) -> QueueStatus:
-    channel = await connection.channel(publisher_confirms=False)
+#: Channels probing queue depths side by side (a fleet of 1,000 agents is 1,000 probes).
+PROBE_LANES = 16
+
+
+async def _queues(connection: AbstractConnection, wanted: dict[str, str]) -> dict[str, QueueStatus]:
+    """Each key's queue depth and consumers, probed over a few channels at once."""
+    todo = list(wanted.items())
+    found: dict[str, QueueStatus] = {}
+    lanes = [todo[i::PROBE_LANES] for i in range(PROBE_LANES)]
+    await asyncio.gather(*(_probe_lane(connection, lane, found) for lane in lanes if lane))
+    return {key: found[key] for key in wanted}
+
+
+async def _probe_lane(
+    connection: AbstractConnection, lane: list[tuple[str, str]], found: dict[str, QueueStatus]
+) -> None:
+    channel: AbstractChannel | None = None
     try:
-        queue = await channel.declare_queue(name, passive=True)
-        result = queue.declaration_result
-        return QueueStatus(name, result.message_count, result.consumer_count)
-    except ChannelNotFoundEntity:
-        return QueueStatus(name, None, None)
+        for key, name in lane:
+            if channel is None:
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:  # the broker closed the channel: a new one next
+                found[key] = QueueStatus(name, None, None)
+                await _close_quietly(channel)
+                channel = None
+                continue
+            result = queue.declaration_result
+            found[key] = QueueStatus(name, result.message_count, result.consumer_count)
     finally:
+        await _close_quietly(channel)
+
+
+async def _close_quietly(channel: AbstractChannel | None) -> None:
+    if channel is not None:
         with contextlib.suppress(Exception):
             await channel.close()
 

@@ -78,6 +78,9 @@ class OwnershipLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_change = on_change
         self._wake = asyncio.Event()
+        self._announced_at = 0.0
+        for rt in runtimes.values():
+            rt.on_owner_change = self._wake.set  # announce a change now, not at the next tick
         self._role_slots = asyncio.Semaphore(ROLE_CHANGES_AT_ONCE)
         # Agents with a role change queued or running (one at a time per agent).
         self._changing: set[str] = set()
@@ -122,6 +125,9 @@ class OwnershipLoop:
             await self.reconcile(session)
             self._wake.clear()
             await wait_event(self._wake, self.interval)
+            # Woken early (a role changed, a peer stops): at most a few announcements
+            # per interval, however many agents change hands at once.
+            await asyncio.sleep(self._announced_at + self.interval / 4 - time.monotonic())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -154,6 +160,7 @@ class OwnershipLoop:
         full = self._send_full or self._announced % FULL_EVERY == 0
         self._send_full = False
         self._announced += 1
+        self._announced_at = time.monotonic()
         self.membership.me = self._announcement()
         body = json.dumps(self._announcement(full).to_json()).encode()
         message = aio_pika.Message(body, content_type="application/json", expiration=10)

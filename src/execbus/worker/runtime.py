@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +102,9 @@ class AgentRuntime:
         )
         self.role = Role.NONE
         self.owner = False
+        # Told when this worker starts or stops serving the agent (the ownership
+        # loop announces it then, not at its next tick).
+        self.on_owner_change: Callable[[], None] = lambda: None
         self.consumer: RequestConsumer | None = None
         self._opened = False
         self.topology = topology_of(settings)
@@ -219,6 +223,7 @@ class AgentRuntime:
             on_inflight=self.metrics.inflight.inc,
         )
         self._tag = await self._queue.consume(self.consumer.on_message)
+        self.on_owner_change()
 
     async def _release(self) -> None:
         """Stop consuming, finish in-flight requests, give the token back, leave the line."""
@@ -257,6 +262,7 @@ class AgentRuntime:
     def _forget_session(self) -> None:
         if self.owner:
             self.metrics.owned.dec()
+            self.on_owner_change()
         self.owner = False
         self.consumer = None
         self._queue = self._tag = None

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,6 +73,20 @@ def test_command_not_found_exits_127(execbus: Execbus, local_worker: Any) -> Non
     assert done.returncode == 127
     assert done.stderr.startswith(b"execbus: ")
     assert b"Traceback" not in done.stderr
+
+
+def test_a_missing_working_dir_exits_126_with_one_line(
+    execbus: Execbus, local_worker: Any, tmp_path: Path
+) -> None:
+    """The start failure path (``invalid_working_dir``, 126 as ``docker exec``), not
+    125: the command never ran, and stderr says which directory is missing."""
+    missing = tmp_path / "nonexistent"
+    done = execbus("run", "--agent", "local", "-w", str(missing), "--", "sh", "-c", "echo ran")
+    assert done.returncode == 126, done.stderr
+    assert done.stdout == b""
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("execbus: ") and str(missing) in lines[0], lines
 
 
 def test_timeout_kills_the_command(execbus: Execbus, local_worker: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from execbus.errors import (
     CommandNotFound,
     ExecTimeout,
     InvalidRequest,
+    InvalidWorkingDir,
     NotFound,
     UnknownAgent,
 )
@@ -74,6 +76,17 @@ async def test_start_failure_is_typed_with_its_exit_code(client: Client) -> None
     with pytest.raises(CommandNotFound) as caught:
         await client.run("local", ["/no/such/command"])
     assert exit_code_of(caught.value) == 127
+
+
+async def test_a_missing_working_dir_is_typed_with_its_exit_code(
+    client: Client, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(InvalidWorkingDir) as caught:
+        await client.run("local", ["sh", "-c", "echo ran"], working_dir=str(missing))
+    assert caught.value.code == "invalid_working_dir"
+    assert exit_code_of(caught.value) == 126
+    assert str(missing) in caught.value.message
 
 
 async def test_create_start_stdin_wait_remove(client: Client) -> None:

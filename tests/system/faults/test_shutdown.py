@@ -3,8 +3,9 @@
 What ``docker compose down`` and a rolling deploy do: SIGTERM to several
 workers of one namespace at the same moment, while ``sleep 1`` execs run on
 the agents they own. Each worker must exit within its grace period plus 2 s
-whatever the others do, take nothing over from its stopping peers, and keep
-serving the exits of its running execs, so callers get their results.
+whatever the others do, take nothing over from its stopping peers (no "now the
+owner" line after its "shutting down" line), and keep serving the exits of its
+running execs, so callers get their results.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 GRACE = 5.0
 ROUNDS = 5
+#: The first line a worker logs on SIGTERM (worker/service.py, Worker._drain) ...
+SHUTTING_DOWN = "shutting down: no new requests"
+#: ... and the one it logs each time it starts serving an agent (worker/runtime.py).
+OWNER_LINE = "this worker is now the owner"
+
+
+def split_at_shutdown(log: str) -> tuple[str, str]:
+    """A worker's log before its first "shutting down" line, and from that line on."""
+    at = log.find(SHUTTING_DOWN)
+    assert at >= 0, f"no {SHUTTING_DOWN!r} line:\n{log}"
+    return log[:at], log[at:]
 
 
 def owners(workers: list[WorkerProcess]) -> dict[str, str]:
@@ -95,4 +107,7 @@ async def test_workers_stopped_together_exit_in_time_and_answer_everyone(
                 assert unb64(reply["result"]["exit"]["stdout"]) == b"slept\n"
         for worker in workers:
             assert worker.proc.returncode == 0, worker.log()
-            assert "took over" not in worker.log()
+            before, after = split_at_shutdown(worker.log_text())
+            assert OWNER_LINE in before, f"round {round_no}: owned nothing:\n{worker.log()}"
+            took_over = [line for line in after.splitlines() if OWNER_LINE in line]
+            assert not took_over, f"round {round_no}: took over while stopping:\n{after}"

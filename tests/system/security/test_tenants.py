@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -362,6 +363,7 @@ async def test_execs_belong_to_their_caller(
             {"type": "exec.wait", "exec_id": exec_id},
             {"type": "exec.signal", "exec_id": exec_id, "signal": "SIGKILL"},
             {"type": "exec.stdin", "exec_id": exec_id, "data": base64.b64encode(b"x").decode()},
+            {"type": "exec.resize", "exec_id": exec_id, "width": 80, "height": 24},
             {"type": "exec.remove", "exec_id": exec_id, "force": True},
             {"type": "exec.start", "exec_id": exec_id},
             secret,  # a "retry" of alice's run would hand bob its outcome
@@ -427,6 +429,61 @@ async def test_a_worker_without_enough_permissions_gives_up_with_one_line(
         assert "refused this worker's user an operation" in log
     finally:
         _ctl("delete_user", user)
+
+
+#: A worker's text log line: time, level, logger name, message.
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ ([\w.]+): ")
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "password",
+        pytest.param(
+            "vhost",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="aiormq 7.2 raises InvalidFrameError with the Connection.Close frame "
+                "formatted into a str, so broker.connect_error misses the refusal: the "
+                "worker retries forever, saying 'Expected one of ['Connection.OpenOk'], "
+                "got <Connection.Close object at 0x...>'",
+            ),
+        ),
+    ],
+)
+async def test_a_worker_refused_at_login_gives_up_with_one_line(
+    tenants: Tenants, start_worker: Any, wrong: str
+) -> None:
+    """A wrong password (or vhost) is permanent: a few tries with backoff, then one
+    "giving up" line with the broker's reason, and exit 1. Only execbus's own lines:
+    no traceback, nothing from aiormq/aio-pika, and never the password."""
+    secret = "wrong-" + uuid.uuid4().hex if wrong == "password" else PASSWORD
+    url = tenants.url("w").replace(f":{PASSWORD}@", f":{secret}@")
+    if wrong == "vhost":
+        url = urlunsplit(urlsplit(url)._replace(path=f"/eb-no-such-vhost-{tenants.suffix}"))
+    started = time.monotonic()
+    worker = start_worker(wait=None, env={"EXECBUS_AMQP_URL": url})
+    try:
+        code = worker.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after 30 s:\n{worker.log()}")
+    took = time.monotonic() - started
+    log = worker.log_text()
+    assert code == 1, log
+    assert took < 30, f"gave up after {took:.1f} s"
+    giving_up = [line for line in log.splitlines() if "giving up" in line]
+    assert len(giving_up) == 1, log
+    if wrong == "password":
+        assert "refused our credentials (ACCESS_REFUSED - Login was refused" in giving_up[0]
+    else:  # aiormq drops the broker's reply text (NOT_ALLOWED - vhost ... not found)
+        assert "refused the connection" in giving_up[0], giving_up
+    assert " ERROR execbus.worker: giving up: " in giving_up[0]
+    assert "Traceback" not in log
+    loggers = [LOG_LINE.match(line) for line in log.splitlines() if line.strip()]
+    assert all(loggers), f"a line that is not a log line:\n{log}"
+    names = {m.group(1) for m in loggers if m is not None}
+    assert not {n for n in names if n.split(".")[0] in ("aiormq", "aio_pika")}, log
+    assert secret not in log and quote(secret, safe="") not in log
 
 
 # -- 9. amplification and foreign reply targets ------------------------------------------

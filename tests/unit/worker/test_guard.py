@@ -15,10 +15,14 @@ from execbus.wire.config import ExecConfig
 from execbus.wire.requests import (
     CreateRequest,
     InspectRequest,
+    RemoveRequest,
     Request,
+    ResizeRequest,
     RunRequest,
     SignalRequest,
     StartRequest,
+    StdinRequest,
+    WaitRequest,
 )
 from execbus.worker.context import RequestContext
 from execbus.worker.guard import RequestGuard
@@ -172,10 +176,15 @@ def _owned_registry() -> ExecRegistry:
     "request_",
     [
         InspectRequest(exec_id="mine"),
+        WaitRequest(exec_id="mine"),
         SignalRequest(exec_id="mine"),
+        StdinRequest(exec_id="mine", data=b"x"),
+        ResizeRequest(exec_id="mine", width=80, height=24),
+        RemoveRequest(exec_id="mine", force=True),
         StartRequest(exec_id="mine"),
         RunRequest(exec_id="mine", config=cfg(container_id="box", user="nobody", timeout=10)),
     ],
+    ids=lambda request_: request_.type,
 )
 def test_execs_belong_to_their_caller(policy: Policy, request_: Request) -> None:
     guard = RequestGuard(policy, RequestLimits.from_settings(load_settings()))

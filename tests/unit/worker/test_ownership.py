@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -54,6 +56,9 @@ class FakeRuntime:
 
     async def declare_queues(self, channel: Any) -> None:
         self.calls.append("declare")
+
+    def stop_contending(self) -> None:
+        self.calls.append("stop_contending")
 
 
 def make_loop(runtime: FakeRuntime) -> OwnershipLoop:
@@ -133,3 +138,74 @@ async def test_role_changes_run_one_at_a_time_per_agent(monkeypatch: pytest.Monk
     loop._change_role("a1", change(3))
     await asyncio.gather(*loop._tasks)
     assert started == [1, 3]
+
+
+# -- a stopping worker takes nothing over ----------------------------------------------
+
+
+class FakeControl:
+    """The session, channel and control exchange the loop announces on (one object)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    async def channel(self) -> FakeControl:
+        return self
+
+    async def get_exchange(self, name: str, ensure: bool = True) -> FakeControl:
+        return self
+
+    async def publish(self, message: Any, routing_key: str, mandatory: bool = True) -> None:
+        self.published.append((routing_key, json.loads(message.body)))
+
+
+def two_agent_loop() -> tuple[OwnershipLoop, dict[str, FakeRuntime]]:
+    """This worker (w1) and its two agents, each declared long ago and held by nobody."""
+    runtimes = {name: FakeRuntime(name, declared_at=0.0) for name in ("a1", "a2")}
+    loop = OwnershipLoop(
+        "w1", Names("ns"), cast(dict[str, AgentRuntime], runtimes), INTERVAL, 3.0, frozenset()
+    )
+    return loop, runtimes
+
+
+async def hear(loop: OwnershipLoop, owned: set[str], stopping: bool = False) -> None:
+    """An announcement of the peer w2, which reaches both agents."""
+    doc = {"worker_id": "w2", "agents": ["a1", "a2"], "owned": sorted(owned), "stopping": stopping}
+    await loop._on_announcement(cast(Any, SimpleNamespace(body=json.dumps(doc).encode())))
+
+
+async def a_peer_that_owned_an_agent_stops(loop: OwnershipLoop) -> str:
+    """w2 owns one of the two agents, then announces that it is stopping; that agent."""
+    await hear(loop, set())
+    theirs = {"a1", "a2"} - loop.membership.mine()
+    assert len(theirs) == 1, "two workers share two agents"
+    (agent,) = theirs
+    await hear(loop, theirs)
+    loop._wake.clear()
+    await hear(loop, theirs, stopping=True)
+    assert loop._wake.is_set(), "a stopping peer wakes the loop at once"
+    return agent
+
+
+async def test_a_stopping_peers_agent_comes_here_at_once() -> None:
+    """The control case of the next test: not stopping, this worker takes it."""
+    loop, runtimes = two_agent_loop()
+    session = FakeControl()
+    agent = await a_peer_that_owned_an_agent_stops(loop)
+    await loop.reconcile(cast(Any, session))
+    assert agent in loop._changing
+    await asyncio.gather(*loop._tasks)
+    assert runtimes[agent].calls == ["set_role:owner"]
+
+
+async def test_a_stopping_worker_takes_nothing_over() -> None:
+    loop, runtimes = two_agent_loop()
+    session = FakeControl()
+    await loop.announce_stopping(cast(Any, session))
+    assert [rt.calls for rt in runtimes.values()] == [["stop_contending"]] * 2
+    [(key, announced)] = session.published
+    assert (key, announced["stopping"]) == ("worker.w1", True)
+    await a_peer_that_owned_an_agent_stops(loop)
+    await loop.reconcile(cast(Any, session))
+    assert not loop._changing and not loop._tasks, "a role change was scheduled"
+    assert [rt.calls for rt in runtimes.values()] == [["stop_contending"]] * 2

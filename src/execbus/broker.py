@@ -181,6 +181,10 @@ def tls_context(
 # -- connecting ----------------------------------------------------------------
 
 
+#: How aiormq 7 words a Connection.Close received where Connection.OpenOk was due.
+HANDSHAKE_CLOSE = "got <Connection.Close"
+
+
 def connect_error(exc: BaseException, url: str) -> BrokerUnavailable:
     """What a failed connection attempt means, naming the broker (never its password)."""
     where = f"the broker at {redact_url(url)}"
@@ -190,6 +194,14 @@ def connect_error(exc: BaseException, url: str) -> BrokerUnavailable:
     close = exc.args[0] if isinstance(exc, amqp_errors.InvalidFrameError) and exc.args else None
     if isinstance(exc, amqp_errors.ConnectionNotAllowed) or hasattr(close, "reply_text"):
         return BrokerRefused(f"{where} refused the connection ({reason})")
+    if isinstance(close, str) and HANDSHAKE_CLOSE in close:
+        # aiormq 7 formats the broker's Close at Connection.Open into a string and
+        # loses its reply text; RabbitMQ closes there for a virtual host that does not
+        # exist or that the user may not access.
+        return BrokerRefused(
+            f"{where} refused the connection (closed at Connection.Open: "
+            "a virtual host that does not exist, or no access to it)"
+        )
     return BrokerUnavailable(f"cannot connect to {where}: {reason}")
 
 

@@ -152,3 +152,15 @@ def test_connect_errors_use_the_same_words_without_the_password() -> None:
     assert down.message == (
         "cannot connect to the broker at amqp://u:***@mq:5672/v: [Errno 111] Connect call failed"
     )
+
+
+def test_a_close_at_connection_open_is_a_refusal_as_aiormq_7_words_it() -> None:
+    """aiormq 7 formats the Close it got instead of OpenOk into a string (the reply text
+    is lost): a missing or forbidden virtual host must still be permanent."""
+    close = Connection.Close(reply_code=530, reply_text="NOT_ALLOWED - vhost v not found")
+    worded = amqp.InvalidFrameError(f"Expected one of ['Connection.OpenOk'], got {close!r}")
+    refused = connect_error(worded, "amqp://u:s3cret@mq:5672/v")
+    assert isinstance(refused, BrokerRefused)
+    assert "refused the connection (closed at Connection.Open" in refused.message
+    other = amqp.InvalidFrameError("Expected one of ['Connection.Tune'], got garbage")
+    assert type(connect_error(other, "amqp://mq")) is BrokerUnavailable

@@ -439,16 +439,7 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ ([\w.]+):
     "wrong",
     [
         "password",
-        pytest.param(
-            "vhost",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="aiormq 7.2 raises InvalidFrameError with the Connection.Close frame "
-                "formatted into a str, so broker.connect_error misses the refusal: the "
-                "worker retries forever, saying 'Expected one of ['Connection.OpenOk'], "
-                "got <Connection.Close object at 0x...>'",
-            ),
-        ),
+        "vhost",
     ],
 )
 async def test_a_worker_refused_at_login_gives_up_with_one_line(

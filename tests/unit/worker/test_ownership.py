@@ -209,3 +209,11 @@ async def test_a_stopping_worker_takes_nothing_over() -> None:
     await loop.reconcile(cast(Any, session))
     assert not loop._changing and not loop._tasks, "a role change was scheduled"
     assert [rt.calls for rt in runtimes.values()] == [["stop_contending"]] * 2
+
+
+async def test_a_change_of_ownership_wakes_the_loop_to_announce_it() -> None:
+    rt = FakeRuntime("a1")
+    loop = make_loop(rt)
+    assert not loop._wake.is_set()
+    rt.on_owner_change()  # type: ignore[attr-defined]  # set by the loop
+    assert loop._wake.is_set()

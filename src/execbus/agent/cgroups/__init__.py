@@ -52,14 +52,7 @@ from execbus.agent.cgroups.directory import _KILL_ROUNDS as _KILL_ROUNDS
 from execbus.agent.cgroups.directory import _WRITE as _WRITE
 from execbus.agent.cgroups.directory import _read as _read
 from execbus.agent.cgroups.directory import _write_pid as _write_pid
-from execbus.agent.cgroups.directory import (
-    children,
-    kill,
-    populated,
-    procs,
-    remove,
-    wait_empty,
-)
+from execbus.agent.cgroups.directory import children, kill, populated, procs, remove, wait_empty
 from execbus.agent.cgroups.mounts import _V1_HIERARCHIES as _V1_HIERARCHIES
 from execbus.agent.cgroups.mounts import (
     DEFAULT_NAME,

@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +46,7 @@ from execbus.agent.execspec import ExecSpec
 from execbus.agent.reaper import ChildReaper, exit_status
 from execbus.agent.runc.errors import failure_from_log
 from execbus.agent.runc.oci import build_process
+from execbus.agent.runc.scratch import ScratchDir
 from execbus.agent.runc.state import KnownContainer, container_process, parse_state
 from execbus.agent.spawn import Launched, ProcessPlan, set_winsize, spawn
 from execbus.agent.users import FileUserDB, resolve_user
@@ -68,7 +68,7 @@ class RuncBackend:
         self._reaper = reaper
         self._binary = shutil.which(binary) or binary
         self._global = [self._binary] + (["--root", root] if root else [])
-        self._workdir: str | None = None
+        self._scratch = ScratchDir()
         self._counter = 0
         self._known: dict[str, KnownContainer] = {}
 
@@ -148,17 +148,14 @@ class RuncBackend:
         return parse_state(container_id, *await run_command(argv, self._reaper))
 
     def _exec_dir(self) -> str:
-        if self._workdir is None:
-            self._workdir = tempfile.mkdtemp(prefix="execbus-agent-runc-")
+        workdir = self._scratch.ensure()
         self._counter += 1
-        path = os.path.join(self._workdir, str(self._counter))
+        path = os.path.join(workdir, str(self._counter))
         os.mkdir(path, 0o700)
         return path
 
     def close(self) -> None:
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        self._scratch.close()
 
 
 def _tty_resizer(control: int, pid: int) -> Callable[[int, int], None]:

@@ -6,8 +6,8 @@ that has been silent for ``expiry`` seconds is dropped. From the same view
 every worker computes the same assignment: each agent goes to one live
 worker that can reach it, chosen by rendezvous hashing with bounded loads
 (each worker gets ``floor(A / W)`` or ``ceil(A / W)`` agents when all can
-reach all),
-so agents spread evenly and few move when a worker joins or leaves.
+reach all); a worker keeps the agents it announces owning while it has room,
+so agents spread evenly and about ``A / W`` move when a worker joins or leaves.
 """
 
 from __future__ import annotations
@@ -31,32 +31,62 @@ def ranking(agent: str, workers: Iterable[str]) -> list[str]:
     return sorted(workers, key=lambda w: (_score(w, agent), w), reverse=True)
 
 
-def assign(reach: dict[str, frozenset[str]]) -> dict[str, str]:
+def assign(reach: dict[str, frozenset[str]], held: dict[str, str] | None = None) -> dict[str, str]:
     """agent -> owner, for workers ``reach[worker] = agents it can reach``.
 
-    Deterministic: every worker computes the same answer from the same view.
+    ``held[agent]`` is the worker that announces owning it now: it keeps the
+    agent while it has room, so a join or a leave moves about ``A/W`` agents
+    and no more (without it, filling the bounded loads in a fixed order
+    shifts a few more along). The rest go by rendezvous ranking to the first
+    worker with room. Deterministic: every worker computes the same answer
+    from the same view.
     """
     agents = sorted(
         {a for names in reach.values() for a in names}, key=lambda a: (_score("", a), a)
     )
     if not agents:
         return {}
-    floor = len(agents) // max(1, len(reach))
-    ceil_slots = len(agents) - floor * len(reach)  # workers that may hold floor + 1
-    load = dict.fromkeys(reach, 0)
+    loads = _Loads(reach, len(agents))
     owners: dict[str, str] = {}
-
-    def has_room(worker: str) -> bool:
-        return load[worker] < floor or (load[worker] == floor and ceil_slots > 0)
-
+    for agent in agents:  # the holders keep what they have room for
+        holder = (held or {}).get(agent)
+        if holder in reach and agent in reach[holder] and loads.has_room(holder):
+            owners[agent] = loads.take(holder)
     for agent in agents:
-        candidates = ranking(agent, [w for w, names in reach.items() if agent in names])
-        chosen = next((w for w in candidates if has_room(w)), candidates[0])
-        if load[chosen] >= floor:
-            ceil_slots -= 1
-        owners[agent] = chosen
-        load[chosen] += 1
+        if agent not in owners:
+            candidates = ranking(agent, [w for w, names in reach.items() if agent in names])
+            chosen = next((w for w in candidates if loads.has_room(w)), candidates[0])
+            owners[agent] = loads.take(chosen)
     return owners
+
+
+class _Loads:
+    """Bounded loads: ``floor(A/W)`` each, ``+1`` for the first ``A mod W`` to need it."""
+
+    def __init__(self, workers: Iterable[str], agents: int) -> None:
+        self.load = dict.fromkeys(workers, 0)
+        self.floor = agents // max(1, len(self.load))
+        self.ceil_slots = agents - self.floor * len(self.load)
+
+    def has_room(self, worker: str) -> bool:
+        load = self.load[worker]
+        return load < self.floor or (load == self.floor and self.ceil_slots > 0)
+
+    def take(self, worker: str) -> str:
+        if self.load[worker] >= self.floor:
+            self.ceil_slots -= 1
+        self.load[worker] += 1
+        return worker
+
+
+def holders(announcements: dict[str, Announcement]) -> dict[str, str]:
+    """agent -> the worker announcing owning it; two claims (a hand-over in flight) go
+    to the one ranked higher for the agent, so every worker picks the same."""
+    claims: dict[str, list[str]] = {}
+    for worker, a in announcements.items():
+        for agent in a.owned:
+            claims.setdefault(agent, []).append(worker)
+    return {agent: ranking(agent, workers)[0] for agent, workers in claims.items()}
 
 
 @dataclass(slots=True)
@@ -69,7 +99,7 @@ class Membership:
     _peers: dict[str, tuple[Announcement, float]] = field(default_factory=dict)
     # The last full reachable set each peer sent, by its digest.
     _reach: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
-    _cache_key: tuple[tuple[str, int], ...] = ()
+    _cache_key: tuple[tuple[str, int, int], ...] = ()
     _cache: tuple[dict[str, str], set[str]] = field(default_factory=lambda: ({}, set()))
 
     def observe(self, announcement: Announcement) -> bool:
@@ -121,9 +151,9 @@ class Membership:
 
     def _cached(self) -> tuple[dict[str, str], set[str]]:
         live = self.live()
-        key = tuple(sorted((w, hash(a.agents)) for w, a in live.items()))
+        key = tuple(sorted((w, hash(a.agents), hash(a.owned)) for w, a in live.items()))
         if self._cache_key != key:
-            owners = assign({w: a.agents for w, a in live.items()})
+            owners = assign({w: a.agents for w, a in live.items()}, holders(live))
             self._cache_key, self._cache = key, (owners, self._standby(live, owners))
         return self._cache
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from execbus.wire.control import Announcement, reach_digest
-from execbus.worker.membership import Membership, assign, ranking
+from execbus.worker.membership import Membership, assign, holders, ranking
 
 AGENTS = frozenset(f"agent{i}" for i in range(30))
 
@@ -129,3 +129,44 @@ def test_owned_by_someone() -> None:
     assert not view.owned_by_someone(agent)
     view.observe(Announcement("peer", AGENTS, owned=frozenset({agent})))
     assert view.owned_by_someone(agent)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_workers=st.integers(2, 12), n_agents=st.integers(0, 120), seed=st.text(max_size=4))
+def test_with_holders_a_join_or_leave_moves_only_the_share_it_must(
+    n_workers: int, n_agents: int, seed: str
+) -> None:
+    agents = frozenset(f"{seed}a{i}" for i in range(n_agents))
+    view = {f"{seed}w{i}": agents for i in range(n_workers)}
+    before = assign(view)
+    # a worker leaves: only its agents move
+    leaver = f"{seed}w0"
+    left = assign({w: a for w, a in view.items() if w != leaver}, before)
+    orphans = {a for a, w in before.items() if w == leaver}
+    assert {a for a in agents if left[a] != before[a]} == orphans
+    # a worker joins: it takes its share, and nobody else's agents move among the others
+    joined = assign({**view, f"{seed}new": agents}, before)
+    moved = {a for a in agents if joined[a] != before[a]}
+    assert all(joined[a] == f"{seed}new" for a in moved)
+    assert len(moved) >= n_agents // (n_workers + 1)
+    assert len(moved) <= -(-n_agents // (n_workers + 1))
+    for result in (left, joined):  # and the loads stay within one
+        loads = Counter(result.values())
+        assert max(loads.values(), default=0) - min(loads.values(), default=0) <= 1
+
+
+def test_a_holder_keeps_what_it_has_room_for_and_gives_up_the_rest() -> None:
+    agents = frozenset(f"a{i}" for i in range(10))
+    # w1 holds everything (it was alone); w2 appears: w1 keeps 5, w2 gets the others
+    owners = assign({"w1": agents, "w2": agents}, dict.fromkeys(agents, "w1"))
+    assert Counter(owners.values()) == {"w1": 5, "w2": 5}
+    # a holder that cannot reach the agent any more does not keep it
+    owners = assign({"w1": frozenset({"a0"}), "w2": agents}, {"a1": "w1"})
+    assert owners["a1"] == "w2"
+
+
+def test_two_claims_go_to_the_same_worker_everywhere() -> None:
+    a = Announcement(worker_id="x", agents=frozenset({"g"}), owned=frozenset({"g"}))
+    b = Announcement(worker_id="y", agents=frozenset({"g"}), owned=frozenset({"g"}))
+    assert holders({"x": a, "y": b}) == holders({"y": b, "x": a})
+    assert holders({"x": a, "y": b})["g"] == ranking("g", ["x", "y"])[0]

@@ -146,11 +146,11 @@ async def steady_state(cluster: Cluster, mgmt: Management | None, window: float)
     async with AnnouncementTap(cluster.amqp_url, cluster.namespace) as tap:
         settled_after = await settle(mgmt)
         print(f"steady state from {time.strftime('%H:%M:%S')}", file=sys.stderr)
-        before = mgmt.counters() if mgmt else None
+        before = await fresh_counters(mgmt) if mgmt else None
         tap.reset()
         started = time.monotonic()
         await asyncio.sleep(window)
-        after = mgmt.counters() if mgmt else None
+        after = await fresh_counters(mgmt) if mgmt else None
         span = time.monotonic() - started
         out: dict[str, Any] = {
             "quiet_after_balance_s": settled_after,
@@ -193,6 +193,21 @@ async def status_timing(cluster: Cluster, listen: float = 2.5) -> dict[str, Any]
         "status_agents": len(status["queues"]),
         "status_owned": len(owned),
     }
+
+
+async def fresh_counters(mgmt: Management, limit: float = 15.0) -> Counters:
+    """The broker's counters read just after it updated them. The overview moves in
+    steps (every few seconds, however often statistics are collected), so a rate over
+    a window that starts and ends at arbitrary moments can be off by a whole step:
+    over 6 s, 10 s worth of publishes. Reading at the steps makes the window whole."""
+    first = mgmt.counters()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = mgmt.counters()
+        if now.ops != first.ops:
+            return now
+    return first
 
 
 async def settle(mgmt: Management | None, limit: float = 60.0) -> float:

@@ -22,7 +22,7 @@ from execbus import Client
 from execbus.testing.broker import PrivateBroker
 from execbus.testing.broker import available as broker_available
 from execbus.testing.faultproxy import FaultProxy
-from execbus.testing.waiting import wait_until
+from execbus.testing.waiting import wait_until, wait_until_sync
 from tests.system.integration.bus import Bus
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(120)]
@@ -69,7 +69,11 @@ async def test_sigkill_active_worker_standby_takes_over(
 ) -> None:
     agent = start_agent("a1")
     workers = [start_worker("--agent", f"a1={agent.address}") for _ in range(2)]
-    workers[0].wait_owner("a1")
+    # Whichever the assignment picked (and the other is its standby).
+    active = wait_until_sync(
+        lambda: next((w for w in workers if "a1" in w.serving()), None), 15, what="an owner"
+    )
+    standby = next(w for w in workers if w is not active)
     marker = tmp_path / "effects"
     async with Bus(amqp_url, namespace) as bus:
         corrs = {}
@@ -78,8 +82,8 @@ async def test_sigkill_active_worker_standby_takes_over(
             body = appending_run(marker, tag, 2.0 if i % 3 == 0 else 0.05)
             corrs[tag] = await bus.publish("agent.a1", body)
         await bus.wait_event("x0", "started")
-        workers[0].kill()
-        workers[1].wait_owner("a1", timeout=20)
+        active.kill()
+        standby.wait_owner("a1", timeout=20)
         results = await collect(bus, corrs, timeout=40)
     assert set(results) == set(corrs), "every exec answered"
     assert all(count == 1 for count in exit_events(bus).values()), exit_events(bus)

@@ -8,42 +8,8 @@ from typing import Any
 import pytest
 
 from execbus.errors import ConfigError
-from execbus.wire.config import ExecConfig
-from execbus.worker.policy import Policy
 from execbus.worker.policy_file import load_policy, parse_policy
-
-POLICY = """
-[[rule]]
-name = "ci"
-callers = ["ci-*"]
-agents = ["vm-*"]
-containers = ["*"]
-users = ["nobody", 1000]
-max_timeout = 3600
-
-[[rule]]
-name = "ops"
-callers = ["ops"]
-agents = ["*"]
-containers = ["", "*"]
-users = ["", "*"]
-privileged = true
-
-[[rule]]
-callers = ["auditor"]
-agents = ["vm-1"]
-"""
-
-
-def cfg(**kw: Any) -> ExecConfig:
-    return ExecConfig(**{"cmd": ["true"], **kw})
-
-
-@pytest.fixture
-def policy(tmp_path: Path) -> Policy:
-    path = tmp_path / "policy.toml"
-    path.write_text(POLICY)
-    return load_policy(path)
+from tests.unit.worker.policy_example import cfg
 
 
 @pytest.mark.parametrize(
